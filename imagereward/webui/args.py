@@ -1,0 +1,129 @@
+"""The extension's job arguments, as they arrive from the UI (positional) or the API (positional or one dict)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+from ..errors import ImageRewardError
+from ..selection import Mode, SelectionSettings
+
+MAX_CANDIDATES = 256
+
+
+class ArgumentError(ImageRewardError):
+    """A job argument has the wrong type or value (mostly from API callers)."""
+
+
+@dataclass(frozen=True)
+class JobArgs:
+    """One job's ImageReward settings; the field order is the order of the UI controls and positional API args."""
+
+    enabled: bool = False
+    mode: Mode = Mode.SORT
+    candidates: int = 1  # N: images generated per requested image
+    k: int = 1  # images kept per group in the top-k modes
+    threshold: float = 0.0
+    by_prompt: bool = True  # rank only within groups of the same prompt
+    clean_prompt: bool = True  # strip WebUI prompt syntax before scoring
+    keep_discarded: bool = False  # save discarded images into a separate folder
+
+    def selection(self, keep_best_if_none: bool = True) -> SelectionSettings:
+        return SelectionSettings(
+            mode=self.mode, k=self.k, threshold=self.threshold, sort=True, keep_best_if_none=keep_best_if_none
+        )
+
+    def infotext_params(self) -> dict[str, str]:
+        """The job's settings as infotext entries (they paste back into the controls)."""
+        params = {"ImageReward mode": self.mode.value, "ImageReward candidates": str(self.candidates)}
+        if self.mode in (Mode.TOP_K, Mode.TOP_K_ABOVE_THRESHOLD):
+            params["ImageReward k"] = str(self.k)
+        if self.mode in (Mode.THRESHOLD, Mode.TOP_K_ABOVE_THRESHOLD):
+            params["ImageReward threshold"] = f"{self.threshold:g}"
+        return params
+
+
+FIELD_NAMES = tuple(f.name for f in fields(JobArgs))
+_ALIASES = {"n": "candidates", "top_k": "k", "clean": "clean_prompt", "enable": "enabled"}
+
+
+def parse_mode(value: Any) -> Mode:
+    if isinstance(value, Mode):
+        return value
+
+    def key(text: str) -> str:  # "Top-k above threshold", "top_k_above_threshold", "TOP K ABOVE THRESHOLD" alike
+        return "".join(ch for ch in text.lower() if ch.isalnum())
+
+    for mode in Mode:
+        if key(str(value)) == key(mode.value):
+            return mode
+    choices = ", ".join(repr(m.value) for m in Mode)
+    raise ArgumentError(f"ImageReward: mode must be one of {choices}, got {value!r}")
+
+
+def _bool(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+        return value.strip().lower() in ("true", "1", "yes", "on")
+    raise ArgumentError(f"ImageReward: {name} must be true or false, got {value!r}")
+
+
+def _int(name: str, value: Any, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ArgumentError(f"ImageReward: {name} must be a whole number, got {value!r}")
+    try:
+        number = float(value)
+    except ValueError:
+        raise ArgumentError(f"ImageReward: {name} must be a whole number, got {value!r}") from None
+    if not number.is_integer():
+        raise ArgumentError(f"ImageReward: {name} must be a whole number, got {value!r}")
+    if not low <= number <= high:
+        raise ArgumentError(f"ImageReward: {name} must be between {low} and {high}, got {value!r}")
+    return int(number)
+
+
+def _float(name: str, value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ArgumentError(f"ImageReward: {name} must be a number, got {value!r}") from None
+    if isinstance(value, bool) or not math.isfinite(number):
+        raise ArgumentError(f"ImageReward: {name} must be a finite number, got {value!r}")
+    return number
+
+
+def validate(values: Mapping[str, Any]) -> JobArgs:
+    """JobArgs from a mapping of field names (aliases allowed); unknown keys are an error, missing keys default."""
+    unknown = [key for key in values if _ALIASES.get(key, key) not in FIELD_NAMES]
+    if unknown:
+        raise ArgumentError(f"ImageReward: unknown argument(s) {unknown}; known: {', '.join(FIELD_NAMES)}")
+    data = {_ALIASES.get(key, key): value for key, value in values.items()}
+    defaults = JobArgs()
+    get = lambda name: data.get(name, getattr(defaults, name))  # noqa: E731
+    return JobArgs(
+        enabled=_bool("enabled", get("enabled")),
+        mode=parse_mode(get("mode")),
+        candidates=_int("candidates", get("candidates"), 1, MAX_CANDIDATES),
+        k=_int("k", get("k"), 1, MAX_CANDIDATES),
+        threshold=_float("threshold", get("threshold")),
+        by_prompt=_bool("by_prompt", get("by_prompt")),
+        clean_prompt=_bool("clean_prompt", get("clean_prompt")),
+        keep_discarded=_bool("keep_discarded", get("keep_discarded")),
+    )
+
+
+def from_script_args(args: Sequence[Any]) -> JobArgs:
+    """The script's `*args`: either the UI's positional values, or a dict in first place (API callers), in which case
+    the remaining positional values (the UI defaults the WebUI fills in) are ignored."""
+    if not args:
+        return JobArgs()
+    if isinstance(args[0], Mapping):
+        return validate(args[0])
+    if len(args) > len(FIELD_NAMES):
+        raise ArgumentError(f"ImageReward: expected at most {len(FIELD_NAMES)} arguments ({', '.join(FIELD_NAMES)})")
+    return validate(dict(zip(FIELD_NAMES, args, strict=False)))

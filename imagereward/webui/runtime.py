@@ -1,0 +1,116 @@
+"""The scorer's life inside the WebUI: loaded on first use, kept or offloaded between jobs, CPU fallback on OOM.
+
+Plain Python: the script passes in the settings and a `free_memory` callable (A1111's `devices.torch_gc`, Forge's
+memory manager), so tests can drive it with a stand-in scorer.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..scorer import ImageRewardScorer, ScoringOutOfMemoryError, resolve_device
+
+log = logging.getLogger("imagereward")
+
+
+@dataclass(frozen=True)
+class RuntimeSettings:
+    models_dir: Path
+    device: str = "auto"  # auto, cuda, cuda:1, cpu
+    dtype: str = "auto"  # auto (fp16 on CUDA, fp32 on CPU), fp16, fp32, bf16
+    batch_size: int = 16
+    keep_on_device: bool = True  # False: offload to the CPU after each job (forced with --lowvram/--medvram)
+
+    @property
+    def load_key(self) -> tuple[str, str, str]:
+        return (str(self.models_dir), self.device, self.dtype)
+
+
+Loader = Callable[[RuntimeSettings], ImageRewardScorer]
+
+
+def default_loader(settings: RuntimeSettings) -> ImageRewardScorer:
+    return ImageRewardScorer.load(
+        settings.models_dir, device=settings.device, dtype=settings.dtype, batch_size=settings.batch_size
+    )
+
+
+class ScorerRuntime:
+    """Holds at most one scorer; thread-safe."""
+
+    def __init__(self, loader: Loader = default_loader, free_memory: Callable[[], None] | None = None) -> None:
+        self._loader = loader
+        self._free_memory = free_memory or (lambda: None)
+        self._scorer: ImageRewardScorer | None = None
+        self._key: tuple[str, str, str] | None = None
+        self._home: torch.device | None = None
+        self._lock = threading.Lock()
+
+    def _get(self, settings: RuntimeSettings) -> ImageRewardScorer:
+        if self._scorer is None or self._key != settings.load_key:
+            self.unload()
+            self._scorer = self._loader(settings)
+            self._key = settings.load_key
+            self._home = self._scorer.device
+        scorer = self._scorer
+        scorer.batch_size = settings.batch_size
+        if self._home is not None and scorer.device != self._home:
+            scorer.to(self._home)  # back from an offload
+        return scorer
+
+    def score(
+        self, settings: RuntimeSettings, prompts: Sequence[str], images: Sequence[Any], *, clean_prompts: bool
+    ) -> list[float]:
+        """Scores for a batch; falls back to the CPU when the GPU is out of memory even for one image."""
+        with self._lock:
+            scorer = self._get(settings)
+            try:
+                try:
+                    return scorer.score(list(prompts), list(images), clean_prompts=clean_prompts)
+                except ScoringOutOfMemoryError:
+                    if scorer.device.type == "cpu":
+                        raise
+                    log.warning("ImageReward: GPU out of memory; scoring this batch on the CPU (slower)")
+                    scorer.to("cpu", torch.float32)
+                    self._free_memory()
+                    try:
+                        return scorer.score(list(prompts), [_to_cpu(i) for i in images], clean_prompts=clean_prompts)
+                    finally:
+                        home_dtype = resolve_dtype_name(settings.dtype, self._home)
+                        scorer.to(self._home or "cpu", home_dtype)
+            finally:
+                if not settings.keep_on_device:
+                    self.offload()
+
+    def offload(self) -> None:
+        """Move the weights to the CPU (kept in RAM, no reload needed) and give the GPU memory back."""
+        if self._scorer is not None and self._scorer.device.type != "cpu":
+            self._scorer.to("cpu")
+            self._free_memory()
+
+    def unload(self) -> None:
+        if self._scorer is not None:
+            self._scorer = None
+            self._key = None
+            self._free_memory()
+
+    @property
+    def loaded(self) -> ImageRewardScorer | None:
+        return self._scorer
+
+
+def resolve_dtype_name(dtype: str, device: torch.device | None) -> str:
+    from ..scorer import resolve_dtype
+
+    return str(resolve_dtype(dtype, resolve_device(device))).replace("torch.", "")
+
+
+def _to_cpu(item: Any) -> Any:
+    return item.cpu() if isinstance(item, torch.Tensor) else item

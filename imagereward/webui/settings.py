@@ -1,0 +1,105 @@
+"""The "ImageReward" section of the WebUI's settings, and reading it into plain settings objects."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .runtime import RuntimeSettings
+
+SECTION = ("imagereward", "ImageReward")
+
+
+@dataclass(frozen=True)
+class Option:
+    key: str
+    default: Any
+    label: str
+    kind: str = "text"  # text, dropdown, slider, checkbox
+    choices: tuple[Any, ...] = ()
+    minimum: int = 0
+    maximum: int = 0
+
+
+OPTIONS = (
+    Option("imagereward_models_dir", "", "Models folder (empty: models/ImageReward in the WebUI folder)"),
+    Option("imagereward_device", "auto", "Device for scoring", "dropdown", ("auto", "cuda", "cpu")),
+    Option(
+        "imagereward_dtype",
+        "auto",
+        "Precision (auto: fp16 on GPU, fp32 on CPU; bf16 is less accurate)",
+        "dropdown",
+        ("auto", "fp16", "fp32", "bf16"),
+    ),
+    Option(
+        "imagereward_batch_size",
+        16,
+        "Images per scoring pass (halved automatically when memory runs out)",
+        "slider",
+        minimum=1,
+        maximum=256,
+    ),
+    Option(
+        "imagereward_keep_on_gpu",
+        True,
+        "Keep the model on the GPU between jobs (~1 GB); off: move it to RAM after each job. "
+        "Always off with --lowvram/--medvram",
+        "checkbox",
+    ),
+    Option(
+        "imagereward_keep_best_if_none",
+        True,
+        "When every candidate scores below the threshold, keep the best one (off: keep none)",
+        "checkbox",
+    ),
+    Option(
+        "imagereward_discarded_dir",
+        "",
+        "Folder for discarded images, when a job asks to keep them (empty: imagereward-discarded inside the "
+        "output folder)",
+    ),
+    Option("imagereward_show_overlays", True, "Show scores on the gallery's thumbnails", "checkbox"),
+)
+
+
+def register(shared: Any, option_info: type, gradio: Any) -> None:
+    """Add the options to `shared.opts` (called from `on_ui_settings`)."""
+    for option in OPTIONS:
+        component, component_args = None, None
+        if option.kind == "dropdown":
+            component, component_args = gradio.Dropdown, {"choices": list(option.choices)}
+        elif option.kind == "slider":
+            component, component_args = gradio.Slider, {"minimum": option.minimum, "maximum": option.maximum, "step": 1}
+        elif option.kind == "checkbox":
+            component = gradio.Checkbox
+        shared.opts.add_option(
+            option.key,
+            option_info(option.default, option.label, component, component_args, section=SECTION),
+        )
+
+
+def get(opts: Any, key: str) -> Any:
+    default = next(o.default for o in OPTIONS if o.key == key)
+    return getattr(opts, key, default) if opts is not None else default
+
+
+def models_dir(opts: Any, webui_models_path: str | os.PathLike) -> Path:
+    configured = str(get(opts, "imagereward_models_dir") or "").strip()
+    return Path(configured).expanduser() if configured else Path(webui_models_path) / "ImageReward"
+
+
+def runtime_settings(opts: Any, webui_models_path: str | os.PathLike, low_vram: bool) -> RuntimeSettings:
+    return RuntimeSettings(
+        models_dir=models_dir(opts, webui_models_path),
+        device=str(get(opts, "imagereward_device") or "auto"),
+        dtype=str(get(opts, "imagereward_dtype") or "auto"),
+        batch_size=max(1, int(get(opts, "imagereward_batch_size") or 16)),
+        keep_on_device=bool(get(opts, "imagereward_keep_on_gpu")) and not low_vram,
+    )
+
+
+def discarded_dir(opts: Any, samples_dir: str) -> str:
+    configured = str(get(opts, "imagereward_discarded_dir") or "").strip()
+    return configured or os.path.join(samples_dir, "imagereward-discarded")

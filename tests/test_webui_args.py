@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import pytest
+
+from imagereward.selection import Mode
+from imagereward.webui.args import FIELD_NAMES, ArgumentError, JobArgs, from_script_args
+
+
+def test_positional_args_in_ui_order() -> None:
+    args = from_script_args((True, "top-k", 4, 2, 0.5, False, True, True))
+    assert args == JobArgs(True, Mode.TOP_K, 4, 2, 0.5, False, True, True)
+
+
+def test_short_positional_list_keeps_defaults() -> None:
+    assert from_script_args((True,)) == JobArgs(enabled=True)
+    assert from_script_args(()) == JobArgs()
+
+
+def test_dict_argument_from_the_api_wins_over_ui_defaults() -> None:
+    ui_defaults = (False, "sort", 1, 1, 0.0, True, True, False)
+    args = from_script_args(
+        ({"enabled": True, "mode": "top k above threshold", "n": "8", "k": 2.0, "threshold": -0.5}, *ui_defaults[1:])
+    )
+    assert args.enabled and args.mode is Mode.TOP_K_ABOVE_THRESHOLD
+    assert (args.candidates, args.k, args.threshold) == (8, 2, -0.5)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"mode": "best"}, "mode must be one of"),
+        ({"candidates": 0}, "candidates must be between 1 and 256"),
+        ({"candidates": 2.5}, "candidates must be a whole number"),
+        ({"k": True}, "k must be a whole number"),
+        ({"threshold": "high"}, "threshold must be a number"),
+        ({"threshold": float("nan")}, "threshold must be a finite number"),
+        ({"enabled": "maybe"}, "enabled must be true or false"),
+        ({"colour": 1}, "unknown argument(s) ['colour']"),
+    ],
+)
+def test_bad_values_get_clear_messages(values: dict, message: str) -> None:
+    with pytest.raises(ArgumentError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+        from_script_args((values,))
+
+
+def test_too_many_positional_args() -> None:
+    with pytest.raises(ArgumentError, match="at most 8 arguments"):
+        from_script_args(tuple(range(len(FIELD_NAMES) + 1)))
+
+
+def test_infotext_params_name_only_what_the_mode_uses() -> None:
+    assert JobArgs(mode=Mode.SORT, candidates=3).infotext_params() == {
+        "ImageReward mode": "sort",
+        "ImageReward candidates": "3",
+    }
+    params = JobArgs(mode=Mode.TOP_K_ABOVE_THRESHOLD, candidates=4, k=2, threshold=0.25).infotext_params()
+    assert params["ImageReward k"] == "2" and params["ImageReward threshold"] == "0.25"

@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from imagereward.scorer import ScoringOutOfMemoryError
+from imagereward.webui.runtime import RuntimeSettings, ScorerRuntime
+
+
+class FakeScorer:
+    """Behaves like ImageRewardScorer for the runtime: a device, .to(), .score(); can run out of GPU memory."""
+
+    def __init__(self, oom_on: str | None = None) -> None:
+        self.device = torch.device("cuda")  # pretend: nothing is allocated
+        self.moves: list[tuple[str, object]] = []
+        self.batch_size = 0
+        self.oom_on = oom_on
+
+    def to(self, device, dtype=None):
+        self.device = torch.device(device)
+        self.moves.append((str(device), dtype))
+        return self
+
+    def score(self, prompts, images, clean_prompts=False):
+        if self.oom_on == self.device.type:
+            raise ScoringOutOfMemoryError("no memory")
+        return [float(len(p)) for p in prompts]
+
+
+def settings(**kwargs) -> RuntimeSettings:
+    return RuntimeSettings(models_dir=Path("m"), **kwargs)
+
+
+def test_loads_once_on_first_use_and_reloads_when_settings_change() -> None:
+    loads: list[RuntimeSettings] = []
+
+    def loader(s: RuntimeSettings) -> FakeScorer:
+        loads.append(s)
+        return FakeScorer()
+
+    runtime = ScorerRuntime(loader)
+    assert runtime.loaded is None and loads == []  # nothing at start-up
+    assert runtime.score(settings(batch_size=4), ["ab", "abc"], [None, None], clean_prompts=True) == [2.0, 3.0]
+    runtime.score(settings(batch_size=8), ["a"], [None], clean_prompts=True)
+    assert len(loads) == 1 and runtime.loaded.batch_size == 8
+    runtime.score(settings(dtype="fp32"), ["a"], [None], clean_prompts=True)
+    assert len(loads) == 2
+
+
+def test_offloads_after_each_job_when_asked_and_comes_back() -> None:
+    freed: list[int] = []
+    scorer = FakeScorer()
+    runtime = ScorerRuntime(lambda s: scorer, free_memory=lambda: freed.append(1))
+    runtime.score(settings(keep_on_device=False), ["a"], [None], clean_prompts=False)
+    assert scorer.device.type == "cpu" and freed
+    runtime.score(settings(keep_on_device=False), ["a"], [None], clean_prompts=False)
+    assert [m[0] for m in scorer.moves] == ["cpu", "cuda", "cpu"]
+
+
+def test_out_of_memory_on_the_gpu_falls_back_to_the_cpu_then_returns() -> None:
+    scorer = FakeScorer(oom_on="cuda")
+    runtime = ScorerRuntime(lambda s: scorer)
+    images = [torch.zeros(3, 4, 4)]
+    assert runtime.score(settings(), ["abc"], images, clean_prompts=False) == [3.0]
+    assert scorer.moves[0] == ("cpu", torch.float32)
+    assert scorer.device.type == "cuda"  # back home for the next batch
+
+
+def test_out_of_memory_on_the_cpu_is_reported() -> None:
+    scorer = FakeScorer(oom_on="cpu")
+    scorer.device = torch.device("cpu")
+    runtime = ScorerRuntime(lambda s: scorer)
+    with pytest.raises(ScoringOutOfMemoryError):
+        runtime.score(settings(), ["a"], [None], clean_prompts=False)
