@@ -5,8 +5,18 @@
     scores = scorer.score("a cat on a sofa", ["a.png", "b.png"])
 """
 
+from typing import Any
+
 from .errors import ImageRewardError
-from .scorer import ImageRewardScorer
 
 __all__ = ["ImageRewardError", "ImageRewardScorer"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    # Imported on first use: the light modules (infotext, selection, prompt syntax) must not pull in torch.
+    if name == "ImageRewardScorer":
+        from .scorer import ImageRewardScorer
+
+        return ImageRewardScorer
+    raise AttributeError(f"module 'imagereward' has no attribute {name!r}")

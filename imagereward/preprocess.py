@@ -91,7 +91,7 @@ def _as_float_batch(image: torch.Tensor | np.ndarray) -> torch.Tensor:
             array = array[:, :, None]
         if array.ndim != 3:
             raise ImageInputError(f"a numpy image must be HxW or HxWxC, got shape {array.shape}")
-        image = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)
+        image = torch.from_numpy(np.array(array, copy=True)).permute(2, 0, 1)
     if image.ndim == 3:
         image = image.unsqueeze(0)
     if image.ndim != 4 or image.shape[1] not in (1, 3, 4):

@@ -1,0 +1,573 @@
+"""Find the model files ImageReward needs, downloading the missing ones from the Hugging Face Hub.
+
+Layout under a models folder (the WebUI passes its own ``models/ImageReward``)::
+
+    ImageReward.pt                     # or ImageReward.safetensors, a conversion written by another module
+    med_config.json
+    bert-base-uncased/vocab.txt
+    bert-base-uncased/tokenizer_config.json   # optional
+    .imagereward-verified.json         # size/mtime/sha256 of the files this module downloaded and checked
+    .imagereward-download/             # partial downloads and a lock file
+
+Files already there are used as they are, without any network call, so a WebUI start never waits on the hub.
+
+Why not ``hf_hub_download``: since the switch to process-unique temporary files (huggingface_hub PR #4228, in the
+2.x line) it deletes a partial download when it fails, so a 1.8 GB download cut off at 90 % starts again from zero on
+the next run. Older versions (e.g. 0.26) kept ``<etag>.incomplete`` files and resumed. To get the same behaviour on
+every version from 0.14 on, this module drives huggingface_hub's own building blocks, whose signatures are stable
+across that range: ``get_hf_file_metadata`` (HEAD: etag, size, CDN location; follows repo renames) and ``http_get``
+(streaming GET with ``Range`` resume, huggingface_hub's progress bar, proxy and user-agent settings). The partial file
+is ours and is kept until it is complete, then checked against the hash the hub announced and renamed into place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import inspect
+import json
+import logging
+import os
+import re
+import shutil
+import struct
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlparse
+
+from .errors import DownloadError, ModelFileMissingError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_ENDPOINT = "https://huggingface.co"
+REVISION = "main"
+IMAGEREWARD_REPO_ID = "THUDM/ImageReward"
+BERT_REPO_ID = "google-bert/bert-base-uncased"
+#: The old name of BERT_REPO_ID; the hub redirects it. Tried only if a (mirror) hub does not know the new name.
+BERT_LEGACY_REPO_ID = "bert-base-uncased"
+
+CHECKPOINT_NAME = "ImageReward.pt"
+SAFETENSORS_NAME = "ImageReward.safetensors"
+MED_CONFIG_NAME = "med_config.json"
+TOKENIZER_DIRNAME = "bert-base-uncased"
+VERIFIED_RECORD_NAME = ".imagereward-verified.json"
+PARTIAL_DIRNAME = ".imagereward-download"
+
+OFFLINE_ENV_VARS = ("IMAGEREWARD_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+_TRUE_VALUES = {"1", "ON", "YES", "TRUE"}
+_MAX_ATTEMPTS = 3  # per file and call; a further attempt is made only if the previous one brought new bytes
+_HASH_CHUNK = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class HubFile:
+    """One file the model needs: where it comes from and where it goes under the models folder."""
+
+    repo_ids: tuple[str, ...]  # the first is canonical; the others are tried in turn if the hub does not know it
+    filename: str  # path inside the hub repo
+    relpath: str  # path under the models folder, with forward slashes
+    required: bool = True
+
+    @property
+    def repo_id(self) -> str:
+        return self.repo_ids[0]
+
+
+CHECKPOINT_FILE = HubFile((IMAGEREWARD_REPO_ID,), CHECKPOINT_NAME, CHECKPOINT_NAME)
+MED_CONFIG_FILE = HubFile((IMAGEREWARD_REPO_ID,), MED_CONFIG_NAME, MED_CONFIG_NAME)
+VOCAB_FILE = HubFile((BERT_REPO_ID, BERT_LEGACY_REPO_ID), "vocab.txt", f"{TOKENIZER_DIRNAME}/vocab.txt")
+TOKENIZER_CONFIG_FILE = HubFile(
+    (BERT_REPO_ID, BERT_LEGACY_REPO_ID),
+    "tokenizer_config.json",
+    f"{TOKENIZER_DIRNAME}/tokenizer_config.json",
+    required=False,
+)
+# Small files first: a failure on the big checkpoint then leaves everything else in place.
+HUB_FILES: tuple[HubFile, ...] = (MED_CONFIG_FILE, VOCAB_FILE, TOKENIZER_CONFIG_FILE, CHECKPOINT_FILE)
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """Paths of the files the scorer loads."""
+
+    checkpoint: Path  # ImageReward.safetensors if a valid conversion exists, else ImageReward.pt
+    med_config: Path
+    tokenizer_dir: Path  # folder holding vocab.txt (and tokenizer_config.json when the hub has one)
+    models_dir: Path
+
+
+def default_models_dir() -> Path:
+    """``$IMAGEREWARD_HOME``, else ``~/.cache/imagereward``."""
+    env = os.environ.get("IMAGEREWARD_HOME")
+    return Path(env).expanduser() if env else Path("~/.cache/imagereward").expanduser()
+
+
+def hub_file_url(file: HubFile, endpoint: str | None = None, repo_id: str | None = None) -> str:
+    """Direct download URL of ``file`` (what a user can open in a browser to fetch it by hand)."""
+    base = _endpoint(endpoint)
+    return f"{base}/{repo_id or file.repo_id}/resolve/{quote(REVISION, safe='')}/{quote(file.filename)}"
+
+
+def resolve_model_files(
+    models_dir: str | Path | None = None,
+    *,
+    offline: bool | None = None,
+    progress: bool = True,
+    endpoint: str | None = None,
+) -> ModelFiles:
+    """Return the model file paths, downloading whatever required file is missing.
+
+    ``offline=None`` follows the environment (``IMAGEREWARD_OFFLINE``, ``HF_HUB_OFFLINE``, ``TRANSFORMERS_OFFLINE``).
+    ``endpoint`` overrides ``HF_ENDPOINT``. Raises ``ModelFileMissingError`` when files are missing in offline mode
+    and ``DownloadError`` when a download fails or does not match what the hub announced.
+    """
+    root = Path(models_dir).expanduser() if models_dir is not None else default_models_dir()
+    if not _missing_required(root):
+        return _model_files(root)  # fast path: no network, not even an import of huggingface_hub
+
+    offline_reason = _offline_reason(offline)
+    if offline_reason is not None:
+        raise ModelFileMissingError(_missing_message(root, _missing_required(root), offline_reason, endpoint))
+
+    partial_dir = root / PARTIAL_DIRNAME
+    try:
+        partial_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DownloadError(
+            f"Cannot create the ImageReward models folder {root}: {err}. "
+            "Choose a writable folder (IMAGEREWARD_HOME or the models_dir argument) or fix its permissions."
+        ) from err
+
+    with _download_lock(partial_dir), _progress_bars(progress):
+        # Another process may have finished the downloads while this one waited for the lock.
+        missing = _missing_required(root)
+        if missing:
+            todo = [f for f in HUB_FILES if f in missing or (not f.required and not (root / f.relpath).exists())]
+            for file in todo:
+                try:
+                    _download_file(file, root, endpoint)
+                except DownloadError as err:
+                    if file.required:
+                        raise
+                    logger.warning("Skipping optional file %s: %s", file.relpath, err)
+    return _model_files(root)
+
+
+def verified_sha256(models_dir: str | Path, relpath: str) -> str | None:
+    """SHA-256 recorded when this module downloaded and checked ``relpath``, if the file is unchanged since.
+
+    "Unchanged" means same size and modification time, so callers can trust a 1.8 GB file without hashing it again.
+    """
+    root = Path(models_dir)
+    entry = _read_record(root).get(relpath)
+    if not isinstance(entry, dict):
+        return None
+    try:
+        stat = (root / relpath).stat()
+    except OSError:
+        return None
+    if entry.get("size") != stat.st_size or entry.get("mtime_ns") != stat.st_mtime_ns:
+        return None
+    sha = entry.get("sha256")
+    return sha if isinstance(sha, str) else None
+
+
+# --- what is on disk -------------------------------------------------------------------------------------------
+
+
+def _checkpoint_path(root: Path) -> Path | None:
+    converted = root / SAFETENSORS_NAME
+    if _looks_like_safetensors(converted):
+        return converted
+    original = root / CHECKPOINT_NAME
+    return original if original.is_file() else None
+
+
+def _looks_like_safetensors(path: Path) -> bool:
+    """Cheap structural check (header length + JSON start), enough to tell a finished conversion from a stub."""
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as fh:
+            head = fh.read(9)
+    except OSError:
+        return False
+    if len(head) < 9:
+        return False
+    (header_len,) = struct.unpack("<Q", head[:8])
+    return 2 <= header_len <= size - 8 and head[8:9] == b"{"
+
+
+def _missing_required(root: Path) -> list[HubFile]:
+    missing = []
+    for file in HUB_FILES:
+        if not file.required:
+            continue
+        present = _checkpoint_path(root) is not None if file is CHECKPOINT_FILE else (root / file.relpath).is_file()
+        if not present:
+            missing.append(file)
+    return missing
+
+
+def _model_files(root: Path) -> ModelFiles:
+    checkpoint = _checkpoint_path(root)
+    assert checkpoint is not None  # callers check _missing_required first
+    return ModelFiles(
+        checkpoint=checkpoint,
+        med_config=root / MED_CONFIG_NAME,
+        tokenizer_dir=root / TOKENIZER_DIRNAME,
+        models_dir=root,
+    )
+
+
+# --- settings --------------------------------------------------------------------------------------------------
+
+
+def _endpoint(endpoint: str | None) -> str:
+    """The explicit argument, else ``HF_ENDPOINT`` as set now, else what huggingface_hub read at import."""
+    if not endpoint:
+        endpoint = os.environ.get("HF_ENDPOINT")
+    if not endpoint:
+        try:
+            from huggingface_hub import constants
+
+            endpoint = getattr(constants, "ENDPOINT", None)
+        except ImportError:  # pragma: no cover - huggingface_hub is a dependency
+            endpoint = None
+    return (endpoint or DEFAULT_ENDPOINT).rstrip("/")
+
+
+def _offline_reason(offline: bool | None) -> str | None:
+    """Why downloads are off (for the error message), or None when they are allowed."""
+    if offline is not None:
+        return "offline=True was passed" if offline else None
+    for name in OFFLINE_ENV_VARS:
+        value = os.environ.get(name)
+        if value and value.strip().upper() in _TRUE_VALUES:
+            return f"{name}={value} is set"
+    return None
+
+
+def _missing_message(root: Path, missing: list[HubFile], reason: str, endpoint: str | None) -> str:
+    lines = [f"ImageReward model files are missing and downloads are disabled ({reason})."]
+    for file in missing:
+        lines.append(f"  - missing: {(root / file.relpath).resolve()}")
+        lines.append(f"    download it from {hub_file_url(file, endpoint)} and save it under exactly that path")
+        if file is CHECKPOINT_FILE:
+            lines.append(f"    (a converted {SAFETENSORS_NAME} in the same folder also works)")
+    lines.append(
+        "Place the files there, or allow downloads (unset " + "/".join(OFFLINE_ENV_VARS) + ", or pass offline=False)."
+    )
+    return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def _progress_bars(enabled: bool) -> Iterator[None]:
+    """Turn huggingface_hub's progress bars off for the duration if asked (a process-wide switch)."""
+    if enabled:
+        yield
+        return
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    was_disabled = are_progress_bars_disabled()
+    disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not was_disabled:
+            enable_progress_bars()
+
+
+@contextlib.contextmanager
+def _download_lock(partial_dir: Path) -> Iterator[None]:
+    """One downloader per models folder (WebUI and command line may start at once)."""
+    from filelock import FileLock, Timeout  # a dependency of huggingface_hub on every supported version
+
+    lock = FileLock(str(partial_dir / "download.lock"))
+    try:
+        lock.acquire(timeout=0.5)
+    except Timeout:
+        logger.info("Waiting for another process downloading ImageReward files into %s", partial_dir.parent)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+# --- download --------------------------------------------------------------------------------------------------
+
+
+def _network_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean "the transfer failed" on the HTTP stack of the installed huggingface_hub."""
+    errors: list[type[BaseException]] = [OSError]  # includes requests' errors and HfHubHTTPError
+    for module_name in ("httpx2", "httpx"):
+        with contextlib.suppress(ImportError):
+            module = __import__(module_name)
+            errors.append(module.HTTPError)
+    from huggingface_hub.utils import HfHubHTTPError
+
+    errors.append(HfHubHTTPError)
+    return tuple(errors)
+
+
+def _describe_error(err: BaseException) -> str:
+    response = getattr(err, "response", None)
+    status = getattr(response, "status_code", None)
+    if isinstance(status, int):
+        return f"the server answered HTTP {status}"
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else 'no details'}"
+
+
+def _manual_hint(file: HubFile, dest: Path, endpoint: str | None) -> str:
+    return f"You can also download {hub_file_url(file, endpoint)} yourself and save it as {dest}."
+
+
+def _fetch_metadata(file: HubFile, endpoint: str | None, dest: Path) -> tuple[str, Any] | None:
+    """HEAD the file on the hub: ``(repo_id, metadata)``, or None if an optional file does not exist there."""
+    from huggingface_hub import get_hf_file_metadata
+    from huggingface_hub.utils import EntryNotFoundError, RepositoryNotFoundError
+
+    for index, repo_id in enumerate(file.repo_ids):
+        url = hub_file_url(file, endpoint, repo_id)
+        try:
+            return repo_id, get_hf_file_metadata(url)
+        except RepositoryNotFoundError as err:
+            if index + 1 < len(file.repo_ids):
+                logger.info("The hub does not know %s, trying %s", repo_id, file.repo_ids[index + 1])
+                continue
+            raise DownloadError(
+                f"The hub at {_endpoint(endpoint)} has no repository {repo_id} ({_describe_error(err)}). "
+                "Check HF_ENDPOINT, or place the file by hand."
+            ) from err
+        except EntryNotFoundError as err:
+            if not file.required:
+                logger.info("Optional file %s is not on the hub; skipping it", url)
+                return None
+            raise DownloadError(
+                f"The hub has no file at {url} ({_describe_error(err)}). Check HF_ENDPOINT, or place the file by hand "
+                f"as {dest}."
+            ) from err
+        except _network_errors() as err:
+            if type(err).__name__ == "OfflineModeIsEnabled":
+                raise ModelFileMissingError(
+                    f"{dest} is missing and huggingface_hub refuses network access (HF_HUB_OFFLINE was set when it "
+                    f"was imported). Download {url} yourself and save it as {dest}."
+                ) from err
+            raise DownloadError(
+                f"Could not reach the hub for {url}: {_describe_error(err)}. Check the network connection, proxy "
+                f"and HF_ENDPOINT, then run again; or download that file yourself and save it as {dest}."
+            ) from err
+    return None  # pragma: no cover - the loop returns or raises
+
+
+def _download_file(file: HubFile, root: Path, endpoint: str | None) -> None:
+    dest = root / file.relpath
+    fetched = _fetch_metadata(file, endpoint, dest)
+    if fetched is None:
+        return
+    repo_id, meta = fetched
+    url = hub_file_url(file, endpoint, repo_id)
+    etag: str | None = meta.etag
+    expected_size: int | None = meta.size
+    location: str = meta.location or url
+
+    partial = _partial_path(root, file, etag)
+    _remove_stale_partials(file, partial)
+    headers = _request_headers(url, location)
+    partial.touch()  # so that an empty file on the hub still yields a (verified) empty file here
+
+    for attempt in range(1, _MAX_ATTEMPTS + 1):
+        done = partial.stat().st_size if partial.exists() else 0
+        if expected_size is not None and done > expected_size:
+            logger.warning("Partial download %s is larger than the file on the hub; starting over", partial)
+            partial.unlink()
+            done = 0
+        if expected_size is not None and done == expected_size:
+            break
+        if expected_size is not None:
+            _check_disk_space(partial.parent, expected_size - done, file)
+        if done:
+            logger.info("Resuming %s at %s of %s", file.relpath, _mb(done), _mb(expected_size))
+        else:
+            logger.info("Downloading %s (%s) to %s", url, _mb(expected_size), dest)
+        try:
+            with partial.open("ab") as fh:
+                _http_get(
+                    location,
+                    fh,
+                    resume_size=done,
+                    headers=headers,
+                    expected_size=expected_size,
+                    display_name=file.filename,
+                )
+        except _network_errors() as err:
+            now = partial.stat().st_size if partial.exists() else 0
+            if now > done and attempt < _MAX_ATTEMPTS:
+                logger.warning("Download of %s interrupted (%s); resuming", file.relpath, _describe_error(err))
+                time.sleep(0.2)
+                continue
+            kept = (
+                f"The {_mb(now)} already downloaded are kept in {partial}; running again resumes from there. "
+                if now
+                else ""
+            )
+            raise DownloadError(
+                f"Could not download {file.relpath} from {url}: {_describe_error(err)}. {kept}"
+                f"{_manual_hint(file, dest, endpoint)}"
+            ) from err
+        break
+
+    _verify_and_install(file, partial, dest, etag, expected_size, url, endpoint, repo_id, meta.commit_hash, root)
+
+
+def _http_get(
+    url: str, fh: Any, *, resume_size: int, headers: dict[str, str], expected_size: int | None, display_name: str
+) -> None:
+    """Call huggingface_hub's ``http_get`` with only the keyword arguments the installed version accepts."""
+    from huggingface_hub.file_download import http_get
+
+    kwargs: dict[str, Any] = {"resume_size": resume_size, "headers": headers, "expected_size": expected_size}
+    if "displayed_filename" in inspect.signature(http_get).parameters:
+        kwargs["displayed_filename"] = display_name
+    http_get(url, fh, **kwargs)
+
+
+def _request_headers(url: str, location: str) -> dict[str, str]:
+    from huggingface_hub.utils import build_hf_headers
+
+    headers = dict(build_hf_headers(library_name="sd-webui-imagereward"))
+    if urlparse(location).netloc != urlparse(url).netloc:
+        # A signed CDN URL: the hub token must not travel there (huggingface_hub does the same).
+        headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+    return headers
+
+
+def _partial_path(root: Path, file: HubFile, etag: str | None) -> Path:
+    """Partial files are named after the announced etag, so a partial of an older version is never resumed."""
+    tag = re.sub(r"[^A-Za-z0-9_-]", "", etag or "")[:64] or "noetag"
+    return root / PARTIAL_DIRNAME / f"{_flat_name(file)}.{tag}.part"
+
+
+def _flat_name(file: HubFile) -> str:
+    return file.relpath.replace("/", "--")
+
+
+def _remove_stale_partials(file: HubFile, keep: Path) -> None:
+    """Delete partials of the same file for other etags; they are ours and can never complete."""
+    prefix = _flat_name(file) + "."
+    for other in keep.parent.glob("*.part"):
+        tag = other.name[len(prefix) : -len(".part")]
+        if other != keep and other.name.startswith(prefix) and "." not in tag:
+            logger.info("Removing an outdated partial download %s", other)
+            with contextlib.suppress(OSError):
+                other.unlink()
+
+
+def _check_disk_space(folder: Path, needed: int, file: HubFile) -> None:
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return
+    if free < needed:
+        raise DownloadError(
+            f"Not enough disk space for {file.relpath}: {_mb(needed)} more are needed in {folder}, {_mb(free)} free. "
+            "Free some space or point IMAGEREWARD_HOME / the models folder at another disk."
+        )
+
+
+def _verify_and_install(
+    file: HubFile,
+    partial: Path,
+    dest: Path,
+    etag: str | None,
+    expected_size: int | None,
+    url: str,
+    endpoint: str | None,
+    repo_id: str,
+    commit_hash: str | None,
+    root: Path,
+) -> None:
+    """Compare the finished partial with the hub's announcement, then rename it into place (or aside)."""
+    size = partial.stat().st_size
+    sha256, git_sha1 = _hash_file(partial, with_git_sha1=_is_hex(etag, 40))
+    problem = None
+    if expected_size is not None and size != expected_size:
+        problem = f"it has {size} bytes, the hub announced {expected_size}"
+    elif _is_hex(etag, 64) and sha256 != etag:
+        problem = f"its sha256 is {sha256}, the hub announced {etag}"
+    elif _is_hex(etag, 40) and git_sha1 != etag:
+        problem = f"its git blob sha1 is {git_sha1}, the hub announced {etag}"
+    elif not (_is_hex(etag, 64) or _is_hex(etag, 40)):
+        logger.warning("The hub sent no usable hash for %s (etag %r); only its size was checked", url, etag)
+
+    if problem is not None:
+        corrupt = dest.with_name(dest.name + ".corrupt")
+        os.replace(partial, corrupt)
+        raise DownloadError(
+            f"The download of {file.relpath} from {url} is corrupt: {problem}. It was moved aside to {corrupt} "
+            f"(delete it when you like) and nothing was installed as {dest}. Run again to download it anew; if "
+            f"this keeps happening, check any proxy or mirror (HF_ENDPOINT). {_manual_hint(file, dest, endpoint)}"
+        )
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(partial, dest)
+    stat = dest.stat()
+    entry = {
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "sha256": sha256,
+        "etag": etag,
+        "repo_id": repo_id,
+        "filename": file.filename,
+        "commit": commit_hash,
+    }
+    _write_record(root, file.relpath, entry)
+    logger.info("Installed %s (%s, verified)", dest, _mb(stat.st_size))
+
+
+def _hash_file(path: Path, *, with_git_sha1: bool) -> tuple[str, str | None]:
+    """SHA-256 of the content and, if asked, the git blob id (sha1 of ``b"blob <size>\\0" + content``)."""
+    sha256 = hashlib.sha256()
+    sha1 = None
+    if with_git_sha1:
+        sha1 = hashlib.sha1()
+        sha1.update(b"blob %d\0" % path.stat().st_size)
+    with path.open("rb") as fh:
+        while chunk := fh.read(_HASH_CHUNK):
+            sha256.update(chunk)
+            if sha1 is not None:
+                sha1.update(chunk)
+    return sha256.hexdigest(), sha1.hexdigest() if sha1 is not None else None
+
+
+def _is_hex(value: str | None, length: int) -> bool:
+    return value is not None and len(value) == length and re.fullmatch(r"[0-9a-f]+", value) is not None
+
+
+def _read_record(root: Path) -> dict[str, Any]:
+    try:
+        data = json.loads((root / VERIFIED_RECORD_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    files = data.get("files") if isinstance(data, dict) else None
+    return files if isinstance(files, dict) else {}
+
+
+def _write_record(root: Path, relpath: str, entry: dict[str, Any]) -> None:
+    files = _read_record(root)
+    files[relpath] = entry
+    target = root / VERIFIED_RECORD_NAME
+    tmp = target.with_name(target.name + ".tmp")
+    try:
+        tmp.write_text(json.dumps({"version": 1, "files": files}, indent=2, sort_keys=True), encoding="utf-8")
+        os.replace(tmp, target)
+    except OSError as err:  # the record only saves re-hashing; never fail a good download over it
+        logger.warning("Could not write %s: %s", target, err)
+
+
+def _mb(size: int | None) -> str:
+    return "unknown size" if size is None else f"{size / 1e6:.1f} MB"

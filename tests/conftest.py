@@ -1,0 +1,20 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.checkpoints import write_model_dir
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A models folder with a small random checkpoint in the release's format, as a download leaves it."""
+    return write_model_dir(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="session")
+def scorer(model_dir: Path):
+    from imagereward.scorer import ImageRewardScorer
+
+    return ImageRewardScorer.load(model_dir, device="cpu", offline=True, progress=False, batch_size=4)

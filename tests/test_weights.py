@@ -1,0 +1,172 @@
+"""Loading checkpoints: safe unpickling, strict key checks, the safetensors conversion, clear errors."""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import pytest
+import torch
+
+from imagereward.config import TextConfig
+from imagereward.errors import CheckpointError
+from imagereward.weights import SAFETENSORS_NAME, build_model, load_state, official_to_ours
+from tests.checkpoints import med_config, official_state_dict
+
+TEXT = TextConfig.from_med_config(med_config())
+
+
+def test_every_official_key_maps_and_unused_ones_are_known() -> None:
+    state = official_state_dict()
+    unused = {k for k in state if official_to_ours(k) is None}
+    assert unused == {
+        "blip.vision_proj.weight",
+        "blip.vision_proj.bias",
+        "blip.text_proj.weight",
+        "blip.text_proj.bias",
+        "blip.text_encoder.embeddings.position_ids",
+    }
+    model = build_model(state, TEXT)
+    ours = model.state_dict()
+    for key, tensor in state.items():
+        if key not in unused:
+            assert torch.equal(ours[official_to_ours(key)], tensor), key
+
+
+def test_full_size_layout_has_the_release_tensor_count() -> None:
+    """625 tensors in the release: the full-size model on the meta device must account for all but 5 of them."""
+    from imagereward.config import ImageRewardConfig
+    from imagereward.model import ImageRewardModel
+
+    with torch.device("meta"):
+        model = ImageRewardModel(ImageRewardConfig())
+    assert len(model.state_dict()) == 625 - 5
+    assert sum(p.numel() for p in model.parameters()) == pytest.approx(446.7e6 - 0.6e6, rel=0.01)
+
+
+def test_module_prefix_from_data_parallel_is_stripped() -> None:
+    state = {f"module.{k}": v for k, v in official_state_dict().items()}
+    build_model(state, TEXT)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda s: s.pop("blip.visual_encoder.norm.weight"), "missing 1 of"),
+        (lambda s: s.__setitem__("blip.visual_encoder.extra.weight", torch.zeros(1)), "unexpected keys: blip.visual"),
+        (lambda s: s.__setitem__("mlp.layers.0.weight", torch.zeros(1024, 7)), r"wrong shapes: head.layers.0.weight"),
+        (lambda s: s.__setitem__("mlp.layers.0.bias", torch.zeros(1024, dtype=torch.long)), "not floating point"),
+        (lambda s: s.pop("blip.visual_encoder.pos_embed"), "not an ImageReward checkpoint"),
+    ],
+)
+def test_wrong_checkpoints_are_refused_with_a_reason(mutate, message: str) -> None:
+    state = official_state_dict()
+    mutate(state)
+    with pytest.raises(CheckpointError, match=message):
+        build_model(state, TEXT)
+
+
+def test_first_load_converts_to_safetensors_and_later_loads_read_it(tmp_path) -> None:
+    pt = tmp_path / "ImageReward.pt"
+    torch.save(official_state_dict(), pt)
+    state, source = load_state(pt)
+    assert source == pt and (tmp_path / SAFETENSORS_NAME).exists()
+    again, source = load_state(pt)
+    assert source == tmp_path / SAFETENSORS_NAME
+    assert set(again) == set(state) - {
+        "blip.text_encoder.embeddings.position_ids",
+        "blip.vision_proj.weight",
+        "blip.vision_proj.bias",
+        "blip.text_proj.weight",
+        "blip.text_proj.bias",
+    }
+    assert all(torch.equal(again[k], state[k]) for k in again)
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_changed_source_is_converted_again(tmp_path) -> None:
+    pt = tmp_path / "ImageReward.pt"
+    torch.save(official_state_dict(seed=1), pt)
+    load_state(pt)
+    torch.save(official_state_dict(seed=2), pt)
+    os.utime(pt, ns=(1, 1))  # a different mtime, as a replaced file would have
+    _, source = load_state(pt)
+    assert source == pt
+    assert torch.equal(load_state(pt)[0]["mlp.layers.0.weight"], official_state_dict(seed=2)["mlp.layers.0.weight"])
+
+
+def test_read_only_folder_still_loads(tmp_path, monkeypatch) -> None:
+    pt = tmp_path / "ImageReward.pt"
+    torch.save(official_state_dict(), pt)
+    monkeypatch.setattr("tempfile.mkstemp", lambda *a, **k: (_ for _ in ()).throw(PermissionError("read-only")))
+    _, source = load_state(pt)
+    assert source == pt and not (tmp_path / SAFETENSORS_NAME).exists()
+
+
+class Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def test_pickled_code_is_refused(tmp_path) -> None:
+    pt = tmp_path / "ImageReward.pt"
+    state = official_state_dict()
+    state["trap"] = Evil()
+    torch.save(state, pt, pickle_protocol=pickle.DEFAULT_PROTOCOL)
+    with pytest.raises(CheckpointError, match="refused for safety"):
+        load_state(pt)
+
+
+def test_truncated_checkpoint_is_reported(tmp_path) -> None:
+    pt = tmp_path / "ImageReward.pt"
+    torch.save(official_state_dict(), pt)
+    data = pt.read_bytes()
+    pt.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_state(pt)
+    assert pt.exists()  # the user's file is left alone
+
+
+def test_corrupt_safetensors_is_reported(tmp_path) -> None:
+    st = tmp_path / SAFETENSORS_NAME
+    st.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
+    with pytest.raises(CheckpointError, match="not a readable safetensors"):
+        load_state(st)
+
+
+def test_missing_checkpoint(tmp_path) -> None:
+    with pytest.raises(CheckpointError, match="checkpoint not found"):
+        load_state(tmp_path / "ImageReward.pt")
+
+
+def test_not_a_state_dict(tmp_path) -> None:
+    pt = tmp_path / "ImageReward.pt"
+    torch.save([torch.zeros(1)], pt)
+    with pytest.raises(CheckpointError, match="not a state dict"):
+        load_state(pt)
+
+
+def test_med_config_errors(tmp_path) -> None:
+    bad = tmp_path / "med_config.json"
+    bad.write_text("{", encoding="utf-8")
+    with pytest.raises(CheckpointError, match="not a readable JSON"):
+        TextConfig.from_file(bad)
+    bad.write_text('{"hidden_size": 8}', encoding="utf-8")
+    with pytest.raises(CheckpointError, match="lacks or has a bad value"):
+        TextConfig.from_file(bad)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        TextConfig.from_file(tmp_path / "nope.json")
+
+
+def test_loading_builds_no_random_weights_first(monkeypatch) -> None:
+    """The model is built on the meta device: no initialisation may touch real memory."""
+    devices = []
+    original = torch.nn.init.kaiming_uniform_
+
+    def spy(*args, **kwargs):
+        devices.append((args[0] if args else kwargs["tensor"]).device.type)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.init, "kaiming_uniform_", spy)
+    build_model(official_state_dict(), TEXT)
+    assert devices and set(devices) == {"meta"}
