@@ -1,0 +1,250 @@
+"use strict";
+// applyBadges / applySummary on a jsdom copy of the gradio 3.41 gallery markup (grid view; preview + strip).
+
+const test = require("node:test");
+const assert = require("node:assert/strict");
+const { makePage, renderGallery, selectInGallery, makeInfo, recordMutations, FOUR, SCRIPT_PATH } = require("./helpers");
+
+const ir = require(SCRIPT_PATH);
+const MINUS = "\u2212";
+const STAR = "\u2605";
+
+function badgeOf(host) {
+    return Array.from(host.children).find((c) => c.classList.contains("imagereward-badge")) || null;
+}
+
+function visibleText(badge) {
+    // what is drawn: everything but the screen-reader span
+    return Array.from(badge.children).filter((c) => !c.classList.contains("imagereward-sr")).map((c) => c.textContent).join("");
+}
+
+function setup({ count, selected = null, info }) {
+    const page = makePage();
+    const gallery = page.gallery();
+    renderGallery(gallery, { count, selected });
+    const parsed = info === null ? null : ir.parseGenerationInfo(JSON.stringify(info));
+    return { page, gallery, parsed };
+}
+
+test("grid view: one badge per scored thumbnail, none on the grid image", () => {
+    // 5 gallery items: the grid image at 0, then four images
+    const { gallery, parsed } = setup({ count: 5, info: makeInfo({ images: FOUR, grid: true }) });
+    const result = ir.applyBadges(gallery, parsed);
+    assert.equal(result.badges, 4);
+    const thumbs = gallery.querySelectorAll(".grid-wrap .thumbnail-item");
+    assert.equal(badgeOf(thumbs[0]), null, "no badge on the grid image");
+    assert.equal(visibleText(badgeOf(thumbs[1])), `${STAR}0.81`);
+    assert.equal(visibleText(badgeOf(thumbs[2])), `${MINUS}0.42`);
+    assert.equal(visibleText(badgeOf(thumbs[3])), `${STAR}1.95`);
+    assert.equal(visibleText(badgeOf(thumbs[4])), `${MINUS}2.50`);
+    assert.equal(gallery.querySelectorAll(".imagereward-badge").length, 4);
+    assert.equal(gallery.querySelector(".preview"), null);
+});
+
+test("badge content: best marker with text alternative, tooltip, fixed-scale colour, namespaced", () => {
+    const { gallery, parsed } = setup({ count: 4, info: makeInfo({ images: FOUR }) });
+    ir.applyBadges(gallery, parsed);
+    const thumbs = gallery.querySelectorAll(".grid-wrap .thumbnail-item");
+    const best = badgeOf(thumbs[0]);
+    const other = badgeOf(thumbs[1]);
+
+    assert.ok(best.classList.contains("imagereward-badge--best"));
+    assert.ok(!other.classList.contains("imagereward-badge--best"));
+    assert.equal(best.querySelector(".imagereward-badge__star").textContent, STAR);
+    assert.equal(best.querySelector(".imagereward-badge__star").getAttribute("aria-hidden"), "true");
+    assert.equal(other.querySelector(".imagereward-badge__star"), null);
+
+    assert.equal(best.title, "ImageReward score 0.812 \u2014 rank 1 of 4 in its group \u2014 best");
+    assert.equal(other.title, `ImageReward score ${MINUS}0.422 \u2014 rank 3 of 4 in its group`);
+    assert.equal(best.querySelector(".imagereward-sr").textContent, best.title, "text alternative for the star and colour");
+
+    // the thumbnail button keeps its own label and gets the badge as its description
+    assert.equal(thumbs[0].getAttribute("aria-label"), "Thumbnail 1 of 4");
+    assert.equal(thumbs[0].getAttribute("aria-describedby"), best.id);
+    assert.ok(best.id.startsWith("imagereward-"));
+
+    assert.equal(best.style.getPropertyValue("--imagereward-color"), ir.scoreColor(0.8123));
+    assert.equal(badgeOf(thumbs[3]).style.getPropertyValue("--imagereward-color"), ir.scoreColor(-2), "clamped to red");
+
+    for (const node of gallery.querySelectorAll(".imagereward-badge, .imagereward-badge *")) {
+        for (const cls of node.classList) assert.ok(cls.startsWith("imagereward-"), cls);
+    }
+    // the thumbnails' own classes are untouched
+    assert.equal(thumbs[0].className, "thumbnail-item thumbnail-lg svelte-1b19cri");
+});
+
+test("preview + strip: strip thumbnails and the large preview follow the selected image", () => {
+    const { gallery, parsed } = setup({ count: 5, selected: 2, info: makeInfo({ images: FOUR, grid: true }) });
+    const result = ir.applyBadges(gallery, parsed);
+    assert.equal(result.badges, 4 + 4 + 1, "grid, strip and preview");
+
+    const strip = gallery.querySelectorAll(".thumbnails .thumbnail-item");
+    assert.equal(badgeOf(strip[0]), null);
+    assert.equal(visibleText(badgeOf(strip[2])), `${MINUS}0.42`);
+    assert.ok(badgeOf(strip[2]).classList.contains("imagereward-badge--small"));
+    assert.ok(badgeOf(strip[1]).classList.contains("imagereward-badge--best"));
+
+    const preview = gallery.querySelector(".preview");
+    const big = badgeOf(preview);
+    assert.ok(big.classList.contains("imagereward-badge--preview"));
+    assert.equal(visibleText(big), `${MINUS}0.42 \u00b7 rank 3/4`);
+    assert.equal(big.title, `ImageReward score ${MINUS}0.422 \u2014 rank 3 of 4 in its group`);
+    assert.equal(preview.getAttribute("aria-describedby"), null, "the preview button has no label to keep");
+
+    // select the best image of the second group
+    selectInGallery(gallery, 3);
+    ir.applyBadges(gallery, parsed);
+    assert.equal(visibleText(badgeOf(preview)), `${STAR}1.95 \u00b7 rank 1/4`);
+    assert.equal(gallery.querySelectorAll(".preview > .imagereward-badge").length, 1);
+
+    // select the grid image: the preview badge goes away
+    selectInGallery(gallery, 0);
+    ir.applyBadges(gallery, parsed);
+    assert.equal(badgeOf(preview), null);
+    assert.equal(gallery.querySelectorAll(".imagereward-badge").length, 8);
+});
+
+test("idempotent: a second run neither duplicates nor touches the DOM", async () => {
+    const { page, gallery, parsed } = setup({ count: 5, selected: 1, info: makeInfo({ images: FOUR, grid: true }) });
+    ir.applyBadges(gallery, parsed);
+    ir.applySummary(gallery, parsed);
+    const html = gallery.parentNode.innerHTML;
+    const recorder = recordMutations(page.window, gallery.parentNode);
+    const again = ir.applyBadges(gallery, parsed);
+    const summaryChanged = ir.applySummary(gallery, parsed);
+    const records = await recorder.stop();
+    assert.equal(again.changed, 0);
+    assert.equal(summaryChanged, false);
+    assert.equal(records.length, 0, "no mutation on the second run");
+    assert.equal(gallery.parentNode.innerHTML, html);
+    assert.equal(gallery.querySelectorAll(".imagereward-badge").length, 9);
+});
+
+test("switching grid view <-> preview recomputes badges for the new elements", () => {
+    const page = makePage();
+    const gallery = page.gallery();
+    const parsed = ir.parseGenerationInfo(makeInfo({ images: FOUR }));
+    renderGallery(gallery, { count: 4, selected: null });
+    assert.equal(ir.applyBadges(gallery, parsed).badges, 4);
+    renderGallery(gallery, { count: 4, selected: 0 }); // gradio re-renders: fresh elements without badges
+    assert.equal(gallery.querySelectorAll(".imagereward-badge").length, 0);
+    assert.equal(ir.applyBadges(gallery, parsed).badges, 9);
+    assert.equal(gallery.querySelectorAll(".thumbnail-item > .imagereward-badge").length, 8);
+});
+
+test("a new job without scores removes every badge, description link and the summary", async () => {
+    const { page, gallery, parsed } = setup({ count: 5, selected: 1, info: makeInfo({ images: FOUR, grid: true }) });
+    // a thumbnail that already had a description of its own keeps it
+    const first = gallery.querySelector(".grid-wrap .thumbnail-item:nth-child(2)");
+    first.setAttribute("aria-describedby", "someone-else");
+    ir.applyBadges(gallery, parsed);
+    ir.applySummary(gallery, parsed);
+    assert.equal(first.getAttribute("aria-describedby").split(" ").length, 2);
+    assert.ok(gallery.nextElementSibling.classList.contains("imagereward-summary"));
+
+    const plain = ir.parseGenerationInfo(JSON.stringify(makeInfo({ images: FOUR, details: false, infotextScores: false })));
+    assert.equal(plain, null);
+    const removed = ir.applyBadges(gallery, plain);
+    assert.ok(removed.changed > 0);
+    assert.equal(ir.applySummary(gallery, plain), true);
+    assert.equal(gallery.parentNode.querySelectorAll(".imagereward-badge, .imagereward-summary").length, 0);
+    assert.equal(first.getAttribute("aria-describedby"), "someone-else");
+    assert.equal(gallery.querySelectorAll("[aria-describedby^=imagereward-]").length, 0);
+
+    // and removing again is a no-op
+    const recorder = recordMutations(page.window, gallery.parentNode);
+    assert.equal(ir.clearOverlays(gallery), 0);
+    assert.equal((await recorder.stop()).length, 0);
+});
+
+test("a job with fewer scored images drops the badges that no longer apply", () => {
+    const { gallery, parsed } = setup({ count: 4, info: makeInfo({ images: FOUR }) });
+    ir.applyBadges(gallery, parsed);
+    const two = ir.parseGenerationInfo(makeInfo({ images: FOUR.slice(0, 2) }));
+    ir.applyBadges(gallery, two);
+    const thumbs = gallery.querySelectorAll(".grid-wrap .thumbnail-item");
+    assert.ok(badgeOf(thumbs[0]) && badgeOf(thumbs[1]));
+    assert.equal(badgeOf(thumbs[2]), null);
+    assert.equal(badgeOf(thumbs[3]), null);
+    assert.equal(thumbs[3].hasAttribute("aria-describedby"), false);
+});
+
+test("scores changing for the same elements update the badge in place", () => {
+    const { gallery, parsed } = setup({ count: 4, info: makeInfo({ images: FOUR }) });
+    ir.applyBadges(gallery, parsed);
+    const thumb = gallery.querySelector(".grid-wrap .thumbnail-item");
+    const badge = badgeOf(thumb);
+    const next = ir.parseGenerationInfo(makeInfo({ images: [{ score: -1.5, rank: 2, groupSize: 2 }, ...FOUR.slice(1)] }));
+    const result = ir.applyBadges(gallery, next);
+    assert.equal(result.changed, 1);
+    assert.equal(badgeOf(thumb), badge, "same element, updated");
+    assert.equal(visibleText(badge), `${MINUS}1.50`);
+    assert.ok(!badge.classList.contains("imagereward-badge--best"));
+    assert.equal(badge.querySelectorAll(".imagereward-badge__score").length, 1);
+});
+
+test("setting off: no badge and no summary are added, existing ones are removed", async () => {
+    const { page, gallery, parsed } = setup({ count: 5, selected: 2, info: makeInfo({ images: FOUR, grid: true }) });
+    const html = gallery.parentNode.innerHTML;
+    const recorder = recordMutations(page.window, gallery.parentNode);
+    assert.equal(ir.applyBadges(gallery, parsed, { enabled: false }).badges, 0);
+    assert.equal(ir.applySummary(gallery, parsed, { enabled: false }), false);
+    assert.equal((await recorder.stop()).length, 0, "no DOM change at all");
+    assert.equal(gallery.parentNode.innerHTML, html);
+
+    ir.applyBadges(gallery, parsed);
+    ir.applySummary(gallery, parsed);
+    ir.applyBadges(gallery, parsed, { enabled: false });
+    ir.applySummary(gallery, parsed, { enabled: false });
+    assert.equal(gallery.parentNode.innerHTML, html, "back to the untouched markup");
+});
+
+test("summary: just below the gallery, only for jobs with details, fallback flagged", () => {
+    const info = makeInfo({ images: FOUR, grid: true });
+    const { gallery, parsed } = setup({ count: 5, info });
+    assert.equal(ir.applySummary(gallery, parsed), true);
+    const summary = gallery.nextElementSibling;
+    assert.ok(summary.classList.contains("imagereward-summary"));
+    assert.equal(summary.textContent, `ImageReward: 16 candidates scored, 4 kept, 12 discarded \u00b7 scores ${MINUS}1.23 \u2026 1.95`);
+    assert.equal(summary.getAttribute("role"), "status");
+    assert.equal(summary.parentNode.id, "txt2img_gallery_container");
+
+    const fallbackInfo = makeInfo({
+        images: [{ score: -1.7, rank: 1, groupSize: 4 }],
+        summary: { scored: 4, kept: 1, discarded: 3, min: -2.2, max: -1.7, mode: "threshold", threshold: 0.2, fallback: true },
+    });
+    ir.applySummary(gallery, ir.parseGenerationInfo(fallbackInfo));
+    assert.equal(gallery.parentNode.querySelectorAll(".imagereward-summary").length, 1);
+    assert.ok(summary.classList.contains("imagereward-summary--fallback"));
+    assert.match(summary.textContent, /no candidate reached the threshold \(0\.20\), so the best was kept anyway$/);
+
+    // infotext-only data: badges yes, summary no
+    const onlyInfotext = ir.parseGenerationInfo(makeInfo({ images: FOUR, details: false }));
+    assert.equal(ir.applySummary(gallery, onlyInfotext), true);
+    assert.equal(gallery.parentNode.querySelector(".imagereward-summary"), null);
+    assert.equal(ir.applyBadges(gallery, onlyInfotext).badges, 4);
+    assert.equal(gallery.querySelectorAll(".imagereward-badge--best").length, 0, "no rank known: no best marker");
+});
+
+test("a group of one gets no star (nothing was compared)", () => {
+    const info = makeInfo({ images: [{ score: 0.3, rank: 1, groupSize: 1 }, { score: 0.1, rank: 1, groupSize: 1 }] });
+    const { gallery } = setup({ count: 2, info });
+    ir.applyBadges(gallery, ir.parseGenerationInfo(info));
+    assert.equal(gallery.querySelectorAll(".imagereward-badge").length, 2);
+    assert.equal(gallery.querySelectorAll(".imagereward-badge--best, .imagereward-badge__star").length, 0);
+});
+
+test("more thumbnails than scores (extra images without infotext): extras stay bare", () => {
+    const { gallery, parsed } = setup({ count: 6, info: makeInfo({ images: FOUR }) });
+    assert.equal(ir.applyBadges(gallery, parsed).badges, 4);
+    const thumbs = gallery.querySelectorAll(".grid-wrap .thumbnail-item");
+    assert.equal(badgeOf(thumbs[4]), null);
+    assert.equal(badgeOf(thumbs[5]), null);
+});
+
+test("robust against odd input: missing gallery, empty gallery, gradio-like elements we did not make", () => {
+    assert.deepEqual(ir.applyBadges(null, null), { badges: 0, changed: 0 });
+    assert.equal(ir.applySummary(null, null), false);
+    const { gallery, parsed } = setup({ count: 0, info: makeInfo({ images: FOUR }) });
+    assert.equal(ir.applyBadges(gallery, parsed).badges, 0);
+});

@@ -1,0 +1,182 @@
+"use strict";
+// The script as the browser runs it: evaluated as a classic script in a jsdom window with stand-ins for the
+// WebUI's helpers (gradioApp, onAfterUiUpdate, onUiLoaded, onOptionsChanged, opts); the test plays the WebUI.
+
+const test = require("node:test");
+const assert = require("node:assert/strict");
+const { makePage, renderGallery, selectInGallery, loadScriptInPage, makeInfo, recordMutations, sleep, FOUR } = require("./helpers");
+
+const STAR = "\u2605";
+
+function fire(callbacks) {
+    for (const cb of callbacks.afterUiUpdate) cb();
+}
+
+function setInfo(page, tab, info) {
+    // gradio sets the textarea's value property (no DOM mutation)
+    page.textarea(tab).value = typeof info === "string" ? info : JSON.stringify(info);
+}
+
+test("classic script: one global, registers with the WebUI helpers, no console errors", () => {
+    const page = makePage();
+    const { callbacks, errors, addedGlobals, api } = loadScriptInPage(page);
+    assert.deepEqual(addedGlobals, ["imageRewardOverlay"]);
+    assert.equal(typeof api.update, "function");
+    assert.equal(callbacks.afterUiUpdate.length, 1);
+    assert.equal(callbacks.uiLoaded.length, 1);
+    assert.equal(callbacks.optionsChanged.length, 1);
+    assert.equal(api.install(), false, "registers once");
+    assert.deepEqual(errors, []);
+});
+
+test("without the WebUI helpers the script loads without throwing and does nothing", () => {
+    const page = makePage();
+    renderGallery(page.gallery(), { count: 4, selected: 0 });
+    setInfo(page, "txt2img", makeInfo({ images: FOUR }));
+    const { errors, addedGlobals, api } = loadScriptInPage(page, { helpers: false });
+    assert.deepEqual(addedGlobals, ["imageRewardOverlay"]);
+    assert.equal(api.install(), false);
+    assert.equal(page.document.querySelectorAll(".imagereward-badge").length, 0);
+    assert.deepEqual(errors, []);
+});
+
+test("extension unused (no scores in the info): no DOM change at all, ever", async () => {
+    const page = makePage();
+    renderGallery(page.gallery("txt2img"), { count: 5, selected: 0 });
+    renderGallery(page.gallery("img2img"), { count: 2, selected: null });
+    setInfo(page, "txt2img", makeInfo({ images: FOUR, grid: true, details: false, infotextScores: false }));
+    const root = page.document.querySelector("gradio-app");
+    const html = root.innerHTML;
+    const recorder = recordMutations(page.window, root);
+    const { callbacks, errors } = loadScriptInPage(page);
+    for (const cb of callbacks.uiLoaded) cb();
+    fire(callbacks);
+    fire(callbacks);
+    selectInGallery(page.gallery(), 2);
+    await sleep(60); // let the gallery observer's scheduled pass run too
+    fire(callbacks);
+    // only the selection's own class/src changes, nothing of ours
+    const records = (await recorder.stop()).filter((r) => !(r.type === "attributes" && ["class", "src"].includes(r.attributeName)));
+    assert.equal(records.length, 0);
+    assert.equal(root.querySelectorAll("[class*=imagereward], [id^=imagereward], [aria-describedby]").length, 0);
+    // garbage in the textbox: same
+    setInfo(page, "txt2img", "{not json");
+    fire(callbacks);
+    assert.equal(root.querySelectorAll("[class*=imagereward]").length, 0);
+    assert.deepEqual(errors, []);
+    assert.notEqual(html, root.innerHTML, "(sanity: the selection itself did change the page)");
+});
+
+test("after a job the badges and summary appear; the loop bails out when nothing changed", async () => {
+    const page = makePage();
+    const { callbacks, errors, api } = loadScriptInPage(page);
+    fire(callbacks); // page loaded, nothing generated yet
+    assert.equal(page.document.querySelectorAll(".imagereward-badge").length, 0);
+
+    renderGallery(page.gallery(), { count: 5, selected: 0 });
+    setInfo(page, "txt2img", makeInfo({ images: FOUR, grid: true }));
+    fire(callbacks);
+    const gallery = page.gallery();
+    assert.equal(gallery.querySelectorAll(".grid-wrap .imagereward-badge").length, 4);
+    assert.equal(gallery.querySelectorAll(".thumbnails .imagereward-badge").length, 4);
+    assert.equal(gallery.querySelector(".preview > .imagereward-badge"), null, "the grid image is selected: no preview badge");
+    assert.ok(gallery.nextElementSibling.classList.contains("imagereward-summary"));
+
+    // nothing changed: no work, no mutation
+    const recorder = recordMutations(page.window, page.document.body);
+    assert.equal(api.update(), 0);
+    fire(callbacks);
+    assert.equal((await recorder.stop()).length, 0);
+    assert.deepEqual(errors, []);
+});
+
+test("selecting another thumbnail updates the preview badge via the gallery observer", async () => {
+    const page = makePage();
+    const { callbacks } = loadScriptInPage(page);
+    renderGallery(page.gallery(), { count: 4, selected: 0 });
+    setInfo(page, "txt2img", makeInfo({ images: FOUR }));
+    fire(callbacks);
+    const preview = page.gallery().querySelector(".preview");
+    const previewBadgeText = () => preview.querySelector(":scope > .imagereward-badge .imagereward-badge__score").textContent;
+    assert.equal(previewBadgeText(), "0.81 \u00b7 rank 1/4");
+
+    // a class/src change only: the WebUI's childList observer would not report it
+    selectInGallery(page.gallery(), 2);
+    await sleep(80);
+    assert.equal(previewBadgeText(), "1.95 \u00b7 rank 1/4");
+    assert.ok(preview.querySelector(":scope > .imagereward-badge").textContent.includes(STAR));
+});
+
+test("a new job replaces scores; a job without scores clears everything", () => {
+    const page = makePage();
+    const { callbacks } = loadScriptInPage(page);
+    const gallery = page.gallery();
+    renderGallery(gallery, { count: 4, selected: 0 });
+    setInfo(page, "txt2img", makeInfo({ images: FOUR }));
+    fire(callbacks);
+    assert.equal(gallery.querySelectorAll(".imagereward-badge").length, 9);
+
+    // same number of images, new scores (gradio reuses the elements)
+    setInfo(page, "txt2img", makeInfo({ images: FOUR.map((x) => ({ ...x, score: x.score - 1 })) }));
+    fire(callbacks);
+    const first = gallery.querySelector(".grid-wrap .thumbnail-item .imagereward-badge__score");
+    assert.equal(first.textContent, "\u22120.19");
+
+    // a job with the extension off
+    setInfo(page, "txt2img", makeInfo({ images: FOUR, details: false, infotextScores: false }));
+    fire(callbacks);
+    assert.equal(page.document.querySelectorAll(".imagereward-badge, .imagereward-summary").length, 0);
+});
+
+test("gradio re-renders the gallery with the same info: badges come back", () => {
+    const page = makePage();
+    const { callbacks } = loadScriptInPage(page);
+    const gallery = page.gallery();
+    renderGallery(gallery, { count: 4, selected: 1 });
+    setInfo(page, "txt2img", makeInfo({ images: FOUR }));
+    fire(callbacks);
+    renderGallery(gallery, { count: 4, selected: 1 }); // same shape, fresh elements
+    fire(callbacks);
+    assert.equal(gallery.querySelectorAll(".imagereward-badge").length, 9);
+    renderGallery(gallery, { count: 4, selected: null }); // preview closed
+    fire(callbacks);
+    assert.equal(gallery.querySelectorAll(".imagereward-badge").length, 4);
+});
+
+test("txt2img and img2img are handled independently", () => {
+    const page = makePage();
+    const { callbacks } = loadScriptInPage(page);
+    renderGallery(page.gallery("txt2img"), { count: 4, selected: null });
+    renderGallery(page.gallery("img2img"), { count: 3, selected: 0 });
+    setInfo(page, "txt2img", makeInfo({ images: FOUR }));
+    setInfo(page, "img2img", makeInfo({ images: FOUR.slice(0, 2), grid: true, details: false }));
+    fire(callbacks);
+    assert.equal(page.gallery("txt2img").querySelectorAll(".imagereward-badge").length, 4);
+    const img2img = page.gallery("img2img");
+    assert.equal(img2img.querySelectorAll(".imagereward-badge").length, 2 + 2, "grid and strip, grid image bare, preview on the grid image");
+    assert.equal(img2img.nextElementSibling, null, "infotext-only data: no summary");
+    const ids = Array.from(page.document.querySelectorAll(".imagereward-badge")).map((b) => b.id);
+    assert.equal(new Set(ids).size, ids.length, "badge ids are unique across both galleries");
+});
+
+test("the setting: off removes everything, on brings it back (via onOptionsChanged)", async () => {
+    const page = makePage();
+    const { callbacks } = loadScriptInPage(page, { opts: { imagereward_show_overlays: false } });
+    const gallery = page.gallery();
+    renderGallery(gallery, { count: 4, selected: 0 });
+    setInfo(page, "txt2img", makeInfo({ images: FOUR }));
+    const html = page.document.body.innerHTML;
+    const recorder = recordMutations(page.window, page.document.body);
+    fire(callbacks);
+    assert.equal((await recorder.stop()).length, 0, "off: no DOM change");
+    assert.equal(page.document.body.innerHTML, html);
+
+    page.window.opts.imagereward_show_overlays = true;
+    for (const cb of callbacks.optionsChanged) cb();
+    assert.equal(gallery.querySelectorAll(".imagereward-badge").length, 9);
+    assert.ok(gallery.nextElementSibling.classList.contains("imagereward-summary"));
+
+    page.window.opts.imagereward_show_overlays = false;
+    for (const cb of callbacks.optionsChanged) cb();
+    assert.equal(page.document.querySelectorAll("[class*=imagereward]").length, 0);
+});
