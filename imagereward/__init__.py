@@ -1,8 +1,8 @@
 """ImageReward v1.0 human-preference scoring, without the reference package's pins.
 
-    from imagereward import ImageRewardScorer
-    scorer = ImageRewardScorer.load("models/ImageReward")
-    scores = scorer.score("a cat on a sofa", ["a.png", "b.png"])
+from imagereward import ImageRewardScorer
+scorer = ImageRewardScorer.load("models/ImageReward")
+scores = scorer.score("a cat on a sofa", ["a.png", "b.png"])
 """
 
 from typing import Any

@@ -31,6 +31,7 @@ import os
 import re
 import shutil
 import struct
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -303,9 +304,9 @@ def _download_lock(partial_dir: Path) -> Iterator[None]:
 def _network_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean "the transfer failed" on the HTTP stack of the installed huggingface_hub."""
     errors: list[type[BaseException]] = [OSError]  # includes requests' errors and HfHubHTTPError
-    for module_name in ("httpx2", "httpx"):
-        with contextlib.suppress(ImportError):
-            module = __import__(module_name)
+    for module_name in ("httpx2", "httpx"):  # huggingface_hub 1.x/2.x; a module not imported raises nothing
+        module = sys.modules.get(module_name)
+        if module is not None and isinstance(getattr(module, "HTTPError", None), type):
             errors.append(module.HTTPError)
     from huggingface_hub.utils import HfHubHTTPError
 
@@ -358,8 +359,9 @@ def _fetch_metadata(file: HubFile, endpoint: str | None, dest: Path) -> tuple[st
                     f"was imported). Download {url} yourself and save it as {dest}."
                 ) from err
             raise DownloadError(
-                f"Could not reach the hub for {url}: {_describe_error(err)}. Check the network connection, proxy "
-                f"and HF_ENDPOINT, then run again; or download that file yourself and save it as {dest}."
+                f"Could not query the hub for {url}: {_describe_error(err)}. Check the network connection, proxy "
+                f"and HF_ENDPOINT (or wait if the hub is down), then run again; or download that file yourself and "
+                f"save it as {dest}."
             ) from err
     return None  # pragma: no cover - the loop returns or raises
 

@@ -378,6 +378,26 @@ def isolate_hf_env(monkeypatch: pytest.MonkeyPatch, hf_home: Path, endpoint: str
     for name, value in patched.items():
         if hasattr(constants, name):
             monkeypatch.setattr(constants, name, value)
+    from huggingface_hub import file_download
+
+    if hasattr(file_download, "HUGGINGFACE_CO_URL_TEMPLATE"):  # a module-level copy in some versions (e.g. 0.26)
+        monkeypatch.setattr(file_download, "HUGGINGFACE_CO_URL_TEMPLATE", patched["HUGGINGFACE_CO_URL_TEMPLATE"])
+
+
+def set_download_chunk_size(monkeypatch: pytest.MonkeyPatch, size: int) -> bool:
+    """Make huggingface_hub's ``http_get`` write in chunks of ``size`` bytes; False if this version can't.
+
+    It writes ``DOWNLOAD_CHUNK_SIZE`` (10 MB) at a time and loses the unwritten part of a chunk when a connection
+    drops, so a few-MB test file cut in the middle only shows a resume with smaller chunks.
+    """
+    from huggingface_hub import constants, file_download
+
+    patched = False
+    for module in (constants, file_download):  # some versions (e.g. 0.20) keep a module-level copy
+        if hasattr(module, "DOWNLOAD_CHUNK_SIZE"):
+            monkeypatch.setattr(module, "DOWNLOAD_CHUNK_SIZE", size)
+            patched = True
+    return patched
 
 
 @pytest.fixture
