@@ -58,7 +58,10 @@ def prompt_of(path: Path, fixed: str | None) -> tuple[str | None, str | None]:
     """(prompt, error): the --prompt, else the positive prompt of the file's WebUI infotext."""
     if fixed is not None:
         return fixed, None
-    text = read_image_infotext(path)
+    try:
+        text = read_image_infotext(path)
+    except ImageRewardError as exc:
+        return None, str(exc)
     if text is None:
         return None, "no prompt: the file has no WebUI generation parameters; pass --prompt"
     return parse_infotext(text).prompt, None

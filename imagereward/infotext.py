@@ -212,7 +212,7 @@ def read_image_infotext(path_or_image: Any) -> str | None:
         with Image.open(source) as image:
             return _image_infotext(image)
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise ImageInputError(f"could not read the image {path_or_image!r}: {exc}") from exc
+        raise ImageInputError(f"{path_or_image}: not a readable image ({exc})") from exc
 
 
 def _image_infotext(image: Any) -> str | None:

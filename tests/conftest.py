@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from tests.checkpoints import write_model_dir
+from tests.fake_hub import fake_hub  # noqa: F401  (a fixture, shared by the hub and CLI tests)
 
 
 @pytest.fixture(scope="session")

@@ -384,7 +384,7 @@ def test_image_without_info_attribute_values() -> None:
 def test_unreadable_file_raises_image_input_error(tmp_path: Path) -> None:
     path = tmp_path / "not-an-image.png"
     path.write_bytes(b"hello")
-    with pytest.raises(ImageInputError, match="could not read"):
+    with pytest.raises(ImageInputError, match="not a readable image"):
         read_image_infotext(path)
     with pytest.raises(ImageInputError):
         read_image_infotext(tmp_path / "missing.png")
