@@ -150,14 +150,20 @@ def _file_stamp(path: Path) -> dict[str, str]:
 
 
 def read_torch_checkpoint(path: Path) -> dict[str, torch.Tensor]:
-    """`torch.load` restricted to tensors and plain containers; memory-mapped when the format allows."""
+    """`torch.load` restricted to tensors and plain containers; memory-mapped when the format allows.
+
+    `torch.serialization.load` rather than `torch.load`: AUTOMATIC1111 replaces `torch.load` with its own checker,
+    which rejects files written by current torch (their `.format_version` entry) and returns None.
+    `weights_only=True` gives the same protection here.
+    """
+    load = torch.serialization.load
     try:
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            state = load(path, map_location="cpu", weights_only=True, mmap=True)
         except RuntimeError as exc:
             if "mmap" not in str(exc):
                 raise
-            state = torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format: no mmap
+            state = load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format: no mmap
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
             f"{path} contains Python objects other than tensors, which are refused for safety "

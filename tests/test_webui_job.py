@@ -80,7 +80,9 @@ def test_threshold_with_nothing_passing_keeps_the_best_and_says_so() -> None:
     assert [seed_of(t) for t in processed.infotexts] == [best]
     assert processed.index_of_first_image == 0  # one image: no grid
     assert "below the threshold" in processed.comments
-    assert processed.extra_generation_params[DETAILS_KEY]["summary"]["fallback"] is True
+    summary = processed.extra_generation_params[DETAILS_KEY]["summary"]
+    assert summary["fallback"] is True
+    assert any("below the threshold" in m for m in summary["messages"])  # API users see it too
     assert [s[1] for s in hooks.saved] == [best]
 
 

@@ -170,3 +170,12 @@ def test_loading_builds_no_random_weights_first(monkeypatch) -> None:
     monkeypatch.setattr(torch.nn.init, "kaiming_uniform_", spy)
     build_model(official_state_dict(), TEXT)
     assert devices and set(devices) == {"meta"}
+
+
+def test_a_replaced_torch_load_is_bypassed(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    """AUTOMATIC1111 swaps torch.load for a checker that returns None on files written by current torch."""
+    pt = tmp_path / "ImageReward.pt"
+    torch.save(official_state_dict(), pt)
+    monkeypatch.setattr(torch, "load", lambda *args, **kwargs: None)
+    state, _ = load_state(pt, convert=False)
+    assert "mlp.layers.0.weight" in state

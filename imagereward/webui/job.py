@@ -54,6 +54,7 @@ class BestOfNJob:
         self.failure: str | None = None
         self.image_index: dict[int, int] = {}
         self.notes: list[str] = []
+        self.messages: list[str] = []  # what the job's comments said, also returned in the details for API users
         self._original: dict[str, Any] = {}
 
     # ------------------------------------------------------------------------------------------- job start
@@ -273,11 +274,12 @@ class BestOfNJob:
             candidates=self.candidates,
             threshold=self.args.threshold if self.args.mode in (Mode.THRESHOLD, Mode.TOP_K_ABOVE_THRESHOLD) else None,
             fallback=bool(selection and selection.fallback),
+            messages=list(self.messages),
         )
         return {"version": 1, "images": images, "summary": stats}
 
-    @staticmethod
-    def _comment(processed: Any, message: str) -> None:
+    def _comment(self, processed: Any, message: str) -> None:
+        self.messages.append(message)
         log.warning(message)
         processed.comments = f"{processed.comments or ''}{message}\n"
 
