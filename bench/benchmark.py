@@ -87,11 +87,16 @@ def probe_load(kind: str, checkpoint_dir: Path, vocab: Path, device: str) -> dic
                 device=device,
                 med_config=str(checkpoint_dir / "med_config.json"),
             )
-    else:
-        checkpoint = checkpoint_dir / ("ImageReward.safetensors" if kind == "ours-safetensors" else "ImageReward.pt")
+    elif kind == "ours-safetensors":
         ImageRewardScorer.from_files(
-            checkpoint, checkpoint_dir / "med_config.json", vocab, device=device, convert=False
+            checkpoint_dir / "ImageReward.safetensors", checkpoint_dir / "med_config.json", vocab, device=device
         )
+    else:  # the first load of a .pt, before any conversion exists (writing the conversion is not timed)
+        from imagereward.config import TextConfig
+        from imagereward.weights import build_model, read_torch_checkpoint
+
+        state = read_torch_checkpoint(checkpoint_dir / "ImageReward.pt")
+        build_model(state, TextConfig.from_file(checkpoint_dir / "med_config.json"), device=device)
     sync(torch.device(device))
     return {"seconds": time.perf_counter() - start, "peak_rss_mb": peak_rss_mb()}
 

@@ -70,50 +70,16 @@ def test_prompt_option_and_top_k_copy(outputs: Path, model_dir: Path, tmp_path: 
     best = tmp_path / "best"
     best.mkdir()
     before = {p.name: p.read_bytes() for p in outputs.iterdir()}
-    code, out, _ = run(
-        [
-            str(outputs / "00000-0.png"),
-            str(outputs / "00001-1.png"),
-            str(outputs / "00002-2.png"),
-            "-p",
-            "a photo",
-            "-k",
-            "2",
-            "--copy-to",
-            str(best),
-            "--models-dir",
-            str(model_dir),
-            "--offline",
-            "-q",
-            "-f",
-            "csv",
-        ],
-        capsys,
-    )
+    files = [str(outputs / name) for name in ("00000-0.png", "00001-1.png", "00002-2.png")]
+    options = ["-p", "a photo", "-k", "2", "--copy-to", str(best), "--models-dir", str(model_dir), "--offline", "-q"]
+    args = [*files, *options]
+    code, out, _ = run([*args, "-f", "csv"], capsys)
     assert code == 0
     rows = list(csv.DictReader(io.StringIO(out)))
     assert [r["kept"] for r in rows] == ["1", "1", "0"] and [r["rank"] for r in rows] == ["1", "2", "3"]
     kept = sorted(Path(r["path"]).name for r in rows if r["kept"] == "1")
     assert sorted(p.name for p in best.iterdir()) == kept
-    # a second copy never overwrites: numbered names instead
-    run(
-        [
-            str(outputs / "00000-0.png"),
-            str(outputs / "00001-1.png"),
-            str(outputs / "00002-2.png"),
-            "-p",
-            "a photo",
-            "-k",
-            "2",
-            "--copy-to",
-            str(best),
-            "--models-dir",
-            str(model_dir),
-            "--offline",
-            "-q",
-        ],
-        capsys,
-    )
+    run(args, capsys)  # a second copy never overwrites: numbered names instead
     assert len(list(best.iterdir())) == 4
     assert {p.name: p.read_bytes() for p in outputs.iterdir()} == before  # originals untouched
 

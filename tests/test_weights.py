@@ -172,7 +172,7 @@ def test_loading_builds_no_random_weights_first(monkeypatch) -> None:
     assert devices and set(devices) == {"meta"}
 
 
-def test_a_replaced_torch_load_is_bypassed(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+def test_a_replaced_torch_load_is_bypassed(tmp_path, monkeypatch) -> None:
     """AUTOMATIC1111 swaps torch.load for a checker that returns None on files written by current torch."""
     pt = tmp_path / "ImageReward.pt"
     torch.save(official_state_dict(), pt)
