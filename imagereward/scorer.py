@@ -127,8 +127,12 @@ class ImageRewardScorer:
         from .hub import resolve_model_files
 
         files = resolve_model_files(models_dir, offline=offline, progress=progress)
+        # Given the .pt, loading checks that a conversion beside it is up to date (the .pt may have been replaced).
+        checkpoint = files.checkpoint.with_name("ImageReward.pt")
+        if not checkpoint.exists():
+            checkpoint = files.checkpoint
         return cls.from_files(
-            files.checkpoint, files.med_config, files.tokenizer_dir, device=device, dtype=dtype, batch_size=batch_size
+            checkpoint, files.med_config, files.tokenizer_dir, device=device, dtype=dtype, batch_size=batch_size
         )
 
     # ----------------------------------------------------------------------------------------------- devices

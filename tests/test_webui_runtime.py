@@ -53,10 +53,17 @@ def test_offloads_after_each_job_when_asked_and_comes_back() -> None:
     freed: list[int] = []
     scorer = FakeScorer()
     runtime = ScorerRuntime(lambda s: scorer, free_memory=lambda: freed.append(1))
-    runtime.score(settings(keep_on_device=False), ["a"], [None], clean_prompts=False)
+    job = settings(keep_on_device=False)
+    runtime.score(job, ["a"], [None], clean_prompts=False)
+    runtime.score(job, ["b"], [None], clean_prompts=False)
+    assert scorer.device.type == "cuda" and not freed  # batches of one job stay on the GPU
+    runtime.job_done(job)
     assert scorer.device.type == "cpu" and freed
-    runtime.score(settings(keep_on_device=False), ["a"], [None], clean_prompts=False)
+    runtime.score(job, ["a"], [None], clean_prompts=False)
+    runtime.job_done(job)
     assert [m[0] for m in scorer.moves] == ["cpu", "cuda", "cpu"]
+    runtime.job_done(settings(keep_on_device=True))
+    assert scorer.device.type == "cpu"  # keeping is not loading: nothing moves back by itself
 
 
 def test_out_of_memory_on_the_gpu_falls_back_to_the_cpu_then_returns() -> None:

@@ -72,22 +72,23 @@ class ScorerRuntime:
         with self._lock:
             scorer = self._get(settings)
             try:
+                return scorer.score(list(prompts), list(images), clean_prompts=clean_prompts)
+            except ScoringOutOfMemoryError:
+                if scorer.device.type == "cpu":
+                    raise
+                log.warning("ImageReward: GPU out of memory; scoring this batch on the CPU (slower)")
+                scorer.to("cpu", torch.float32)
+                self._free_memory()
                 try:
-                    return scorer.score(list(prompts), list(images), clean_prompts=clean_prompts)
-                except ScoringOutOfMemoryError:
-                    if scorer.device.type == "cpu":
-                        raise
-                    log.warning("ImageReward: GPU out of memory; scoring this batch on the CPU (slower)")
-                    scorer.to("cpu", torch.float32)
-                    self._free_memory()
-                    try:
-                        return scorer.score(list(prompts), [_to_cpu(i) for i in images], clean_prompts=clean_prompts)
-                    finally:
-                        home_dtype = resolve_dtype_name(settings.dtype, self._home)
-                        scorer.to(self._home or "cpu", home_dtype)
-            finally:
-                if not settings.keep_on_device:
-                    self.offload()
+                    return scorer.score(list(prompts), [_to_cpu(i) for i in images], clean_prompts=clean_prompts)
+                finally:
+                    scorer.to(self._home or "cpu", resolve_dtype_name(settings.dtype, self._home))
+
+    def job_done(self, settings: RuntimeSettings) -> None:
+        """After a job (not after each batch: moving 1 GB per batch would cost more than it saves)."""
+        if not settings.keep_on_device:
+            with self._lock:
+                self.offload()
 
     def offload(self) -> None:
         """Move the weights to the CPU (kept in RAM, no reload needed) and give the GPU memory back."""

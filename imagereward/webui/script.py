@@ -230,7 +230,10 @@ class ImageRewardScript(scripts.Script):
         if job is None:
             return
         setattr(p, JOB_ATTR, None)
-        job.finish(p, processed, WebUISaveHooks())
+        try:
+            job.finish(p, processed, WebUISaveHooks())
+        finally:
+            RUNTIME.job_done(current_settings())
 
 
 # ------------------------------------------------------------------------------------------------- callbacks
@@ -245,7 +248,11 @@ def _on_app_started(_demo: Any, app: Any) -> None:
 
     def score_endpoint(payload: dict = Body(...)) -> dict:  # noqa: B008
         def score(prompts: Any, pictures: Any, clean: bool) -> list[float]:
-            return RUNTIME.score(current_settings(), prompts, pictures, clean_prompts=clean)
+            settings_now = current_settings()
+            try:
+                return RUNTIME.score(settings_now, prompts, pictures, clean_prompts=clean)
+            finally:
+                RUNTIME.job_done(settings_now)
 
         try:
             return score_request(payload, score)
