@@ -13,7 +13,6 @@ tests bound the effect on scores.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -137,17 +136,3 @@ def load_pil(item: ImageInput) -> Image.Image:
     if isinstance(item, (str, os.PathLike, Path)):
         return open_image(item)
     raise ImageInputError(f"expected a PIL image or a path, got {type(item).__name__}")
-
-
-def to_pixels(items: Sequence[ImageInput], device: torch.device | str = "cpu") -> torch.Tensor:
-    """Preprocess a list of images of any supported kind into one (B, 3, 224, 224) batch on `device`.
-
-    PIL images and paths take the reference-exact PIL path; tensors and numpy arrays the tensor path.
-    """
-    parts: list[torch.Tensor] = []
-    for item in items:
-        if isinstance(item, (torch.Tensor, np.ndarray)):
-            parts.append(tensor_to_pixels(item, device=device))
-        else:
-            parts.append(pil_to_pixels(load_pil(item)).unsqueeze(0).to(device, non_blocking=True))
-    return torch.cat(parts) if parts else torch.empty(0, 3, IMAGE_SIZE, IMAGE_SIZE, device=device)

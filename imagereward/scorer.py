@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .config import TextConfig
@@ -187,6 +188,7 @@ class ImageRewardScorer:
         parts: list[torch.Tensor | None] = [None] * len(items)
         same_shape: dict[tuple, list[int]] = {}
         pil_indices: list[int] = []
+        items = [_hwc_to_chw(item) if isinstance(item, np.ndarray) else item for item in items]
         for i, item in enumerate(items):
             if isinstance(item, torch.Tensor):
                 same_shape.setdefault((tuple(item.shape), item.dtype, item.device), []).append(i)
@@ -274,7 +276,19 @@ class ImageRewardScorer:
 
     def truncated(self, prompts: Sequence[str], *, clean: bool = False) -> list[bool]:
         """For each prompt, whether it is longer than the model reads (35 tokens) and was cut."""
-        return self._tokens(list(prompts), clean)[2] if prompts else []
+        if not prompts:
+            return []
+        with self._lock:
+            return self._tokens(list(prompts), clean)[2]
+
+
+def _hwc_to_chw(array: np.ndarray) -> torch.Tensor:
+    """A numpy image (HxW or HxWxC, as PIL and OpenCV give them) as a CHW tensor."""
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.ndim != 3:
+        raise ImageInputError(f"a numpy image must be HxW or HxWxC, got shape {array.shape}")
+    return torch.from_numpy(np.array(array, copy=True)).permute(2, 0, 1)
 
 
 def _flatten_images(images: ImageInput | Sequence[ImageInput]) -> list[ImageInput]:

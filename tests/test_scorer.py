@@ -55,6 +55,7 @@ def test_inputs_of_every_kind(scorer: ImageRewardScorer) -> None:
     by_batch = scorer.score("x", torch.stack([tensor, tensor]).float() / 255)
     assert by_batch == pytest.approx([by_tensor, by_tensor], abs=1e-5)
     assert scorer.score("x", str(path)) == pytest.approx([by_path], abs=1e-6)
+    assert scorer.score("x", [array]) == pytest.approx([by_tensor], abs=1e-6)  # numpy HWC, as PIL gives it
     # the tensor path's resize differs from PIL's by rounding only; on scores that stays small
     assert by_tensor == pytest.approx(by_pil, abs=0.02)
 
