@@ -195,6 +195,11 @@ def _short(text: str | None, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def _short_path(path: str, width: int) -> str:
+    """Paths lose their beginning, not the file name."""
+    return path if len(path) <= width else "…" + path[-(width - 1) :]
+
+
 def render(rows: Sequence[Row], fmt: str, filtering: bool) -> str:
     if fmt == "json":
         return json.dumps([asdict(r) for r in rows], indent=2, ensure_ascii=False) + "\n"
@@ -225,11 +230,11 @@ def render(rows: Sequence[Row], fmt: str, filtering: bool) -> str:
     lines.append(header)
     for r in rows:
         if r.score is None:
-            lines.append(f"{'-':>4}  {'error':>7}  {_short(r.path, 40):<40}  {r.error}")
+            lines.append(f"{'-':>4}  {'error':>7}  {_short_path(r.path, 40):<40}  {r.error}")
             continue
         score = "nan" if math.isnan(r.score) else f"{r.score:.3f}"
         kept = ("yes " if r.kept else "no  ") + "  " if filtering else ""
-        lines.append(f"{r.rank:>4}  {score:>7}  {kept}{_short(r.path, 40):<40}  {_short(r.prompt, 60)}")
+        lines.append(f"{r.rank:>4}  {score:>7}  {kept}{_short_path(r.path, 40):<40}  {_short(r.prompt, 60)}")
     return "\n".join(lines) + "\n"
 
 
