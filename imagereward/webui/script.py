@@ -17,7 +17,7 @@ from ..errors import ImageRewardError
 from ..selection import Mode
 from . import settings
 from .api import ROUTE, ApiError, score_request
-from .args import ArgumentError, from_script_args
+from .args import ArgumentError, JobArgs, from_script_args
 from .job import BestOfNJob
 from .runtime import ScorerRuntime
 
@@ -113,12 +113,14 @@ class ImageRewardScript(scripts.Script):
     def ui(self, is_img2img: bool) -> list[Any]:
         from modules.ui_components import InputAccordion
 
-        with InputAccordion(False, label="ImageReward", elem_id=self.elem_id("imagereward")) as enabled:
+        defaults = JobArgs()  # one source for the defaults of the UI, the API and the tests
+
+        with InputAccordion(defaults.enabled, label="ImageReward", elem_id=self.elem_id("imagereward")) as enabled:
             with gr.Row():
                 mode = gr.Dropdown(
                     label="Mode",
                     choices=[m.value for m in Mode],
-                    value=Mode.SORT.value,
+                    value=defaults.mode.value,
                     elem_id=self.elem_id("imagereward_mode"),
                 )
                 candidates = gr.Slider(
@@ -126,7 +128,7 @@ class ImageRewardScript(scripts.Script):
                     minimum=1,
                     maximum=64,
                     step=1,
-                    value=1,
+                    value=defaults.candidates,
                     elem_id=self.elem_id("imagereward_candidates"),
                 )
             with gr.Row():
@@ -135,7 +137,7 @@ class ImageRewardScript(scripts.Script):
                     minimum=1,
                     maximum=16,
                     step=1,
-                    value=1,
+                    value=defaults.k,
                     elem_id=self.elem_id("imagereward_k"),
                 )
                 threshold = gr.Slider(
@@ -143,23 +145,23 @@ class ImageRewardScript(scripts.Script):
                     minimum=-3.0,
                     maximum=3.0,
                     step=0.05,
-                    value=0.0,
+                    value=defaults.threshold,
                     elem_id=self.elem_id("imagereward_threshold"),
                 )
             with gr.Row():
                 by_prompt = gr.Checkbox(
                     label="Rank within groups of the same prompt",
-                    value=True,
+                    value=defaults.by_prompt,
                     elem_id=self.elem_id("imagereward_by_prompt"),
                 )
                 clean_prompt = gr.Checkbox(
                     label="Clean WebUI prompt syntax before scoring",
-                    value=True,
+                    value=defaults.clean_prompt,
                     elem_id=self.elem_id("imagereward_clean_prompt"),
                 )
                 keep_discarded = gr.Checkbox(
                     label="Keep discarded images in a separate folder",
-                    value=False,
+                    value=defaults.keep_discarded,
                     elem_id=self.elem_id("imagereward_keep_discarded"),
                 )
         self.infotext_fields = [
@@ -169,12 +171,7 @@ class ImageRewardScript(scripts.Script):
             (k, "ImageReward k"),
             (threshold, "ImageReward threshold"),
         ]
-        self.paste_field_names = [
-            "ImageReward mode",
-            "ImageReward candidates",
-            "ImageReward k",
-            "ImageReward threshold",
-        ]
+        self.paste_field_names = [key for _, key in self.infotext_fields if isinstance(key, str)]
         return [enabled, mode, candidates, k, threshold, by_prompt, clean_prompt, keep_discarded]
 
     # Hooks run for every job, also with the toggle off: each returns at once when there is no job.
