@@ -82,15 +82,20 @@ def pil_to_pixels(image: Image.Image, size: int = IMAGE_SIZE) -> torch.Tensor:
     return _normalise(array)
 
 
+def hwc_to_chw(array: np.ndarray) -> torch.Tensor:
+    """A numpy image (HxW or HxWxC, as PIL and OpenCV give them) as a CHW tensor (a copy: numpy views of PIL
+    images are read-only)."""
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.ndim != 3:
+        raise ImageInputError(f"a numpy image must be HxW or HxWxC, got shape {array.shape}")
+    return torch.from_numpy(np.array(array, copy=True)).permute(2, 0, 1)
+
+
 def _as_float_batch(image: torch.Tensor | np.ndarray) -> torch.Tensor:
     """uint8 (0..255) or float (0..1) in CHW/BCHW (or HWC numpy) -> float (B, 3, H, W) in [0, 1]."""
     if isinstance(image, np.ndarray):
-        array = image
-        if array.ndim == 2:
-            array = array[:, :, None]
-        if array.ndim != 3:
-            raise ImageInputError(f"a numpy image must be HxW or HxWxC, got shape {array.shape}")
-        image = torch.from_numpy(np.array(array, copy=True)).permute(2, 0, 1)
+        image = hwc_to_chw(image)
     if image.ndim == 3:
         image = image.unsqueeze(0)
     if image.ndim != 4 or image.shape[1] not in (1, 3, 4):

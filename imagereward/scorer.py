@@ -21,7 +21,7 @@ import torch
 from .config import TextConfig
 from .errors import ImageInputError, ImageRewardError, PromptError
 from .model import ImageRewardModel
-from .preprocess import ImageInput, load_pil, pil_to_pixels, tensor_to_pixels
+from .preprocess import ImageInput, hwc_to_chw, load_pil, pil_to_pixels, tensor_to_pixels
 from .text import PromptTokenizer
 from .weights import build_model, load_state
 
@@ -125,11 +125,11 @@ class ImageRewardScorer:
         progress: bool = True,
     ) -> ImageRewardScorer:
         """Load from `models_dir`, downloading the checkpoint and tokenizer there on first use."""
-        from .hub import resolve_model_files
+        from .hub import CHECKPOINT_NAME, resolve_model_files
 
         files = resolve_model_files(models_dir, offline=offline, progress=progress)
         # Given the .pt, loading checks that a conversion beside it is up to date (the .pt may have been replaced).
-        checkpoint = files.checkpoint.with_name("ImageReward.pt")
+        checkpoint = files.checkpoint.with_name(CHECKPOINT_NAME)
         if not checkpoint.exists():
             checkpoint = files.checkpoint
         return cls.from_files(
@@ -188,7 +188,7 @@ class ImageRewardScorer:
         parts: list[torch.Tensor | None] = [None] * len(items)
         same_shape: dict[tuple, list[int]] = {}
         pil_indices: list[int] = []
-        items = [_hwc_to_chw(item) if isinstance(item, np.ndarray) else item for item in items]
+        items = [hwc_to_chw(item) if isinstance(item, np.ndarray) else item for item in items]
         for i, item in enumerate(items):
             if isinstance(item, torch.Tensor):
                 same_shape.setdefault((tuple(item.shape), item.dtype, item.device), []).append(i)
@@ -280,15 +280,6 @@ class ImageRewardScorer:
             return []
         with self._lock:
             return self._tokens(list(prompts), clean)[2]
-
-
-def _hwc_to_chw(array: np.ndarray) -> torch.Tensor:
-    """A numpy image (HxW or HxWxC, as PIL and OpenCV give them) as a CHW tensor."""
-    if array.ndim == 2:
-        array = array[:, :, None]
-    if array.ndim != 3:
-        raise ImageInputError(f"a numpy image must be HxW or HxWxC, got shape {array.shape}")
-    return torch.from_numpy(np.array(array, copy=True)).permute(2, 0, 1)
 
 
 def _flatten_images(images: ImageInput | Sequence[ImageInput]) -> list[ImageInput]:

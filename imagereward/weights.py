@@ -21,6 +21,7 @@ import torch
 
 from .config import ImageRewardConfig, TextConfig, VisionConfig
 from .errors import CheckpointError
+from .hub import CHECKPOINT_NAME, SAFETENSORS_NAME
 from .model import ImageRewardModel
 
 # Official key -> our parameter name, applied in order. Each rule names exactly what it maps, so a stray key
@@ -52,7 +53,6 @@ _HEAD_RULE = re.compile(r"^mlp\.layers\.(\d+)\.(weight|bias)$")
 # Present in the release but unused by the score: BLIP's contrastive projections and BERT's position-id buffer.
 IGNORED_KEYS = re.compile(r"^blip\.(vision_proj|text_proj)\.(weight|bias)$|" + _BERT + r"position_ids$")
 
-SAFETENSORS_NAME = "ImageReward.safetensors"
 _CACHE_FORMAT = "imagereward-state-dict-v1"
 
 
@@ -235,7 +235,7 @@ def load_state(checkpoint: str | Path, *, convert: bool = True) -> tuple[dict[st
     """
     path = Path(checkpoint)
     if path.is_dir():
-        candidates = [path / SAFETENSORS_NAME, path / "ImageReward.pt"]
+        candidates = [path / SAFETENSORS_NAME, path / CHECKPOINT_NAME]
         path = next((c for c in candidates if c.exists()), candidates[1])
     if path.suffix == ".safetensors":
         if not path.exists():
