@@ -3,8 +3,9 @@
     scorer = ImageRewardScorer.load("models/ImageReward")        # downloads on first use
     scores = scorer.score("a cat on a sofa", ["a.png", "b.png"])   # one prompt for all, or one per image
 
-Defaults: fp16 on CUDA with the reward head in fp32; fp32 on the CPU. bf16 only on request (measurably less
-accurate). On a CUDA out-of-memory error the batch is halved and retried, down to one image.
+Defaults: the device is CUDA when there is one, else an Apple GPU (MPS), else the CPU; fp16 on a GPU with the reward
+head in fp32, fp32 on the CPU. bf16 only on request (measurably less accurate). On an out-of-memory error the batch is
+halved and retried, down to one image.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch
 from .config import TextConfig
 from .errors import ImageInputError, ImageRewardError, PromptError
 from .model import ImageRewardModel
-from .preprocess import ImageInput, hwc_to_chw, load_pil, pil_to_pixels, tensor_to_pixels
+from .preprocess import ImageInput, as_chw, check_batch_shape, load_pil, pil_to_pixels, tensor_to_pixels
 from .text import PromptTokenizer
 from .weights import build_model, load_state
 
@@ -42,16 +43,25 @@ class ScoringOutOfMemoryError(ImageRewardError):
     """Even a single image does not fit in the device's memory."""
 
 
+def mps_available() -> bool:
+    """Whether an Apple GPU can be used (torch's MPS backend, macOS 12.3+ on Apple silicon or AMD)."""
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
 def resolve_device(device: str | torch.device | None) -> torch.device:
+    """`auto` (or None): CUDA when there is one, else an Apple GPU (MPS), else the CPU."""
     if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if mps_available() else "cpu")
     return torch.device(device)
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """fp16 on CUDA, fp32 elsewhere, unless asked otherwise."""
+    """fp16 on a GPU (CUDA or MPS, both run fp16 natively), fp32 on the CPU, unless asked otherwise."""
     if dtype is None or dtype == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
+        return torch.float16 if device.type in ("cuda", "mps") else torch.float32
     if isinstance(dtype, torch.dtype):
         return dtype
     try:
@@ -107,7 +117,7 @@ class ImageRewardScorer:
         # Loading must not happen under an inference-mode context (the WebUI generates under one): parameters made
         # there could not be moved between devices later.
         with torch.inference_mode(False), torch.no_grad():
-            state, source = load_state(checkpoint, convert=convert)
+            state, source = load_state(checkpoint, convert=convert, text_config=text_config)
             model = build_model(state, text_config, device=target, dtype=weight_dtype)
         del state
         log.info("ImageReward loaded from %s on %s (%s)", source, target, str(weight_dtype).replace("torch.", ""))
@@ -148,7 +158,7 @@ class ImageRewardScorer:
 
     def to(self, device: str | torch.device, dtype: str | torch.dtype | None = None) -> ImageRewardScorer:
         """Move the weights (e.g. offload to the CPU and back) without reloading. The head stays in fp32."""
-        target = torch.device(device)
+        target = resolve_device(device)
         with self._lock, torch.inference_mode(False), torch.no_grad():
             if dtype is None:
                 self.model.to(target)
@@ -178,7 +188,7 @@ class ImageRewardScorer:
             mask[i, : len(ids)] = 1
         return input_ids, mask, [t for _, t in rows]
 
-    def _pixels(self, items: Sequence[ImageInput]) -> torch.Tensor:
+    def _pixels(self, items: Sequence[ImageInput], exif_orientation: bool = True) -> torch.Tensor:
         """One normalised batch on the model's device.
 
         Tensors of one shape are resized together on their device; PIL images and paths take the reference-exact PIL
@@ -188,7 +198,7 @@ class ImageRewardScorer:
         parts: list[torch.Tensor | None] = [None] * len(items)
         same_shape: dict[tuple, list[int]] = {}
         pil_indices: list[int] = []
-        items = [hwc_to_chw(item) if isinstance(item, np.ndarray) else item for item in items]
+        items = [as_chw(item) if isinstance(item, (np.ndarray, torch.Tensor)) else item for item in items]
         for i, item in enumerate(items):
             if isinstance(item, torch.Tensor):
                 same_shape.setdefault((tuple(item.shape), item.dtype, item.device), []).append(i)
@@ -201,7 +211,7 @@ class ImageRewardScorer:
         if pil_indices:
 
             def work(index: int) -> torch.Tensor:
-                return pil_to_pixels(load_pil(items[index])).unsqueeze(0)
+                return pil_to_pixels(load_pil(items[index], exif_orientation=exif_orientation)).unsqueeze(0)
 
             workers = self.preprocess_workers or min(8, len(pil_indices), torch.get_num_threads())
             if workers > 1:
@@ -222,14 +232,25 @@ class ImageRewardScorer:
         prompts: str | Sequence[str],
         images: ImageInput | Sequence[ImageInput],
         *,
-        clean_prompts: bool = False,
+        clean_prompts: bool = True,
+        exif_orientation: bool = True,
         progress: Callable[[int, int], None] | None = None,
     ) -> list[float]:
         """Scores, one per image, in the order given.
 
         prompts: one prompt for every image, or a sequence with one prompt per image.
-        images: PIL images, file paths, uint8/float tensors (CHW, or BCHW counting as B images), numpy HWC arrays.
-        clean_prompts: strip WebUI syntax (weights, LoRA tags, prompt editing) before scoring.
+        images: PIL images or file paths (the reference's exact preprocessing for 8-bit images; 16-bit and float
+            images are scaled to 8 bits first); tensors, CHW or BCHW (a batch counts as B images), on any device;
+            numpy arrays, HxW or HxWxC (or a list of them). Tensors and arrays have 1 (grey), 2 (grey + alpha),
+            3 (RGB) or 4 (RGBA) channels and hold uint8 in 0..255, uint16 in 0..65535 or floats in 0..1; floats
+            clearly outside 0..1 (0..255, or a VAE's -1..1) are refused with a message saying how to rescale.
+            A 2-D array is read as grey levels: `np.asarray` of a palette ("P") image gives palette indices, so
+            pass such an image itself (or `image.convert("RGB")`).
+        clean_prompts: reduce WebUI prompt syntax (weights, LoRA tags, prompt editing, BREAK/AND) to the words it
+            stands for before scoring, as the command line and the WebUI do (default). False tokenizes the prompt
+            literally, as the reference implementation does.
+        exif_orientation: turn PIL images and files as their EXIF orientation tag says, as image viewers show them
+            (default). False reads the stored pixels as they are, as the reference implementation does.
         progress: called with (done, total) after each batch.
         """
         items = _flatten_images(images)
@@ -237,7 +258,7 @@ class ImageRewardScorer:
         if not items:
             return []
         with self._lock, torch.inference_mode():
-            results = self._score_all(items, prompt_list, clean_prompts, progress)
+            results = self._score_all(items, prompt_list, clean_prompts, exif_orientation, progress)
         return torch.cat(results).float().cpu().tolist()
 
     def _score_all(
@@ -245,6 +266,7 @@ class ImageRewardScorer:
         items: list[ImageInput],
         prompts: list[str],
         clean: bool,
+        exif_orientation: bool,
         progress: Callable[[int, int], None] | None,
     ) -> list[torch.Tensor]:
         results: list[torch.Tensor] = []
@@ -252,15 +274,14 @@ class ImageRewardScorer:
         while start < len(items):
             stop = min(start + self.batch_size, len(items))
             try:
-                pixels = self._pixels(items[start:stop])
+                pixels = self._pixels(items[start:stop], exif_orientation)
                 input_ids, mask, _ = self._tokens(prompts[start:stop], clean)
                 results.append(self._forward(pixels, input_ids, mask))
             except Exception as exc:
                 if not is_out_of_memory(exc):
                     raise
                 del exc
-                if self.device.type == "cuda":
-                    torch.cuda.empty_cache()
+                _empty_cache(self.device)
                 if self.batch_size == 1:
                     raise ScoringOutOfMemoryError(
                         f"not enough memory on {self.device} to score even one image; free memory (close other "
@@ -274,7 +295,7 @@ class ImageRewardScorer:
                 progress(stop, len(items))
         return results
 
-    def truncated(self, prompts: Sequence[str], *, clean: bool = False) -> list[bool]:
+    def truncated(self, prompts: Sequence[str], *, clean: bool = True) -> list[bool]:
         """For each prompt, whether it is longer than the model reads (35 tokens) and was cut."""
         if not prompts:
             return []
@@ -282,14 +303,26 @@ class ImageRewardScorer:
             return self._tokens(list(prompts), clean)[2]
 
 
+def _empty_cache(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    elif device.type == "mps" and hasattr(torch, "mps"):
+        torch.mps.empty_cache()
+
+
 def _flatten_images(images: ImageInput | Sequence[ImageInput]) -> list[ImageInput]:
+    """A list of single images: a BCHW tensor counts as B images; an HxWxC array, a CHW tensor as one."""
     if isinstance(images, torch.Tensor):
-        return list(images.unbind(0)) if images.ndim == 4 else [images]
-    if isinstance(images, (str, Path)) or not isinstance(images, Sequence):
+        if images.ndim == 4:
+            check_batch_shape(images)
+            return list(images.unbind(0))
+        return [images]
+    if isinstance(images, (str, Path, np.ndarray)) or not isinstance(images, Sequence):
         return [images]  # type: ignore[list-item]
     items: list[ImageInput] = []
     for item in images:
         if isinstance(item, torch.Tensor) and item.ndim == 4:
+            check_batch_shape(item)
             items.extend(item.unbind(0))
         elif item is None:
             raise ImageInputError("an image in the list is None")

@@ -56,7 +56,7 @@ def test_golden_fixture_is_the_one_the_scores_came_from(golden: dict) -> None:
 def test_scores_equal_the_reference_goldens(golden: dict, tmp_path: Path, batch_size: int) -> None:
     scorer = load_copy(FIXTURES / "tiny", tmp_path, batch_size=batch_size, device="cpu")
     items = golden["items"]
-    ours = scorer.score([i["prompt"] for i in items], [IMAGES / i["image"] for i in items])
+    ours = scorer.score([i["prompt"] for i in items], [IMAGES / i["image"] for i in items], clean_prompts=False)
     expected = [i["score"] for i in items]
     assert len(items) >= 32 and {i["image"] for i in items} >= {"rgba_alpha.png", "palette.png", "gray.png"}
     assert np.max(np.abs(np.subtract(ours, expected))) < 1e-5
@@ -68,7 +68,7 @@ def test_loading_the_converted_safetensors_gives_the_same_scores(golden: dict, t
     second = ImageRewardScorer.from_files(tmp_path / "ImageReward.pt", tmp_path / "med_config.json", VOCAB_DIR)
     items = golden["items"][:8]
     args = ([i["prompt"] for i in items], [IMAGES / i["image"] for i in items])
-    assert first.score(*args) == pytest.approx(second.score(*args), abs=1e-7)
+    assert first.score(*args, clean_prompts=False) == pytest.approx(second.score(*args, clean_prompts=False), abs=1e-7)
 
 
 def test_tokens_equal_the_reference_goldens() -> None:
@@ -109,7 +109,7 @@ def test_live_reference_on_fresh_tiny_checkpoints(seed: int, tmp_path: Path) -> 
     run_worker("make-checkpoint", "--size", "tiny", "--seed", str(seed), "--out", str(ckpt), "--vocab", str(VOCAB_DIR))
     items = reference_scores(ckpt, ["a red car", "(masterpiece:1.2), <lora:foo:0.8> a cat"], tmp_path)
     scorer = load_copy(ckpt, tmp_path / "ours")
-    ours = scorer.score([i["prompt"] for i in items], [IMAGES / i["image"] for i in items])
+    ours = scorer.score([i["prompt"] for i in items], [IMAGES / i["image"] for i in items], clean_prompts=False)
     assert np.max(np.abs(np.subtract(ours, [i["score"] for i in items]))) < 1e-5
 
 
@@ -124,7 +124,7 @@ def test_live_reference_full_size_every_parameter_random(tmp_path: Path) -> None
     prompt = "a painting of an ocean with clouds and birds, day time, low depth field effect"
     items = reference_scores(ckpt, [prompt], tmp_path)
     scorer = load_copy(ckpt, tmp_path / "ours", device="cpu", dtype="fp32", batch_size=8)
-    ours = scorer.score([i["prompt"] for i in items], [IMAGES / i["image"] for i in items])
+    ours = scorer.score([i["prompt"] for i in items], [IMAGES / i["image"] for i in items], clean_prompts=False)
     expected = [i["score"] for i in items]
     assert np.max(np.abs(np.subtract(ours, expected))) < 1e-4
     assert list(np.argsort(ours)) == list(np.argsort(expected))

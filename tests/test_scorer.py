@@ -154,3 +154,97 @@ def test_unknown_dtype(model_dir: Path) -> None:
 
     with pytest.raises(ImageRewardError, match="unknown dtype"):
         ImageRewardScorer.load(model_dir, device="cpu", dtype="int8", offline=True, progress=False)
+
+
+def test_webui_prompt_syntax_is_cleaned_by_default_as_in_the_command_line(scorer: ImageRewardScorer) -> None:
+    written = "(a cat:1.3) on a sofa <lora:style:0.8>"
+    default = scorer.score(written, IMAGES[:2])
+    assert default == pytest.approx(scorer.score(written, IMAGES[:2], clean_prompts=True), abs=1e-6)
+    assert default == pytest.approx(scorer.score("a cat on a sofa", IMAGES[:2], clean_prompts=False), abs=1e-6)
+    literal = scorer.score(written, IMAGES[:2], clean_prompts=False)  # the reference's way
+    assert np.max(np.abs(np.subtract(default, literal))) > 1e-4
+    assert scorer.truncated(["<lora:a_very_long_lora_name_that_takes_many_word_pieces_indeed:0.7> cat"]) == [False]
+
+
+def test_a_16_bit_gradient_scores_like_its_8_bit_copy(scorer: ImageRewardScorer, tmp_path: Path) -> None:
+    gradient = np.linspace(0, 65535, 320 * 240).reshape(240, 320).astype(np.uint16)
+    path = tmp_path / "gradient16.png"
+    Image.fromarray(gradient).save(path)
+    copy8 = Image.fromarray(np.rint(gradient / 257).astype(np.uint8), "L")
+    expected = scorer.score(PROMPT, [copy8])[0]
+    clipped = scorer.score(PROMPT, [Image.fromarray(gradient).convert("RGB")])[0]  # what the reference scores
+    from_file, from_pil, from_array = scorer.score(PROMPT, [path, Image.fromarray(gradient), gradient])
+    assert from_file == pytest.approx(expected, abs=1e-5)
+    assert from_pil == pytest.approx(expected, abs=1e-5)
+    assert from_array == pytest.approx(expected, abs=0.02)  # the tensor path: rounding only
+    assert abs(clipped - expected) > 0.05
+
+
+def test_exif_orientation_is_applied_by_default(scorer: ImageRewardScorer, tmp_path: Path) -> None:
+    upright = Image.open(IMAGES[0].parent / "rgb_wide.png").convert("RGB").resize((160, 96))
+    stored = upright.transpose(Image.Transpose.ROTATE_90)  # what the camera wrote
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to view": undoes ROTATE_90 (counter-clockwise)
+    path = tmp_path / "phone.png"
+    stored.save(path, exif=exif.tobytes())
+    expected_upright = scorer.score(PROMPT, [upright])[0]
+    expected_stored = scorer.score(PROMPT, [stored])[0]
+    assert abs(expected_upright - expected_stored) > 1e-3
+    assert scorer.score(PROMPT, path) == pytest.approx([expected_upright], abs=1e-5)
+    assert scorer.score(PROMPT, path, exif_orientation=False) == pytest.approx([expected_stored], abs=1e-5)
+
+
+def test_in_memory_images_with_alpha_score_as_their_files(scorer: ImageRewardScorer) -> None:
+    for name in ("rgba_alpha.png", "la.png"):
+        image = Image.open(IMAGES[0].parent / name)
+        image.load()
+        array = np.asarray(image)
+        from_file, from_array = scorer.score(PROMPT, [image, array])
+        assert from_array == pytest.approx(from_file, abs=5e-3)  # measured 2.3e-4 / 8.9e-5; alpha dropped: 0.28 / 0.21
+    transparent = np.zeros((300, 200, 4), np.uint8)
+    transparent[..., :3] = np.asarray(Image.open(IMAGES[0]).convert("RGB").resize((200, 300)))
+    tensor = torch.from_numpy(transparent.copy()).permute(2, 0, 1)
+    from_file = scorer.score(PROMPT, [Image.fromarray(transparent, "RGBA")])[0]
+    assert scorer.score(PROMPT, [transparent, tensor]) == pytest.approx([from_file, from_file], abs=1e-5)
+
+
+def test_out_of_range_floats_are_refused_with_what_to_do(scorer: ImageRewardScorer) -> None:
+    unit = torch.from_numpy(np.asarray(Image.open(IMAGES[0]).convert("RGB")).copy()).permute(2, 0, 1).float() / 255
+    with pytest.raises(ImageInputError, match=r"0\.\.255: pass x / 255"):
+        scorer.score(PROMPT, unit * 255)
+    with pytest.raises(ImageInputError, match=r"-1\.\.1 \(what a VAE decoder returns\): pass \(x \+ 1\) / 2"):
+        scorer.score(PROMPT, unit * 2 - 1)
+    assert scorer.score(PROMPT, ((unit * 2 - 1) + 1) / 2) == pytest.approx(scorer.score(PROMPT, unit), abs=1e-5)
+
+
+def test_shape_errors_name_the_shape_that_was_given(scorer: ImageRewardScorer) -> None:
+    with pytest.raises(ImageInputError, match=r"tensor of shape \(512, 512, 3\); this looks channels-last"):
+        scorer.score(PROMPT, torch.zeros(512, 512, 3))
+    with pytest.raises(ImageInputError, match=r"numpy array .* got shape \(3, 64, 64\); this looks channels-first"):
+        scorer.score(PROMPT, np.zeros((3, 64, 64), np.uint8))
+    with pytest.raises(ImageInputError, match=r"batch of shape \(2, 64, 64, 3\)"):
+        scorer.score(PROMPT, torch.zeros(2, 64, 64, 3))
+    with pytest.raises(ImageInputError, match=r"batch of shape \(2, 64, 64, 3\)"):
+        scorer.score(PROMPT, [torch.zeros(2, 64, 64, 3)])
+
+
+def test_auto_device_prefers_cuda_then_apple_gpu_then_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    from imagereward.scorer import resolve_device, resolve_dtype
+
+    def machine(cuda: bool, mps: bool) -> None:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+        monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+
+    machine(cuda=False, mps=True)
+    device = resolve_device("auto")
+    assert device == torch.device("mps") and resolve_device(None) == device
+    assert resolve_dtype("auto", device) == torch.float16 and resolve_dtype(None, device) == torch.float16
+    assert resolve_dtype("fp32", device) == torch.float32
+    assert resolve_device("cpu") == torch.device("cpu")  # an explicit choice is kept
+    machine(cuda=True, mps=True)
+    assert resolve_device("auto") == torch.device("cuda")
+    machine(cuda=False, mps=False)
+    assert resolve_device("auto") == torch.device("cpu")
+    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    monkeypatch.delattr(torch.backends, "mps")  # a torch build without the MPS backend
+    assert resolve_device("auto") == torch.device("cpu")
