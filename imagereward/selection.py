@@ -37,7 +37,8 @@ class SelectionSettings:
     k: int = 1
     threshold: float = 0.0
     sort: bool = True  # order kept images best first within their group (else generation order)
-    keep_best_if_none: bool = True  # when no candidate of the whole job passes the threshold, keep the single best
+    keep_best_if_none: bool = True  # when no candidate passes the threshold, keep the best one anyway
+    per_group: bool = True  # ...the best of each group with none passing (False: of the job, only when none passes)
 
 
 @dataclass(frozen=True)
@@ -49,8 +50,9 @@ class Selection:
     rank: list[int]  # 1-based rank of image i within its group (score descending; ties: lower index first)
     group_of: list[int]  # 0-based group number of image i (groups numbered by their first index)
     group_size: list[int]  # size of image i's group
-    fallback: bool  # nothing passed the threshold and the best was kept anyway
+    fallback: bool  # nothing passed the threshold (in a group, or in the job) and the best was kept anyway
     message: str | None  # a sentence for the user when something noteworthy happened
+    below_threshold: tuple[int, ...] = ()  # groups (0-based, by first index) where no candidate passed
 
 
 def make_groups(count: int, candidates_per_slot: int = 1, prompts: Sequence[str] | None = None) -> list[list[int]]:
@@ -178,45 +180,58 @@ def select(scores: Sequence[float], groups: list[list[int]], settings: Selection
     fallback = False
     messages: list[str] = []
     failed = sum(math.isnan(v) for v in values)
-    nothing_passed = count > 0 and mode in _USES_THRESHOLD and not any(kept_sets)
+    empty = tuple(n for n, chosen in enumerate(kept_sets) if not chosen) if mode in _USES_THRESHOLD else ()
+    nothing_passed = count > 0 and len(empty) == len(ordered)
     if failed and not (nothing_passed and failed == count):  # (that case has its own message below)
         messages.append(
             f"{failed} of {count} images could not be scored." if count > 1 else "The image could not be scored."
         )
     if nothing_passed:
         best = min(range(count), key=key)
-        messages.append(_below_threshold_message(values, best, threshold, settings.keep_best_if_none))
+        per_group = settings.per_group and len(ordered) > 1
+        messages.append(_below_threshold_message(values, best, threshold, settings.keep_best_if_none, per_group))
         if settings.keep_best_if_none:
             fallback = True
-            kept_sets = [[best] if best in group else [] for group in ordered]
-    elif mode in _USES_THRESHOLD and len(ordered) > 1:
-        empty = sum(not chosen for chosen in kept_sets)
-        if empty:
-            messages.append(
-                f"No candidate reached the threshold {_fmt(threshold)} in {empty} of {len(ordered)} groups; "
-                "nothing was kept for them."
-            )
+            if per_group:
+                kept_sets = [best_first[:1] for best_first in by_rank]
+            else:
+                kept_sets = [[best] if best in group else [] for group in ordered]
+    elif empty and len(ordered) > 1:
+        if settings.keep_best_if_none and settings.per_group:
+            fallback = True
+            for number in empty:
+                kept_sets[number] = by_rank[number][:1]
+            action = "kept the best one of each"
+        else:
+            action = "nothing was kept for them"
+        messages.append(
+            f"No candidate reached the threshold {_fmt(threshold)} in {len(empty)} of {len(ordered)} groups; {action}."
+        )
 
     kept: list[int] = []
     for chosen in kept_sets:
         kept.extend(chosen if settings.sort else sorted(chosen))
     kept_set = set(kept)
     discarded = [i for i in range(count) if i not in kept_set]
-    return Selection(kept, discarded, rank, group_of, group_size, fallback, " ".join(messages) or None)
+    return Selection(kept, discarded, rank, group_of, group_size, fallback, " ".join(messages) or None, empty)
 
 
-def _below_threshold_message(values: list[float], best: int, threshold: float, keep_best: bool) -> str:
+def _below_threshold_message(
+    values: list[float], best: int, threshold: float, keep_best: bool, per_group: bool = False
+) -> str:
     count = len(values)
     limit = _fmt(threshold)
     if math.isnan(values[best]):
         what = "None of the candidates could be scored" if count > 1 else "The candidate could not be scored"
         action = "kept the first one" if count > 1 else "kept it anyway"
+        if per_group:
+            action = "kept the first one of each group"
     elif count == 1:
         what = f"The only candidate scored {_fmt(values[best])}, below the threshold {limit}"
         action = "kept it anyway"
     else:
         what = f"All {count} candidates scored below the threshold {limit} (best {_fmt(values[best])})"
-        action = "kept the best one"
+        action = "kept the best one of each group" if per_group else "kept the best one"
     if not keep_best:
         action = "nothing was kept"
     return f"{what}; {action}."

@@ -132,10 +132,23 @@ def test_threshold_sort_off() -> None:
 
 def test_threshold_some_groups_empty_message() -> None:
     scores = [0.9, 0.1, 0.2, 0.3, 0.8, 0.0]
-    result = select(scores, make_groups(6, 2), settings(mode=Mode.THRESHOLD, threshold=0.5))
+    result = select(scores, make_groups(6, 2), settings(mode=Mode.THRESHOLD, threshold=0.5, per_group=False))
     assert result.kept == [0, 4]
     assert result.fallback is False
+    assert result.below_threshold == (1,)
     assert result.message == "No candidate reached the threshold 0.50 in 1 of 3 groups; nothing was kept for them."
+
+
+def test_threshold_keeps_the_best_of_each_group_with_none_passing() -> None:
+    scores = [0.9, 0.1, 0.2, 0.3, 0.8, 0.0]
+    result = select(scores, make_groups(6, 2), settings(mode=Mode.THRESHOLD, threshold=0.5))
+    assert result.kept == [0, 3, 4]  # group [2, 3] passes nothing: its best (3) is kept
+    assert result.fallback is True
+    assert result.below_threshold == (1,)
+    assert result.message == "No candidate reached the threshold 0.50 in 1 of 3 groups; kept the best one of each."
+    nothing = select(scores, make_groups(6, 2), settings(mode=Mode.THRESHOLD, threshold=0.5, keep_best_if_none=False))
+    assert nothing.kept == [0, 4]
+    assert nothing.below_threshold == (1,)
 
 
 def test_top_k_above_threshold() -> None:
@@ -233,11 +246,17 @@ def test_empty_job() -> None:
 
 def test_all_below_threshold_keeps_best() -> None:
     scores = [0.1, 0.31, -0.2, 0.3] * 4
-    result = select(scores, make_groups(16, 4), settings(mode=Mode.THRESHOLD, threshold=0.5))
+    result = select(scores, make_groups(16, 4), settings(mode=Mode.THRESHOLD, threshold=0.5, per_group=False))
     assert result.kept == [1]
     assert result.discarded == [i for i in range(16) if i != 1]
     assert result.fallback is True
     assert result.message == "All 16 candidates scored below the threshold 0.50 (best 0.31); kept the best one."
+    per_group = select(scores, make_groups(16, 4), settings(mode=Mode.THRESHOLD, threshold=0.5))
+    assert per_group.kept == [1, 5, 9, 13]
+    assert per_group.below_threshold == (0, 1, 2, 3)
+    assert per_group.message == (
+        "All 16 candidates scored below the threshold 0.50 (best 0.31); kept the best one of each group."
+    )
 
 
 def test_all_below_threshold_keeps_none_when_asked() -> None:
@@ -252,7 +271,8 @@ def test_all_below_threshold_keeps_none_when_asked() -> None:
 
 def test_all_below_threshold_top_k_above_threshold_fallback_in_later_group() -> None:
     scores = [0.1, 0.2, 0.45, 0.3]
-    result = select(scores, [[0, 1], [2, 3]], settings(mode=Mode.TOP_K_ABOVE_THRESHOLD, k=1, threshold=0.5))
+    config = settings(mode=Mode.TOP_K_ABOVE_THRESHOLD, k=1, threshold=0.5, per_group=False)
+    result = select(scores, [[0, 1], [2, 3]], config)
     assert result.kept == [2]
     assert result.fallback is True
 

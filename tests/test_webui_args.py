@@ -29,7 +29,7 @@ def test_dict_argument_from_the_api_wins_over_ui_defaults() -> None:
     ("values", "message"),
     [
         ({"mode": "best"}, "mode must be one of"),
-        ({"candidates": 0}, "candidates must be between 1 and 256"),
+        ({"candidates": 0}, "candidates must be between 1 and 64"),
         ({"candidates": 2.5}, "candidates must be a whole number"),
         ({"k": True}, "k must be a whole number"),
         ({"threshold": "high"}, "threshold must be a number"),

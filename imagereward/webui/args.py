@@ -10,7 +10,7 @@ from typing import Any
 from ..errors import ImageRewardError
 from ..selection import Mode, SelectionSettings
 
-MAX_CANDIDATES = 256
+MAX_CANDIDATES = 64  # the UI's slider goes as far; the API accepts the same
 
 
 class ArgumentError(ImageRewardError):
@@ -30,9 +30,14 @@ class JobArgs:
     clean_prompt: bool = True  # strip WebUI prompt syntax before scoring
     keep_discarded: bool = False  # save discarded images into a separate folder
 
-    def selection(self, keep_best_if_none: bool = True) -> SelectionSettings:
+    def selection(self, keep_best_if_none: bool = True, per_group: bool = True) -> SelectionSettings:
         return SelectionSettings(
-            mode=self.mode, k=self.k, threshold=self.threshold, sort=True, keep_best_if_none=keep_best_if_none
+            mode=self.mode,
+            k=self.k,
+            threshold=self.threshold,
+            sort=True,
+            keep_best_if_none=keep_best_if_none,
+            per_group=per_group,
         )
 
     def infotext_params(self) -> dict[str, str]:
@@ -42,6 +47,12 @@ class JobArgs:
             params["ImageReward k"] = str(self.k)
         if self.mode in (Mode.THRESHOLD, Mode.TOP_K_ABOVE_THRESHOLD):
             params["ImageReward threshold"] = f"{self.threshold:g}"
+        # Written only when not the default, so that most infotexts stay short; paste-back reads a missing key as
+        # the default (see PASTE_FIELDS).
+        if not self.by_prompt:
+            params["ImageReward by prompt"] = "False"
+        if not self.clean_prompt:
+            params["ImageReward clean prompt"] = "False"
         return params
 
 
@@ -127,3 +138,20 @@ def from_script_args(args: Sequence[Any]) -> JobArgs:
     if len(args) > len(FIELD_NAMES):
         raise ArgumentError(f"ImageReward: expected at most {len(FIELD_NAMES)} arguments ({', '.join(FIELD_NAMES)})")
     return validate(dict(zip(FIELD_NAMES, args, strict=False)))
+
+
+def _pasted_flag(key: str) -> Any:
+    """Paste-back of a flag written only when off: a missing key means the default (on)."""
+    return lambda params: str(params.get(key, "True")).strip().lower() != "false"
+
+
+# Paste-back: UI field name -> the infotext key it comes from (or a function of all the pasted entries).
+PASTE_FIELDS: tuple[tuple[str, Any], ...] = (
+    ("enabled", lambda params: "ImageReward mode" in params),
+    ("mode", "ImageReward mode"),
+    ("candidates", "ImageReward candidates"),
+    ("k", "ImageReward k"),
+    ("threshold", "ImageReward threshold"),
+    ("by_prompt", _pasted_flag("ImageReward by prompt")),
+    ("clean_prompt", _pasted_flag("ImageReward clean prompt")),
+)

@@ -1,39 +1,64 @@
-"""One generation job with ImageReward on: best-of-N expansion, per-image scores, and the final selection.
+"""One generation job with ImageReward on: the candidate plan, per-image scores, held-back saves, the selection.
 
-The WebUI objects are duck-typed: `p` needs the attributes of `StableDiffusionProcessing` used here (n_iter,
-batch_size, iteration, batch_index, prompts, do_not_save_samples, do_not_save_grid, extra_generation_params) and
-`processed` those of `Processed` (images, infotexts, all_prompts, all_negative_prompts, all_seeds, all_subseeds,
-index_of_first_image, seed, subseed, info, comments, extra_generation_params).
+The WebUI objects are duck-typed: `p` needs the attributes of `StableDiffusionProcessing` used here and in `plan.py`
+(n_iter, batch_size, iteration, batch_index, prompts, all_prompts, all_seeds, ..., do_not_save_grid,
+extra_generation_params) and `processed` those of `Processed` (images, infotexts, all_prompts, all_negative_prompts,
+all_seeds, all_subseeds, index_of_first_image, seed, subseed, info, comments, extra_generation_params).
 
-Why saving is deferred: a top-k over N candidates can span several batches, and images the WebUI saves in its
-per-image loop cannot be unsaved. So the job turns the WebUI's saving off while the candidates are made, and in
-`finish` saves the kept images (and the grid) itself, through the WebUI's own save function.
+A job belongs to the `p` it started on. Other scripts re-run the hooks on copies of `p` (ADetailer does, per image);
+a copy carries the job's attribute, but `owns` tells it apart and the glue then does nothing.
+
+Lifecycle, in the WebUI's order:
+- `start` (before_process): the job's settings into the infotext, the WebUI's grid off.
+- `plan` (process, after the prompts are resolved): N candidates per requested image (see `plan.py`).
+- `check_batch` (postprocess_batch_list): the batch the WebUI made follows the plan, or the job keeps every image.
+- `collect` (postprocess_image_after_composite): the final pixels of each image; a complete batch is scored then,
+  so a score belongs to the pixels that are written (after face restoration, ADetailer, colour correction).
+- `capture_save` (the WebUI's save function): held back, see `saves.py`.
+- `finish` (postprocess): select, reorder the gallery and the per-image lists together, replay the saves of the
+  kept images, make the grid. Never loses an image: a failure keeps everything and says why.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from ..config import MAX_TEXT_LENGTH
 from ..infotext import SCORE_KEY, format_score, with_setting
-from ..selection import Mode, Selection, make_groups, select, summary
+from ..selection import Mode, Selection, select, summary
 from .args import JobArgs
+from .plan import CandidatePlan, PlanError, apply_plan
+from .saves import DeferredSave, SaveBuffer
 
 log = logging.getLogger("imagereward")
 
 DETAILS_KEY = "ImageReward details"
 SCORES_KEY = "ImageReward scores"
+ERROR_KEY = "ImageReward error"
+DETAILS_VERSION = 2
+
+TRUNCATION_NOTE = (
+    f"a prompt is longer than ImageReward reads ({MAX_TEXT_LENGTH - 2} word pieces, {MAX_TEXT_LENGTH} tokens with "
+    "its start and end markers); only its beginning was scored"
+)
+
+
+class Scoring(Protocol):
+    """What the job needs to score: the glue passes the WebUI's scorer runtime."""
+
+    def score(self, prompts: list[str], images: list[Any]) -> list[float]: ...
+    def truncated(self, prompts: list[str]) -> list[bool]: ...
 
 
 class SaveHooks(Protocol):
     """What `finish` needs from the WebUI; the script implements it with `modules.images`."""
 
-    def should_save_samples(self, p: Any) -> bool: ...
-    def save_sample(self, p: Any, image: Any, seed: int, prompt: str, infotext: str) -> None: ...
-    def save_discarded(self, p: Any, image: Any, seed: int, prompt: str, infotext: str) -> None: ...
+    def replay(self, p: Any, save: DeferredSave, arguments: dict[str, Any]) -> None: ...
+    def discarded_dir(self, p: Any) -> str: ...
     def grid_wanted(self, p: Any, count: int) -> tuple[bool, bool]: ...  # (return it in the gallery, save it)
     def make_grid(self, p: Any, images: list[Any], infotext: str) -> Any: ...
     def save_grid(self, p: Any, grid: Any, infotext: str) -> None: ...
@@ -41,135 +66,213 @@ class SaveHooks(Protocol):
 
 @dataclass
 class Candidate:
-    index: int  # position in generation order (the global image index)
+    index: int  # the generated image's global index (generation order)
     image: Any
     infotext: str
+    extras: list[Any] = field(default_factory=list)  # images the WebUI returned after it (masks)
 
 
 class BestOfNJob:
-    def __init__(self, args: JobArgs, *, keep_best_if_none: bool = True) -> None:
+    def __init__(
+        self, args: JobArgs, scoring: Scoring, *, keep_best_if_none: bool = True, per_group: bool = True
+    ) -> None:
         self.args = args
+        self.scoring = scoring
         self.keep_best_if_none = keep_best_if_none
-        self.scores: dict[int, float] = {}
+        self.per_group = per_group
+        self.owner: Any = None
+        self.plan: CandidatePlan | None = None
+        self.unplanned: str | None = None  # why the job keeps every image in generation order
         self.failure: str | None = None
-        self.image_index: dict[int, int] = {}
+        self.scores: dict[int, float] = {}
+        self.finals: dict[int, Any] = {}  # generated index -> final image
+        self.prompts: dict[int, str] = {}
+        self.batch_counts: dict[int, int] = {}
+        self.saves = SaveBuffer()
+        self.capturing = False
         self.notes: list[str] = []
-        self.messages: list[str] = []  # what the job's comments said, also returned in the details for API users
+        self.messages: list[str] = []  # what the job's comments said, also returned in the details
         self._original: dict[str, Any] = {}
-
-    # ------------------------------------------------------------------------------------------- job start
+        self._added_params: list[str] = []
 
     @property
     def candidates(self) -> int:
         return self.args.candidates
 
+    def owns(self, p: Any) -> bool:
+        return p is self.owner
+
+    # ------------------------------------------------------------------------------------------- job start
+
     def start(self, p: Any) -> None:
-        """Before the prompts are set up: N candidates per requested image, the WebUI's own saving off."""
-        self._original = {
-            "n_iter": p.n_iter,
-            "do_not_save_samples": p.do_not_save_samples,
-            "do_not_save_grid": p.do_not_save_grid,
-        }
-        # More batches rather than larger ones: memory use stays what the user chose.
-        p.n_iter = p.n_iter * self.candidates
-        p.do_not_save_samples = True
-        p.do_not_save_grid = True
-        p.extra_generation_params.update(self.args.infotext_params())
-        p.extra_generation_params[SCORE_KEY] = self.infotext_score
+        self.owner = p
+        self._original = {"n_iter": p.n_iter, "do_not_save_grid": p.do_not_save_grid}
+        p.do_not_save_grid = True  # the grid is made of the kept images, in `finish`
+        params = {**self.args.infotext_params(), SCORE_KEY: infotext_score}
+        self._added_params = [key for key in params if key not in p.extra_generation_params]
+        p.extra_generation_params.update(params)
+
+    def make_plan(self, p: Any) -> None:
+        """After every `process` hook has resolved the requested images: N candidates for each."""
+        try:
+            self.plan = apply_plan(p, self.candidates)
+        except PlanError as exc:
+            self.unplanned = f"the job's images could not be planned ({exc})"
+        self.capturing = True
 
     def restore(self, p: Any) -> None:
         for name, value in self._original.items():
             setattr(p, name, value)
+        for key in self._added_params:  # X/Y/Z cells share this dict: a later cell must not inherit our entries
+            p.extra_generation_params.pop(key, None)
 
     # ------------------------------------------------------------------------------------------- per batch
 
-    @staticmethod
-    def batch_indices(p: Any, count: int) -> list[int]:
-        return [p.iteration * p.batch_size + i for i in range(count)]
+    def check_batch(self, p: Any, count: int) -> None:
+        self.batch_counts[p.iteration] = count
+        if self.plan is not None and self.unplanned is None:
+            reason = self.plan.mismatch(p.iteration, p.batch_size, list(p.prompts), count)
+            if reason:
+                self.unplanned = f"another script changed the job's images ({reason})"
 
-    def record_scores(self, indices: Sequence[int], scores: Sequence[float]) -> None:
-        for index, score in zip(indices, scores, strict=True):
+    def collect(self, p: Any, image: Any) -> None:
+        """The final image of one generated index; scores the batch once its last image is in."""
+        index = p.iteration * p.batch_size + p.batch_index
+        self.finals[index] = image
+        self.prompts[index] = _at(p.all_prompts, index, "")
+        expected = self.batch_counts.get(p.iteration)
+        if expected is not None and p.batch_index >= expected - 1:
+            self.score_pending()
+
+    def score_pending(self) -> None:
+        pending = sorted(i for i in self.finals if i not in self.scores)
+        if not pending or self.failure is not None:
+            return
+        prompts = [self.prompts[i] for i in pending]
+        try:
+            scores = self.scoring.score(prompts, [self.finals[i] for i in pending])
+            if any(self.scoring.truncated(prompts)):
+                self.note(TRUNCATION_NOTE)
+        except Exception as exc:  # never lose the user's images over a scoring problem: keep them all
+            self.failure = str(exc) or type(exc).__name__
+            log.error("ImageReward: %s; the job keeps every image unscored", self.failure, exc_info=True)
+            return
+        for index, score in zip(pending, scores, strict=True):
             self.scores[index] = float(score)
 
-    def record_failure(self, message: str) -> None:
-        if self.failure is None:
-            self.failure = message
+    def capture_save(self, p: Any, arguments: dict[str, Any]) -> bool:
+        """A call of the WebUI's save function for this job's images: held back while candidates are made."""
+        if not self.capturing or arguments.get("grid"):
+            return False
+        self.saves.record(arguments, p.iteration, p.batch_index, p.batch_size)
+        return True
 
     def note(self, message: str) -> None:
-        """Something the user should read once in the job's comments (e.g. a truncated prompt)."""
+        """Something the user should read once in the job's comments."""
         if message not in self.notes:
             self.notes.append(message)
 
-    def remember_image(self, p: Any, image: Any) -> None:
-        """Called per image after compositing: ties the final image object to its generation index."""
-        self.image_index[id(image)] = p.iteration * p.batch_size + p.batch_index
-
-    def infotext_score(
-        self,
-        p: Any = None,
-        index: int | None = None,
-        all_prompts: Any = None,
-        use_main_prompt: bool = False,
-        **_: Any,
-    ) -> str | None:
-        """`extra_generation_params` callable: the image's score, or None (no entry) when it has none.
-
-        The WebUI calls it with batch lists and a batch index from its per-image loop, and with whole-job lists and a
-        job index from `Processed.infotext`; the grid's infotext (use_main_prompt) gets no score.
-        """
-        if use_main_prompt or index is None or p is None:
-            return None
-        if all_prompts is not None and all_prompts is getattr(p, "prompts", None):
-            index = p.iteration * p.batch_size + index
+    def score_text(self, index: int) -> str | None:
         score = self.scores.get(index)
         return None if score is None or math.isnan(score) else format_score(score)
 
     # ----------------------------------------------------------------------------------------------- finish
 
-    def _candidates(self, processed: Any) -> tuple[list[Candidate], list[Any]]:
-        """The job's candidate images in generation order, and the other images of the gallery (masks etc.)."""
+    def abandon(self, hooks: SaveHooks) -> list[str]:
+        """The WebUI never called `finish` (its loop failed): write everything held back, as it would have."""
+        self.capturing = False
+        problems = []
+        for save in self.saves.saves:
+            try:
+                hooks.replay(self.owner, save, save.arguments)
+            except Exception as exc:
+                problems.append(f"{save.arguments.get('suffix') or 'image'} {save.index + 1}: {exc}")
+        self.saves.clear()
+        return problems
+
+    def _candidates(self, processed: Any) -> list[Candidate]:
+        """The job's images in generation order with their infotexts and the extra images after each (masks)."""
         first = processed.index_of_first_image
         images = list(processed.images[first:])
         texts = list(processed.infotexts[first:])
-        if self.image_index and all(id(img) in self.image_index for img in images[: len(texts)]):
-            candidates, extras = [], []
+        by_id = {id(image): index for index, image in self.finals.items()}
+        candidates: list[Candidate] = []
+        if by_id and images and id(images[0]) in by_id:
             for image in images:
-                index = self.image_index.get(id(image))
-                if index is None:
-                    extras.append(image)
+                index = by_id.get(id(image))
+                if index is not None:
+                    text = texts[len(candidates)] if len(candidates) < len(texts) else ""
+                    candidates.append(Candidate(index, image, text))
                 else:
-                    candidates.append(Candidate(index, image, ""))
-            candidates.sort(key=lambda c: c.index)
-            for position, candidate in enumerate(candidates):
-                candidate.infotext = texts[position] if position < len(texts) else ""
-            return candidates, extras
-        # Another script replaced the image objects: fall back to the WebUI's order (one infotext per candidate).
-        count = min(len(images), len(texts))
-        return [Candidate(i, images[i], texts[i]) for i in range(count)], images[count:]
+                    candidates[-1].extras.append(image)
+            if len(candidates) == len(texts):
+                return sorted(candidates, key=lambda c: c.index)
+        # Another script replaced the image objects: the WebUI's layout, one infotext per generated image and the
+        # same number of extra images after each.
+        count = len(texts)
+        if count == 0:
+            return []
+        step = len(images) // count if len(images) % count == 0 and len(images) >= count else 1
+        return [
+            Candidate(i, images[i * step], texts[i], list(images[i * step + 1 : (i + 1) * step])) for i in range(count)
+        ]
 
     def finish(self, p: Any, processed: Any, hooks: SaveHooks) -> Selection | None:
-        """Select, reorder the gallery and the per-image lists together, save what is kept. Always restores `p`."""
+        """Select, reorder the gallery and the per-image lists together, write what is kept. Always restores `p`."""
+        self.capturing = False
+        job_params = dict(processed.extra_generation_params)  # (the same dict as p's, which `restore` cleans)
         self.restore(p)
+        self.score_pending()
+        candidates = self._candidates(processed)
+        if not candidates:
+            self.abandon(hooks)
+            return None
+        for candidate in candidates:  # the final image may come through the fallback layout
+            self.finals.setdefault(candidate.index, candidate.image)
         for message in self.notes:
             self._comment(processed, f"ImageReward: {message}.")
-        candidates, extras = self._candidates(processed)
-        if not candidates:
-            return None
         scores = [self.scores.get(c.index, math.nan) for c in candidates]
-        if self.failure or all(math.isnan(s) for s in scores):
-            reason = self.failure or "no image could be scored"
-            self._comment(processed, f"ImageReward: {reason}; all {len(candidates)} images were kept.")
-            order = list(range(len(candidates)))
-            self._apply(p, processed, hooks, candidates, order, [], extras, None, scores)
-            return None
 
-        prompts = [_at(processed.all_prompts, c.index, "") for c in candidates] if self.args.by_prompt else None
-        groups = make_groups(len(candidates), self.candidates, prompts)
-        selection = select(scores, groups, self.args.selection(self.keep_best_if_none))
-        if selection.message:
-            self._comment(processed, f"ImageReward: {selection.message}")
-        self._apply(p, processed, hooks, candidates, selection.kept, selection.discarded, extras, selection, scores)
+        selection: Selection | None = None
+        if self.failure is not None:
+            self._comment(processed, f"ImageReward: {self.failure}; all {len(candidates)} images were kept.", False)
+            kept = list(range(len(candidates)))
+        elif self.unplanned is not None or all(math.isnan(s) for s in scores):
+            reason = self.unplanned or "no image could be scored"
+            self._comment(processed, f"ImageReward: {reason}; all {len(candidates)} images were kept, unsorted.")
+            kept = list(range(len(candidates)))
+        else:
+            groups, names = self._groups(candidates)
+            selection = select(scores, groups, self.args.selection(self.keep_best_if_none, self.per_group))
+            if selection.message:
+                self._comment(processed, f"ImageReward: {selection.message}")
+            if selection.below_threshold and len(groups) > 1:
+                which = ", ".join(names[g] for g in selection.below_threshold)
+                outcome = "kept its best candidate" if selection.fallback else "kept nothing"
+                self._comment(processed, f"ImageReward: below the threshold, each of these {outcome}: {which}.")
+            kept = selection.kept
+        discarded = [i for i in range(len(candidates)) if i not in set(kept)]
+        self._apply(p, processed, hooks, candidates, kept, discarded, selection, scores, job_params)
         return selection
+
+    def _groups(self, candidates: list[Candidate]) -> tuple[list[list[int]], list[str]]:
+        """Groups of positions in `candidates` that compete, and a name for each (the requested image)."""
+        by_key: dict[Any, list[int]] = {}
+        for position, candidate in enumerate(candidates):
+            if self.candidates > 1 and self.plan is not None:
+                key: Any = self.plan.slots[candidate.index] if candidate.index < self.plan.total else -1
+            else:  # one try per image: the whole job competes (within one prompt when asked)
+                key = self.prompts.get(candidate.index, "") if self.args.by_prompt else 0
+            by_key.setdefault(key, []).append(position)
+        by_slot = self.candidates > 1 and self.plan is not None
+        names = [f"image {key + 1}" if by_slot else f"group {n + 1}" for n, key in enumerate(by_key)]
+        return list(by_key.values()), names
+
+    def final_infotext(self, candidate: Candidate) -> str:
+        text = with_setting(candidate.infotext, SCORE_KEY, self.score_text(candidate.index))
+        if self.failure is not None:
+            text = with_setting(text, ERROR_KEY, "scoring failed, nothing was filtered")
+        return text
 
     def _apply(
         self,
@@ -179,73 +282,106 @@ class BestOfNJob:
         candidates: list[Candidate],
         kept: list[int],
         discarded: list[int],
-        extras: list[Any],
         selection: Selection | None,
         scores: list[float],
+        job_params: dict[str, Any],
     ) -> None:
         chosen = [candidates[i] for i in kept]
-        texts = [c.infotext for c in chosen]
+        texts = [self.final_infotext(c) for c in chosen]
         images = [c.image for c in chosen]
+        for image, text in zip(images, texts, strict=True):
+            if isinstance(getattr(image, "info", None), dict) and "parameters" in image.info:
+                image.info["parameters"] = text
+        extras = [extra for c in chosen for extra in c.extras]
 
-        saving = hooks.should_save_samples(p)
-        if saving:
-            for c in chosen:
-                hooks.save_sample(
-                    p,
-                    c.image,
-                    _at(processed.all_seeds, c.index, -1),
-                    _at(processed.all_prompts, c.index, ""),
-                    c.infotext,
-                )
-            if self.args.keep_discarded:
-                for i in discarded:
-                    c = candidates[i]
-                    hooks.save_discarded(
-                        p,
-                        c.image,
-                        _at(processed.all_seeds, c.index, -1),
-                        _at(processed.all_prompts, c.index, ""),
-                        c.infotext,
-                    )
-
-        first = 0
-        if chosen:
-            show_grid, save_grid = hooks.grid_wanted(p, len(chosen))
-            if show_grid or save_grid:
-                grid_text = with_setting(texts[0], SCORE_KEY, None)
-                grid = hooks.make_grid(p, images, grid_text)
-                if save_grid:
-                    hooks.save_grid(p, grid, grid_text)
-                if show_grid:
-                    images.insert(0, grid)
-                    texts.insert(0, grid_text)
-                    first = 1
-
+        # The gallery first: whatever happens while writing files, the user sees every kept image.
         def pick(values: Sequence[Any], default: Any) -> list[Any]:
             return [_at(values, c.index, default) for c in chosen]
 
-        processed.all_prompts = pick(processed.all_prompts, "")
-        processed.all_negative_prompts = pick(processed.all_negative_prompts, "")
-        processed.all_seeds = pick(processed.all_seeds, -1)
-        processed.all_subseeds = pick(processed.all_subseeds, -1)
-        processed.images = images + extras
-        if not texts:  # nothing kept: the WebUI's info panel still needs one text
-            texts = [with_setting(candidates[0].infotext, SCORE_KEY, None)] if candidates else [processed.info]
-        processed.infotexts = texts
-        processed.index_of_first_image = first
-        processed.info = texts[0]
+        all_prompts, all_negative_prompts = pick(processed.all_prompts, ""), pick(processed.all_negative_prompts, "")
+        all_seeds, all_subseeds = pick(processed.all_seeds, -1), pick(processed.all_subseeds, -1)
+        first = 0
+        grid = None
+        grid_text = with_setting(texts[0], SCORE_KEY, None) if texts else ""
+        show_grid = save_grid = False
         if chosen:
-            processed.seed = processed.all_seeds[0]
-            processed.subseed = processed.all_subseeds[0]
+            show_grid, save_grid = hooks.grid_wanted(p, len(chosen))
+            if show_grid or save_grid:
+                grid = hooks.make_grid(p, list(images), grid_text)
+        gallery_images, gallery_texts = list(images), list(texts)
+        if grid is not None and show_grid:
+            gallery_images.insert(0, grid)
+            gallery_texts.insert(0, grid_text)
+            first = 1
+        processed.all_prompts, processed.all_negative_prompts = all_prompts, all_negative_prompts
+        processed.all_seeds, processed.all_subseeds = all_seeds, all_subseeds
+        processed.images = gallery_images + extras
+        if not gallery_texts:  # nothing kept: the WebUI's info panel still needs one text
+            gallery_texts = [with_setting(candidates[0].infotext, SCORE_KEY, None)]
+        processed.infotexts = gallery_texts
+        processed.index_of_first_image = first
+        processed.info = gallery_texts[0]
+        if chosen:
+            processed.seed, processed.subseed = all_seeds[0], all_subseeds[0]
 
-        kept_scores = [scores[i] for i in kept]
-        params = {k: v for k, v in processed.extra_generation_params.items() if k != SCORE_KEY}
-        params[SCORES_KEY] = [None if math.isnan(s) else round(s, 4) for s in kept_scores]
-        params[DETAILS_KEY] = self._details(selection, kept, scores, first)
+        problems = self._write(p, hooks, candidates, chosen, texts, discarded)
+        if grid is not None and save_grid:
+            try:
+                hooks.save_grid(p, grid, grid_text)
+            except Exception as exc:
+                problems.append(f"the grid: {exc}")
+        if problems:
+            shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+            self._comment(processed, f"ImageReward: some files could not be written ({shown}).")
+
+        params = {k: v for k, v in job_params.items() if k != SCORE_KEY}
+        params[SCORES_KEY] = [_round(scores[i]) for i in kept]
+        params[DETAILS_KEY] = self._details(selection, kept, scores, first, texts)
+        if self.failure is not None:
+            params[ERROR_KEY] = self.failure
         # A new dict: the WebUI shares p.extra_generation_params between X/Y/Z cells, which must not see these.
         processed.extra_generation_params = params
 
-    def _details(self, selection: Selection | None, kept: list[int], scores: list[float], first: int) -> dict:
+    def _write(
+        self,
+        p: Any,
+        hooks: SaveHooks,
+        candidates: list[Candidate],
+        chosen: list[Candidate],
+        texts: list[str],
+        discarded: list[int],
+    ) -> list[str]:
+        """Replay the held-back saves: every save of the kept images; the finished image of discarded ones only
+        when the job keeps them aside. Returns what could not be written."""
+        problems: list[str] = []
+
+        def replay(save: DeferredSave, arguments: dict[str, Any]) -> None:
+            try:
+                hooks.replay(p, save, arguments)
+            except Exception as exc:
+                what = f"image {save.index + 1}" + (f" ({save.suffix})" if save.suffix else "")
+                problems.append(f"{what}: {exc}")
+                log.error("ImageReward: could not write %s", what, exc_info=True)
+
+        for candidate, text in zip(chosen, texts, strict=True):
+            for save in self.saves.of(candidate.index):
+                arguments = dict(save.arguments)
+                if save.is_final:
+                    arguments["info"] = text
+                replay(save, arguments)
+        if self.args.keep_discarded:
+            folder = hooks.discarded_dir(p)
+            for position in discarded:
+                candidate = candidates[position]
+                for save in self.saves.of(candidate.index):
+                    if save.is_final:
+                        replay(save, {**save.arguments, "info": self.final_infotext(candidate), "path": folder})
+        self.saves.clear()
+        return problems
+
+    def _details(
+        self, selection: Selection | None, kept: list[int], scores: list[float], first: int, texts: list[str]
+    ) -> dict:
         images = []
         for position, i in enumerate(kept):
             entry: dict[str, Any] = {"index": first + position, "score": _round(scores[i])}
@@ -274,14 +410,44 @@ class BestOfNJob:
             candidates=self.candidates,
             threshold=self.args.threshold if self.args.mode in (Mode.THRESHOLD, Mode.TOP_K_ABOVE_THRESHOLD) else None,
             fallback=bool(selection and selection.fallback),
+            failed=self.failure is not None,
             messages=list(self.messages),
         )
-        return {"version": 1, "images": images, "summary": stats}
+        return {"version": DETAILS_VERSION, "images": images, "summary": stats}
 
-    def _comment(self, processed: Any, message: str) -> None:
+    def _comment(self, processed: Any, message: str, log_it: bool = True) -> None:
         self.messages.append(message)
-        log.warning(message)
+        if log_it:
+            log.warning(message)
         processed.comments = f"{processed.comments or ''}{message}\n"
+
+
+JOB_ATTR = "_imagereward_job"
+
+
+def job_of(p: Any) -> BestOfNJob | None:
+    return getattr(p, JOB_ATTR, None)
+
+
+def infotext_score(
+    p: Any = None, index: int | None = None, all_prompts: Any = None, use_main_prompt: bool = False, **_: Any
+) -> str | None:
+    """`extra_generation_params` callable: the image's score, or None (no entry) while it has none.
+
+    It finds the job through `p` (the dict it sits in is shared between X/Y/Z cells and with copies of `p`). The
+    WebUI calls it with batch lists and an index within the batch from its per-image loop, and with whole-job lists
+    and a job index from `Processed.infotext`; the grid's infotext (use_main_prompt) gets no score. Scores arrive
+    once a batch is complete; `finish` writes every kept image's score into its infotext and file.
+    """
+    job = job_of(p)
+    if job is None or use_main_prompt or index is None:
+        return None
+    if all_prompts is not None and all_prompts is getattr(p, "prompts", None):
+        index = p.iteration * p.batch_size + index
+    return job.score_text(index)
+
+
+ScoreFn = Callable[[list[str], list[Any]], list[float]]
 
 
 def _at(values: Sequence[Any], index: int, default: Any) -> Any:

@@ -26,7 +26,8 @@ class RuntimeSettings:
     device: str = "auto"  # auto, cuda, cuda:1, cpu
     dtype: str = "auto"  # auto (fp16 on CUDA, fp32 on CPU), fp16, fp32, bf16
     batch_size: int = 16
-    keep_on_device: bool = True  # False: offload to the CPU after each job (forced with --lowvram/--medvram)
+    keep_on_device: bool = True  # False: offload to the CPU after each job
+    offload_after_scoring: bool = False  # --lowvram/--medvram: hold VRAM only while a batch is scored
 
     @property
     def load_key(self) -> tuple[str, str, str]:
@@ -84,6 +85,12 @@ class ScorerRuntime:
                 finally:
                     scorer.to(self._home or "cpu", resolve_dtype_name(settings.dtype, self._home))
 
+    def scoring_done(self, settings: RuntimeSettings) -> None:
+        """After one scoring pass: with --lowvram/--medvram the diffusion model needs the VRAM back at once."""
+        if settings.offload_after_scoring:
+            with self._lock:
+                self.offload()
+
     def job_done(self, settings: RuntimeSettings) -> None:
         """After a job (not after each batch: moving 1 GB per batch would cost more than it saves)."""
         if not settings.keep_on_device:
@@ -105,6 +112,27 @@ class ScorerRuntime:
     @property
     def loaded(self) -> ImageRewardScorer | None:
         return self._scorer
+
+
+class JobScoring:
+    """A job's view of the runtime (the `Scoring` protocol of `job.py`): the settings as they are now, each pass
+    followed by what the settings ask for (offload with --lowvram/--medvram)."""
+
+    def __init__(self, runtime: ScorerRuntime, settings: Callable[[], RuntimeSettings], *, clean_prompts: bool) -> None:
+        self.runtime = runtime
+        self.settings = settings
+        self.clean_prompts = clean_prompts
+
+    def score(self, prompts: list[str], images: list[Any]) -> list[float]:
+        settings = self.settings()
+        try:
+            return self.runtime.score(settings, prompts, images, clean_prompts=self.clean_prompts)
+        finally:
+            self.runtime.scoring_done(settings)
+
+    def truncated(self, prompts: list[str]) -> list[bool]:
+        scorer = self.runtime.loaded
+        return scorer.truncated(prompts, clean=self.clean_prompts) if scorer is not None else [False] * len(prompts)
 
 
 def resolve_dtype_name(dtype: str, device: torch.device | None) -> str:

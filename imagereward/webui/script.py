@@ -1,25 +1,28 @@
 """The WebUI script: thin glue from the WebUI's hooks to `BestOfNJob` and `ScorerRuntime`.
 
-Imported only inside AUTOMATIC1111 / Forge / reForge (it imports their `modules`).
+Imported only inside AUTOMATIC1111 / Forge / reForge (it imports their `modules`). Every hook first asks whether the
+`p` it got is the one the job started on: other scripts (ADetailer) replay our hooks on copies of `p`, and those
+replays do nothing.
 """
 
 from __future__ import annotations
 
 import logging
-import traceback
+import weakref
 from dataclasses import replace
 from typing import Any
 
 import gradio as gr
 from modules import images, script_callbacks, scripts, shared
 
-from ..errors import ImageRewardError
 from ..selection import Mode
 from . import settings
+from .access import allowed, endpoint_enabled, parse_api_auth
 from .api import ROUTE, ApiError, score_request
-from .args import ArgumentError, JobArgs, from_script_args
-from .job import BestOfNJob
-from .runtime import ScorerRuntime
+from .args import FIELD_NAMES, PASTE_FIELDS, ArgumentError, JobArgs, from_script_args
+from .job import JOB_ATTR, BestOfNJob, job_of
+from .runtime import JobScoring, ScorerRuntime
+from .saves import DeferredSave, bind_arguments, call_with
 
 log = logging.getLogger("imagereward")
 
@@ -28,8 +31,8 @@ try:  # Forge has its own memory manager
 except ImportError:
     _forge_memory = None
 
-JOB_ATTR = "_imagereward_job"
 ERROR_ATTR = "_imagereward_error"
+WRAPPED_ATTR = "_imagereward_original"
 
 
 def _free_memory() -> None:
@@ -42,6 +45,7 @@ def _free_memory() -> None:
 
 
 RUNTIME = ScorerRuntime(free_memory=_free_memory)
+_RUNNING: weakref.WeakSet[BestOfNJob] = weakref.WeakSet()  # jobs between `process` and `postprocess`
 
 
 def _low_vram() -> bool:
@@ -60,18 +64,42 @@ def current_settings() -> Any:
     return settings.runtime_settings(shared.opts, paths.models_path, _low_vram())
 
 
+def _original_save_image() -> Any:
+    return getattr(images.save_image, WRAPPED_ATTR, images.save_image)
+
+
+def install_save_hook() -> None:
+    """Route the WebUI's `images.save_image` through the running job (see `saves.py`); idempotent."""
+    if hasattr(images.save_image, WRAPPED_ATTR):
+        return
+    original = images.save_image
+
+    def save_image(*args: Any, **kwargs: Any) -> Any:
+        arguments = bind_arguments(original, args, kwargs)
+        p = arguments.get("p")
+        job = job_of(p) if p is not None else None
+        if job is not None and job.capture_save(p, arguments):
+            return None, None
+        return original(*args, **kwargs)
+
+    setattr(save_image, WRAPPED_ATTR, original)
+    images.save_image = save_image
+
+
 class WebUISaveHooks:
     """`SaveHooks` over `modules.images`, honouring the WebUI's folders, filename patterns and save options."""
 
-    def should_save_samples(self, p: Any) -> bool:
-        return bool(p.save_samples())
+    def replay(self, p: Any, save: DeferredSave, arguments: dict[str, Any]) -> None:
+        # Filename patterns ([generation_number], [batch_number]) read these at save time.
+        iteration, batch_index = p.iteration, p.batch_index
+        p.iteration, p.batch_index = save.iteration, save.batch_index
+        try:
+            call_with(_original_save_image(), arguments)
+        finally:
+            p.iteration, p.batch_index = iteration, batch_index
 
-    def save_sample(self, p: Any, image: Any, seed: int, prompt: str, infotext: str) -> None:
-        images.save_image(image, p.outpath_samples, "", seed, prompt, shared.opts.samples_format, info=infotext, p=p)
-
-    def save_discarded(self, p: Any, image: Any, seed: int, prompt: str, infotext: str) -> None:
-        folder = settings.discarded_dir(shared.opts, p.outpath_samples)
-        images.save_image(image, folder, "", seed, prompt, shared.opts.samples_format, info=infotext, p=p)
+    def discarded_dir(self, p: Any) -> str:
+        return settings.discarded_dir(shared.opts, p.outpath_samples)
 
     def grid_wanted(self, p: Any, count: int) -> tuple[bool, bool]:
         opts = shared.opts
@@ -87,7 +115,7 @@ class WebUISaveHooks:
 
     def save_grid(self, p: Any, grid: Any, infotext: str) -> None:
         opts = shared.opts
-        images.save_image(
+        _original_save_image()(
             grid,
             p.outpath_grids,
             "grid",
@@ -99,6 +127,12 @@ class WebUISaveHooks:
             p=p,
             grid=True,
         )
+
+
+def _replayed(p: Any) -> bool:
+    """A hook called on a copy of a job's `p` (ADetailer re-runs every script's hooks on `copy(p)`)."""
+    job = job_of(p)
+    return job is not None and not job.owns(p)
 
 
 class ImageRewardScript(scripts.Script):
@@ -118,7 +152,7 @@ class ImageRewardScript(scripts.Script):
         with InputAccordion(defaults.enabled, label="ImageReward", elem_id=self.elem_id("imagereward")) as enabled:
             with gr.Row():
                 mode = gr.Dropdown(
-                    label="Mode",
+                    label="Mode (sort and top-k rank the N candidates of each requested image, not the whole job)",
                     choices=[m.value for m in Mode],
                     value=defaults.mode.value,
                     elem_id=self.elem_id("imagereward_mode"),
@@ -164,19 +198,30 @@ class ImageRewardScript(scripts.Script):
                     value=defaults.keep_discarded,
                     elem_id=self.elem_id("imagereward_keep_discarded"),
                 )
-        self.infotext_fields = [
-            (enabled, lambda params: "ImageReward mode" in params),
-            (mode, "ImageReward mode"),
-            (candidates, "ImageReward candidates"),
-            (k, "ImageReward k"),
-            (threshold, "ImageReward threshold"),
-        ]
-        self.paste_field_names = [key for _, key in self.infotext_fields if isinstance(key, str)]
-        return [enabled, mode, candidates, k, threshold, by_prompt, clean_prompt, keep_discarded]
+        controls = {
+            "enabled": enabled,
+            "mode": mode,
+            "candidates": candidates,
+            "k": k,
+            "threshold": threshold,
+            "by_prompt": by_prompt,
+            "clean_prompt": clean_prompt,
+            "keep_discarded": keep_discarded,
+        }
+        self.infotext_fields = [(controls[name], key) for name, key in PASTE_FIELDS]
+        self.paste_field_names = [key for _, key in PASTE_FIELDS if isinstance(key, str)]
+        return [controls[name] for name in FIELD_NAMES]
 
     # Hooks run for every job, also with the toggle off: each returns at once when there is no job.
 
     def before_process(self, p: Any, *args: Any) -> None:
+        if _replayed(p) or job_of(p) is not None:
+            return
+        for stale in list(_RUNNING):  # a job whose loop failed never reached `postprocess`: write what it held
+            _RUNNING.discard(stale)
+            problems = stale.abandon(WebUISaveHooks())
+            if problems:
+                log.error("ImageReward: an earlier job failed and some of its images could not be saved: %s", problems)
         setattr(p, JOB_ATTR, None)
         setattr(p, ERROR_ATTR, None)
         try:
@@ -189,46 +234,47 @@ class ImageRewardScript(scripts.Script):
             return
         if getattr(p, "firstpass_image", None) is not None:  # the gallery's "upscale" of one chosen image
             job_args = replace(job_args, candidates=1, mode=Mode.SORT)
-        job = BestOfNJob(job_args, keep_best_if_none=bool(settings.get(shared.opts, "imagereward_keep_best_if_none")))
+        keep_best, per_group = settings.below_threshold_rule(shared.opts)
+        scoring = JobScoring(RUNTIME, current_settings, clean_prompts=job_args.clean_prompt)
+        job = BestOfNJob(job_args, scoring, keep_best_if_none=keep_best, per_group=per_group)
         job.start(p)
         setattr(p, JOB_ATTR, job)
 
+    def process(self, p: Any, *args: Any) -> None:
+        job = job_of(p)
+        if job is None or not job.owns(p) or job.capturing:
+            return
+        install_save_hook()  # (normally done at load; again in case another extension replaced the function)
+        job.make_plan(p)
+        _RUNNING.add(job)
+
     def postprocess_batch_list(self, p: Any, pp: Any, *args: Any, **kwargs: Any) -> None:
-        job: BestOfNJob | None = getattr(p, JOB_ATTR, None)
-        if job is None or not pp.images:
-            return
-        prompts = list(p.prompts[: len(pp.images)])
-        try:
-            scores = RUNTIME.score(current_settings(), prompts, pp.images, clean_prompts=job.args.clean_prompt)
-        except ImageRewardError as exc:
-            job.record_failure(str(exc))
-            log.error("ImageReward: %s", exc)
-            return
-        except Exception as exc:  # never lose the user's images over a scoring bug
-            job.record_failure(f"scoring failed ({type(exc).__name__}: {exc})")
-            log.error("ImageReward: scoring failed\n%s", traceback.format_exc())
-            return
-        job.record_scores(job.batch_indices(p, len(pp.images)), scores)
-        scorer = RUNTIME.loaded
-        if scorer is not None and any(scorer.truncated(prompts, clean=job.args.clean_prompt)):
-            job.note("the prompt is longer than the 35 tokens ImageReward reads; it scored the beginning only")
+        job = job_of(p)
+        if job is not None and job.owns(p):
+            job.check_batch(p, len(pp.images))
 
     def postprocess_image_after_composite(self, p: Any, pp: Any, *args: Any) -> None:
-        job: BestOfNJob | None = getattr(p, JOB_ATTR, None)
-        if job is not None:
-            job.remember_image(p, pp.image)
+        job = job_of(p)
+        if job is not None and job.owns(p):
+            job.collect(p, pp.image)
 
     def postprocess(self, p: Any, processed: Any, *args: Any) -> None:
+        if _replayed(p):
+            return
         error = getattr(p, ERROR_ATTR, None)
         if error:
             processed.comments = f"{processed.comments or ''}{error}\n"
             processed.extra_generation_params = {**processed.extra_generation_params, "ImageReward error": error}
-        job: BestOfNJob | None = getattr(p, JOB_ATTR, None)
+        job = job_of(p)
         if job is None:
             return
         setattr(p, JOB_ATTR, None)
+        _RUNNING.discard(job)
         try:
             job.finish(p, processed, WebUISaveHooks())
+        except Exception:
+            log.exception("ImageReward: the job could not finish; the WebUI's images are left as they were")
+            job.abandon(WebUISaveHooks())
         finally:
             RUNTIME.job_done(current_settings())
 
@@ -241,27 +287,46 @@ def _on_ui_settings() -> None:
 
 
 def _on_app_started(_demo: Any, app: Any) -> None:
-    from fastapi import Body, HTTPException
+    if not endpoint_enabled(shared.cmd_opts):
+        return  # like the WebUI's own API: only with --api
+    from fastapi import Body, Depends, HTTPException
+    from fastapi.security import HTTPBasic, HTTPBasicCredentials
+
+    credentials = parse_api_auth(getattr(shared.cmd_opts, "api_auth", None))
+    dependencies = []
+    if credentials:
+        basic = HTTPBasic()
+
+        def authenticate(given: HTTPBasicCredentials = Depends(basic)) -> None:  # noqa: B008
+            if not allowed(credentials, given.username, given.password):
+                raise HTTPException(status_code=401, detail="Incorrect username or password")
+
+        dependencies.append(Depends(authenticate))
 
     def score_endpoint(payload: dict = Body(...)) -> dict:  # noqa: B008
+        from modules.call_queue import queue_lock
+
         def score(prompts: Any, pictures: Any, clean: bool) -> list[float]:
             settings_now = current_settings()
-            try:
-                return RUNTIME.score(settings_now, prompts, pictures, clean_prompts=clean)
-            finally:
-                RUNTIME.job_done(settings_now)
+            with queue_lock:  # never on the GPU in the middle of a generation
+                try:
+                    return RUNTIME.score(settings_now, prompts, pictures, clean_prompts=clean)
+                finally:
+                    RUNTIME.job_done(settings_now)
 
         try:
             return score_request(payload, score)
         except ApiError as exc:
             raise HTTPException(status_code=422, detail=str(exc)) from None
-        except ImageRewardError as exc:
-            raise HTTPException(status_code=503, detail=str(exc)) from None
+        except Exception as exc:
+            log.error("ImageReward: score request failed: %s", exc)
+            raise HTTPException(status_code=503, detail=f"ImageReward could not score: {exc}") from None
 
-    app.add_api_route(ROUTE, score_endpoint, methods=["POST"], tags=["ImageReward"])
+    app.add_api_route(ROUTE, score_endpoint, methods=["POST"], tags=["ImageReward"], dependencies=dependencies)
 
 
 def register_callbacks() -> None:
     """Called by scripts/imagereward.py each time the WebUI (re)loads its scripts."""
+    install_save_hook()
     script_callbacks.on_ui_settings(_on_ui_settings)
     script_callbacks.on_app_started(_on_app_started)

@@ -11,6 +11,12 @@ from .runtime import RuntimeSettings
 
 SECTION = ("imagereward", "ImageReward")
 
+BELOW_THRESHOLD = (
+    "keep its best candidate",
+    "keep nothing for it (keep the single best of the job when nothing at all passes)",
+    "keep nothing",
+)
+
 
 @dataclass(frozen=True)
 class Option:
@@ -49,10 +55,11 @@ OPTIONS = (
         "checkbox",
     ),
     Option(
-        "imagereward_keep_best_if_none",
-        True,
-        "When every candidate scores below the threshold, keep the best one (off: keep none)",
-        "checkbox",
+        "imagereward_below_threshold",
+        BELOW_THRESHOLD[0],
+        "Threshold modes, when no candidate of a requested image reaches the threshold",
+        "dropdown",
+        BELOW_THRESHOLD,
     ),
     Option(
         "imagereward_discarded_dir",
@@ -97,7 +104,18 @@ def runtime_settings(opts: Any, webui_models_path: str | os.PathLike, low_vram: 
         dtype=str(get(opts, "imagereward_dtype") or "auto"),
         batch_size=max(1, int(get(opts, "imagereward_batch_size") or 16)),
         keep_on_device=bool(get(opts, "imagereward_keep_on_gpu")) and not low_vram,
+        offload_after_scoring=low_vram,
     )
+
+
+def below_threshold_rule(opts: Any) -> tuple[bool, bool]:
+    """(keep_best_if_none, per_group) for the selection, from the setting."""
+    value = get(opts, "imagereward_below_threshold")
+    if value == BELOW_THRESHOLD[1]:
+        return True, False
+    if value == BELOW_THRESHOLD[2]:
+        return False, True
+    return True, True
 
 
 def discarded_dir(opts: Any, samples_dir: str) -> str:

@@ -1,0 +1,475 @@
+"""The real `script.py` under the stand-in WebUI host (`tests/webui_host.py`), in the workflows users combine it with:
+ADetailer, dynamic prompts, the prompt matrix, img2img with several init images, inpaint masks, interrupts, the
+WebUI's own save options, X/Y/Z, the gallery's Upscale, scoring and saving failures."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from copy import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from imagereward.infotext import parse_infotext, read_score
+from imagereward.webui.args import PASTE_FIELDS
+from imagereward.webui.job import DETAILS_KEY, SCORES_KEY, TRUNCATION_NOTE
+from imagereward.webui.runtime import ScorerRuntime
+from tests.webui_host import (
+    ADetailer,
+    DynamicPrompts,
+    FakeScorer,
+    Host,
+    P,
+    Runner,
+    pixel_score,
+    process_images,
+    prompt_matrix,
+)
+
+
+class Spy:
+    """An always-on script after ours: records where each final image was generated."""
+
+    def __init__(self) -> None:
+        self.made: list[dict[str, Any]] = []
+
+    def postprocess_image_after_composite(self, p: P, pp: Any, *args: Any) -> None:
+        i = p.iteration * p.batch_size + p.batch_index
+        self.made.append(
+            {
+                "seed": p.all_seeds[i],
+                "prompt": p.all_prompts[i],
+                "iteration": p.iteration,
+                "batch": p.batch_index,
+                "image": pp.image.copy(),
+            }
+        )
+
+    def by_seed(self, seed: int) -> dict[str, Any]:
+        return next(m for m in self.made if m["seed"] == seed)
+
+
+class World:
+    def __init__(self, root: Path) -> None:
+        self.host = Host(root)
+        self.host.install()
+        self.script = importlib.import_module("imagereward.webui.script")
+        self.script.register_callbacks()
+        self.scorer = FakeScorer()
+        self.loads = 0
+
+        def loader(settings: Any) -> FakeScorer:
+            self.loads += 1
+            if isinstance(self.scorer, Exception):
+                raise self.scorer
+            return self.scorer
+
+        self.script.RUNTIME = ScorerRuntime(loader)
+        self.spy = Spy()
+
+    def p(self, ir: dict[str, Any] | None, before: list[Any] = (), after: list[Any] = (), **kwargs: Any) -> P:
+        p = P(host=self.host, **kwargs)
+        ours = self.script.ImageRewardScript()
+        args = ({"enabled": True, **ir},) if ir is not None else ({"enabled": False},)
+        p.scripts = Runner([*((s, ()) for s in before), (ours, args), *((s, ()) for s in after), (self.spy, ())])
+        return p
+
+    def run(self, p: P) -> Any:
+        processed = process_images(p)
+        assert p.scripts.errors == []
+        return processed
+
+    def kept(self, processed: Any) -> list[str]:
+        return processed.infotexts[processed.index_of_first_image :]
+
+
+@pytest.fixture
+def world(tmp_path: Path):
+    w = World(tmp_path)
+    yield w
+    w.host.uninstall()
+
+
+TOP1 = {"mode": "top-k", "candidates": 4, "k": 1}
+
+
+def seed_of(text: str) -> int:
+    return int(parse_infotext(text).settings["Seed"])
+
+
+def best_by_slot(world: World, scores_of: dict[int, float], slots: dict[int, list[int]]) -> list[int]:
+    return [max(seeds, key=lambda s: scores_of[s]) for seeds in slots.values()]
+
+
+# ------------------------------------------------------------------------------------------ the plain case
+
+
+def test_top_k_best_of_4_batch_2_count_2_keeps_the_best_of_each_requested_image(world: World) -> None:
+    p = world.p(TOP1, batch_size=2, n_iter=2)
+    processed = world.run(p)
+    kept = world.kept(processed)
+    assert len(world.spy.made) == 16 and len(kept) == 4
+    # Each requested image r has its own slot: seeds 1000 + r + 4c, all made at r's batch index.
+    for r, text in enumerate(kept):
+        slot = [1000 + r + 4 * c for c in range(4)]
+        made = [world.spy.by_seed(s) for s in slot]
+        assert {m["batch"] for m in made} == {r % 2}
+        scores = {s: pixel_score("a red car", _final(world, s)) for s in slot}
+        assert seed_of(text) == max(slot, key=lambda s: scores[s])
+        assert read_score(text) == pytest.approx(scores[seed_of(text)], abs=5e-4)
+    # Files: the 4 kept images and the grid; each PNG carries its score and re-scores to it.
+    finals = world.host.disk.finals()
+    assert sorted(f.seed for f in finals) == sorted(seed_of(t) for t in kept)
+    for f in finals:
+        assert read_score(f.info) == pytest.approx(pixel_score("a red car", Image.open(f.path)), abs=1e-3)
+    assert processed.all_seeds == [seed_of(t) for t in kept]
+    assert processed.extra_generation_params[SCORES_KEY] == pytest.approx([read_score(t) for t in kept], abs=6e-4)
+    assert "ImageReward mode" in processed.extra_generation_params  # the API's info keeps the job's settings
+    assert p.n_iter == 2  # p is restored
+
+
+def _final(world: World, seed: int) -> Image.Image:
+    return world.spy.by_seed(seed)["image"]
+
+
+# ---------------------------------------------------------------------------------------------- 1. ADetailer
+
+
+def test_adetailer_replays_on_copies_do_not_wipe_scores_or_offload_per_batch(world: World) -> None:
+    world.scorer.device = world.scorer.device.__class__("cuda")  # pretend: moves are recorded, nothing allocated
+    world.host.opts.imagereward_keep_on_gpu = False
+    ad = ADetailer()
+    p = world.p(TOP1, before=[ad], batch_size=1, n_iter=2)
+    processed = world.run(p)
+    assert ad.replays == 8  # postprocess replayed on a copy for every batch
+    kept = world.kept(processed)
+    assert len(kept) == 2 and all(read_score(t) is not None for t in kept)
+    finals = world.host.disk.finals()
+    assert len(finals) == 2 and all("ImageReward: " in f.info for f in finals)
+    assert world.scorer.moves == ["cpu"]  # offloaded once, after the job
+
+
+def test_adetailer_detailed_pixels_are_what_is_scored_and_saved(world: World) -> None:
+    world.host.opts.ad_save_images_before = True
+    p = world.p(TOP1, before=[ADetailer(save_before=True)], batch_size=1, n_iter=1)
+    processed = world.run(p)
+    final = world.host.disk.finals()[0]
+    saved = Image.open(final.path)
+    assert saved.getpixel((0, 0)) == (250, 240, 10)  # the detailed image
+    assert read_score(final.info) == pytest.approx(pixel_score("a red car", saved), abs=1e-3)
+    before = [f for f in world.host.disk.files if f.suffix == "-ad-before"]
+    assert [f.seed for f in before] == [final.seed]  # ADetailer's "save before" only for the kept image
+    assert read_score(world.kept(processed)[0]) == pytest.approx(read_score(final.info))
+
+
+# ----------------------------------------------------------------------------------- 2. interrupt and skip
+
+
+def interrupt_at(batch: int, flag: str = "interrupted"):
+    def hook(p: P, n: int) -> None:
+        if n == batch:
+            setattr(p.host.state, flag, True)
+
+    return hook
+
+
+def test_interrupt_after_the_second_batch_saves_the_finished_candidates_the_webui_would_have(world: World) -> None:
+    p = world.p(TOP1, batch_size=2, n_iter=2, before_sampling=interrupt_at(2))
+    processed = world.run(p)
+    # Batches 0 and 1 finished (candidates 0 and 1 of requested images 0, 1); batch 2 was interrupted while
+    # sampling: the WebUI shows it but does not save it (save_incomplete_images is off).
+    assert len(world.spy.made) == 6
+    kept = world.kept(processed)
+    assert len(kept) == 2  # the partial groups are ranked
+    saved = {f.seed for f in world.host.disk.finals()}
+    assert saved and saved <= {1000, 1001, 1004, 1005}
+    assert saved == {seed_of(t) for t in kept} - {1008, 1009}
+    assert all("ImageReward: " in f.info for f in world.host.disk.finals())
+
+
+def test_skip_in_the_last_batch_still_saves_earlier_batches(world: World) -> None:
+    p = world.p({"mode": "sort", "candidates": 2}, batch_size=1, n_iter=1, before_sampling=interrupt_at(1, "skipped"))
+    processed = world.run(p)
+    assert len(world.kept(processed)) == 2
+    assert [f.seed for f in world.host.disk.finals()] == [1000]  # the skipped batch is not saved, the first is
+
+
+def test_save_incomplete_images_saves_the_interrupted_batch_too(world: World) -> None:
+    world.host.opts.save_incomplete_images = True
+    p = world.p({"mode": "sort", "candidates": 2}, batch_size=1, n_iter=1, before_sampling=interrupt_at(1))
+    world.run(p)
+    assert sorted(f.seed for f in world.host.disk.finals()) == [1000, 1001]
+
+
+# ------------------------------------------------------------------------------ 3. dynamic prompts, matrix
+
+
+@pytest.mark.parametrize("combinatorial", [False, True])
+def test_dynamic_prompts_candidates_share_their_requested_images_prompt(world: World, combinatorial: bool) -> None:
+    dp = DynamicPrompts(combinatorial=combinatorial)
+    p = world.p(TOP1, before=[dp], prompt="a {red|blue|green} car", batch_size=1, n_iter=2)
+    processed = world.run(p)
+    kept = world.kept(processed)
+    requested = 3 if combinatorial else 2
+    assert len(world.spy.made) == 4 * requested and len(kept) == requested
+    by_slot: dict[int, set[str]] = {}
+    for made in world.spy.made:
+        by_slot.setdefault((made["seed"] - 1000) % requested, set()).add(made["prompt"])
+    assert all(len(prompts) == 1 for prompts in by_slot.values())  # N tries of the same image
+    if combinatorial:
+        assert sorted(parse_infotext(t).prompt for t in kept) == ["a blue car", "a green car", "a red car"]
+
+
+def test_dynamic_prompts_running_after_us_is_detected_and_every_image_kept(world: World) -> None:
+    p = world.p(TOP1, after=[DynamicPrompts()], prompt="a {red|blue|green} car", batch_size=1, n_iter=2)
+    processed = world.run(p)
+    assert len(world.kept(processed)) == len(world.spy.made)  # nothing compared that should not compete
+    assert "another script changed the job's images" in processed.comments
+
+
+def test_prompt_matrix_gets_n_candidates_per_prompt(world: World) -> None:
+    p = world.p(TOP1, prompt="a car | red | at night", batch_size=2, n_iter=1)
+    prompt_matrix(p)
+    processed = world.run(p)
+    kept = world.kept(processed)
+    assert len(world.spy.made) == 16
+    assert sorted(parse_infotext(t).prompt for t in kept) == sorted(
+        ["a car", "a car, red", "a car, at night", "a car, red, at night"]
+    )
+
+
+# ------------------------------------------------------------------------------ 4. several init images
+
+
+def test_img2img_with_two_init_images_compares_candidates_of_the_same_init_image(world: World) -> None:
+    init = [Image.new("RGB", (16, 16), "red"), Image.new("RGB", (16, 16), "blue")]
+    p = world.p(TOP1, batch_size=2, n_iter=1, init_images=init)
+    processed = world.run(p)
+    kept = world.kept(processed)
+    assert len(kept) == 2
+    for r, text in enumerate(kept):
+        assert world.spy.by_seed(seed_of(text))["batch"] == r  # init image r
+    groups = {}
+    for made in world.spy.made:
+        groups.setdefault((made["seed"] - 1000) % 2, set()).add(made["batch"])
+    assert groups == {0: {0}, 1: {1}}
+
+
+# ----------------------------------------------------------------------------------- 5. inpaint masks
+
+
+def test_inpaint_return_mask_masks_are_not_candidates(world: World) -> None:
+    world.host.opts.return_mask = True
+    mask = Image.new("L", (16, 16), 255)
+    init = [Image.new("RGB", (16, 16), "gray")]
+    p = world.p(TOP1, batch_size=1, n_iter=2, init_images=init, image_mask=mask)
+    processed = world.run(p)
+    first = processed.index_of_first_image
+    kept = world.kept(processed)
+    assert len(kept) == 2
+    images = processed.images[first:]
+    assert len(images) == 4  # the 2 kept images, then their 2 masks
+    assert all(im.getpixel((0, 0)) == (255, 255, 255) for im in images[2:])
+    assert details(processed)["summary"]["scored"] == 8
+
+
+def details(processed: Any) -> dict:
+    return processed.extra_generation_params[DETAILS_KEY]
+
+
+# ------------------------------------------------------------------------------ 6. the WebUI's save options
+
+
+def test_save_before_options_and_masks_only_for_kept_images_with_their_own_numbers(world: World) -> None:
+    opts = world.host.opts
+    opts.save_images_before_face_restoration = True
+    opts.save_images_before_color_correction = True
+    opts.save_images_before_highres_fix = True
+    opts.save_mask = True
+    init = [Image.new("RGB", (16, 16), "gray")]
+    p = world.p(
+        TOP1, batch_size=2, n_iter=1, restore_faces=True, enable_hr=True, color_correction=True,
+        init_images=init, image_mask=Image.new("L", (16, 16), 255),
+    )  # fmt: skip
+    processed = world.run(p)
+    kept_seeds = {seed_of(t) for t in world.kept(processed)}
+    files = world.host.disk.files
+    suffixes = {"", "-before-face-restoration", "-before-color-correction", "-before-highres-fix", "-mask"}
+    for suffix in suffixes:
+        assert {f.seed for f in files if f.suffix == suffix and "grid" not in f.path.name} == kept_seeds, suffix
+    for f in files:
+        if "grid" in f.path.name:
+            continue
+        made = world.spy.by_seed(f.seed)
+        assert (f.iteration, f.batch_index) == (made["iteration"], made["batch"])  # [generation_number] etc.
+
+
+def test_discarded_images_never_reach_disk_unless_kept_aside(world: World) -> None:
+    p = world.p(TOP1, batch_size=1, n_iter=1)
+    world.run(p)
+    assert len(world.host.disk.finals()) == 1
+    world2_files = len(world.host.disk.files)
+    p = world.p({**TOP1, "keep_discarded": True}, batch_size=1, n_iter=1)
+    world.run(p)
+    aside = [f for f in world.host.disk.files[world2_files:] if "imagereward-discarded" in str(f.path)]
+    assert len(aside) == 3 and all("ImageReward: " in f.info for f in aside)
+
+
+def test_api_without_save_images_writes_nothing(world: World) -> None:
+    p = world.p(TOP1, batch_size=2, n_iter=1, do_not_save_samples=True, do_not_save_grid=True)
+    processed = world.run(p)
+    assert world.host.disk.files == []
+    assert len(world.kept(processed)) == 2
+
+
+# ----------------------------------------------------------------------------- 8, 9. failures, low VRAM
+
+
+def test_a_scoring_failure_is_tried_once_per_job_keeps_everything_and_is_logged_once(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    world.scorer = FakeScorer(fail=True)
+    p = world.p(TOP1, batch_size=1, n_iter=2)
+    with caplog.at_level(logging.WARNING, logger="imagereward"):
+        processed = world.run(p)
+    assert len(world.scorer.calls) == 1
+    assert len(world.kept(processed)) == 8
+    assert len([r for r in caplog.records if "model file is broken" in r.getMessage()]) == 1
+    finals = world.host.disk.finals()
+    assert len(finals) == 8 and all("ImageReward error:" in f.info for f in finals)
+    assert "model file is broken" in processed.comments
+
+
+def test_a_model_that_cannot_load_is_tried_once_per_job(world: World) -> None:
+    world.scorer = FileNotFoundError("models/ImageReward/ImageReward.pt is missing")
+    p = world.p(TOP1, batch_size=1, n_iter=3)
+    processed = world.run(p)
+    assert world.loads == 1
+    assert len(world.kept(processed)) == 12
+
+
+def test_low_vram_holds_the_gpu_only_while_scoring(world: World) -> None:
+    world.scorer.device = world.scorer.device.__class__("cuda")
+    world.host.cmd_opts.lowvram = True
+    p = world.p(TOP1, batch_size=1, n_iter=1)
+    world.run(p)
+    # back to the GPU for each batch, off it right after: 4 batches
+    assert world.scorer.moves == ["cpu", "cuda", "cpu", "cuda", "cpu", "cuda", "cpu"]
+
+
+# ----------------------------------------------------------------------------------- 11. saving fails
+
+
+def test_a_save_failure_half_way_leaves_the_gallery_complete_and_says_what_was_not_saved(world: World) -> None:
+    world.host.disk.fail_after = 1
+    p = world.p(TOP1, batch_size=2, n_iter=1)
+    processed = world.run(p)
+    kept = world.kept(processed)
+    assert len(kept) == 2 and all(read_score(t) is not None for t in kept)
+    assert processed.index_of_first_image == 1  # the grid is still shown
+    assert "could not be written" in processed.comments and "No space left" in processed.comments
+
+
+# ------------------------------------------------------------------------------ 12. paste-back, the limit
+
+
+def test_paste_back_restores_every_setting() -> None:
+    from imagereward.selection import Mode
+    from imagereward.webui.args import JobArgs
+
+    params = JobArgs(enabled=True, mode=Mode.TOP_K, candidates=4, by_prompt=False, clean_prompt=False).infotext_params()
+    params = {**params, "ImageReward": "0.5"}
+    pasted = {name: (key(params) if callable(key) else params.get(key)) for name, key in PASTE_FIELDS}
+    assert pasted["enabled"] is True and pasted["mode"] == "top-k" and pasted["candidates"] == "4"
+    assert pasted["by_prompt"] is False and pasted["clean_prompt"] is False
+    defaults = {name: key({}) for name, key in PASTE_FIELDS if callable(key)}
+    assert defaults == {"enabled": False, "by_prompt": True, "clean_prompt": True}
+
+
+def test_truncated_prompts_get_one_note_with_one_limit(world: World) -> None:
+    world.scorer.truncate = True
+    processed = world.run(world.p(TOP1, batch_size=1, n_iter=2))
+    assert processed.comments.count("longer than ImageReward reads") == 1
+    assert "33 word pieces, 35 tokens" in TRUNCATION_NOTE
+
+
+# ------------------------------------------------------------------------------------- 14. the saved file
+
+
+def test_score_of_the_saved_file_matches_with_face_restoration_and_colour_correction(world: World) -> None:
+    init = [Image.new("RGB", (16, 16), "gray")]
+    p = world.p(TOP1, batch_size=1, n_iter=2, restore_faces=True, color_correction=True, init_images=init)
+    world.run(p)
+    for f in world.host.disk.finals():
+        assert read_score(f.info) == pytest.approx(pixel_score("a red car", Image.open(f.path)), abs=1e-3)
+
+
+def test_real_tiny_model_rescoring_the_saved_png_reproduces_the_infotext(world: World, model_dir: Path) -> None:
+    from imagereward.scorer import ImageRewardScorer
+
+    scorer = ImageRewardScorer.load(model_dir, device="cpu", offline=True, progress=False)
+    world.script.RUNTIME = ScorerRuntime(lambda settings: scorer)
+    p = world.p(TOP1, before=[ADetailer()], batch_size=2, n_iter=1, width=64, height=64)
+    world.run(p)
+    finals = world.host.disk.finals()
+    assert len(finals) == 2
+    for f in finals:
+        again = scorer.score(parse_infotext(f.info).prompt, [f.path], clean_prompts=True)[0]
+        assert read_score(f.info) == pytest.approx(again, abs=1e-3)
+
+
+# ------------------------------------------------------------------------------- 15. below the threshold
+
+
+def test_threshold_keeps_the_best_of_each_requested_image_with_none_passing(world: World) -> None:
+    # Find a threshold that one requested image reaches and the other does not.
+    p = world.p({"mode": "sort", "candidates": 4}, batch_size=2, n_iter=1)
+    processed = world.run(p)
+    best = [read_score(t) for t in world.kept(processed)[::4]]
+    threshold = round((best[0] + best[1]) / 2, 3)
+    p = world.p(
+        {"mode": "top-k above threshold", "candidates": 4, "k": 2, "threshold": threshold}, batch_size=2, n_iter=1
+    )
+    processed = world.run(p)
+    kept = world.kept(processed)
+    low = 0 if best[0] < best[1] else 1
+    assert any(read_score(t) < threshold for t in kept)  # the low image kept its best candidate
+    assert f"image {low + 1}" in processed.comments
+    world.host.opts.imagereward_below_threshold = "keep nothing"
+    processed = world.run(
+        world.p({"mode": "threshold", "candidates": 4, "threshold": threshold}, batch_size=2, n_iter=1)
+    )
+    assert all(read_score(t) >= threshold for t in world.kept(processed))
+    assert "kept nothing" in processed.comments
+
+
+# --------------------------------------------------------------------------------------- X/Y/Z, Upscale
+
+
+def test_xyz_cells_share_extra_generation_params_without_inheriting_our_entries(world: World) -> None:
+    base = world.p(TOP1, batch_size=1, n_iter=1)
+    cell_on = copy(base)
+    processed_on = world.run(cell_on)
+    cell_off = world.p(None, batch_size=1, n_iter=1)
+    cell_off.extra_generation_params = base.extra_generation_params  # X/Y/Z's copies share the dict
+    processed_off = world.run(cell_off)
+    assert read_score(world.kept(processed_on)[0]) is not None
+    assert "ImageReward" not in processed_off.infotexts[0]
+
+
+def test_upscale_of_one_image_scores_it_alone(world: World) -> None:
+    p = world.p(TOP1, batch_size=1, n_iter=1, firstpass_image=Image.new("RGB", (16, 16)))
+    processed = world.run(p)
+    assert len(world.spy.made) == 1 and len(world.kept(processed)) == 1
+    assert read_score(world.kept(processed)[0]) is not None
+
+
+def test_api_limit_matches_the_ui() -> None:
+    from imagereward.webui.args import ArgumentError, validate
+
+    assert validate({"candidates": 64}).candidates == 64
+    with pytest.raises(ArgumentError, match="between 1 and 64"):
+        validate({"candidates": 65})
