@@ -473,3 +473,62 @@ def test_api_limit_matches_the_ui() -> None:
     assert validate({"candidates": 64}).candidates == 64
     with pytest.raises(ArgumentError, match="between 1 and 64"):
         validate({"candidates": 65})
+
+
+# ------------------------------------------------------------------------------------ 10. the score endpoint
+
+
+def _client(world: World):
+    fastapi = pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    app = fastapi.FastAPI()
+    for callback in world.host.app_started:
+        callback(None, app)
+    return app, TestClient(app)
+
+
+def _png_b64() -> str:
+    import base64
+    import io
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_score_endpoint_follows_the_webui_api_rules(world: World) -> None:
+    world.host.cmd_opts.api = False
+    app, _ = _client(world)
+    assert all(getattr(route, "path", "") != "/imagereward/v1/score" for route in app.routes)  # no --api: no route
+
+    world.host.cmd_opts.api = True
+    world.host.cmd_opts.api_auth = "alice:s3cret:x,bob:pw"
+    _, client = _client(world)
+    body = {"prompt": "a red car", "images": [_png_b64()]}
+    assert client.post("/imagereward/v1/score", json=body).status_code == 401
+    assert client.post("/imagereward/v1/score", json=body, auth=("alice", "wrong")).status_code == 401
+    answer = client.post("/imagereward/v1/score", json=body, auth=("alice", "s3cret:x"))
+    assert answer.status_code == 200 and len(answer.json()["scores"]) == 1
+
+
+def test_score_endpoint_waits_for_the_queue_lock(world: World) -> None:
+    import threading
+
+    _, client = _client(world)
+    body = {"prompt": "a red car", "images": [_png_b64()]}
+    result: dict[str, Any] = {}
+    with world.host.queue_lock:  # a generation is running
+        thread = threading.Thread(target=lambda: result.update(r=client.post("/imagereward/v1/score", json=body)))
+        thread.start()
+        thread.join(timeout=1.0)
+        assert thread.is_alive() and world.scorer.calls == []  # no scoring in the middle of a generation
+    thread.join(timeout=30)
+    assert result["r"].status_code == 200 and len(world.scorer.calls) == 1
+
+
+def test_score_endpoint_answers_503_not_500_when_scoring_fails(world: World) -> None:
+    world.scorer = FakeScorer(fail=True)
+    _, client = _client(world)
+    answer = client.post("/imagereward/v1/score", json={"prompt": "x", "images": [_png_b64()]})
+    assert answer.status_code == 503 and "model file is broken" in answer.json()["detail"]
