@@ -2,8 +2,8 @@
  * sd-webui-imagereward: score badges on the txt2img / img2img output galleries.
  *
  * Data source: the hidden generation-info textbox (#generation_info_<tab> textarea), which holds the WebUI's
- * Processed.js() JSON. Scores come from extra_generation_params["ImageReward details"] (version 1 contract) and,
- * where that object is absent, from the "ImageReward: <num>" pair on the last line of each infotext.
+ * Processed.js() JSON. Each badge shows the "ImageReward: <num>" pair of its image's infotext (what the saved file
+ * says); extra_generation_params["ImageReward details"] adds rank and group where its score agrees.
  * Nothing is ever read back from the page's rendered HTML.
  *
  * Layout of this file: pure helpers (parsing, formatting, colour, texts), DOM helpers that work on a given
@@ -25,6 +25,8 @@
     var STAR = "\u2605";
     var ELLIPSIS = "\u2026";
     var DASH = "\u2014";
+    var SCORE_DIGITS = 3; // the infotext's precision
+    var AGREEMENT = 0.0006; // infotext (3 decimals) against details (4 decimals) of the same score
 
     var CLS_BADGE = "imagereward-badge";
     var CLS_SUMMARY = "imagereward-summary";
@@ -242,35 +244,46 @@
             details = null;
         }
 
+        // The score is always the one written in the image's infotext (what its file says). The details object only
+        // adds rank and group, and only where its score agrees with that infotext: after the gallery's Upscale or in
+        // an X/Y/Z grid, the details can belong to another job than the image shown.
+        var fromDetails = {};
         if (details && Array.isArray(details.images)) {
             details.images.forEach(function (item) {
                 if (!isObject(item)) {
                     return;
                 }
                 var index = toInteger(item.index, 0);
-                if (index === null || index < firstIndex || Object.prototype.hasOwnProperty.call(images, index)) {
+                if (index === null || index < firstIndex || Object.prototype.hasOwnProperty.call(fromDetails, index)) {
                     return;
                 }
                 var entry = entryFromDetails(item);
                 if (entry) {
-                    images[index] = entry;
-                    count++;
+                    fromDetails[index] = entry;
                 }
             });
         }
-
-        // Fallback (and fill-in for images the details object does not list): the infotexts' settings lines.
-        if (Array.isArray(info.infotexts)) {
-            for (var k = firstIndex; k < info.infotexts.length; k++) {
-                if (Object.prototype.hasOwnProperty.call(images, k)) {
+        var infotexts = Array.isArray(info.infotexts) ? info.infotexts : null;
+        if (infotexts) {
+            for (var k = firstIndex; k < infotexts.length; k++) {
+                var score = parseInfotextScore(infotexts[k]);
+                if (score === null) {
                     continue;
                 }
-                var score = parseInfotextScore(info.infotexts[k]);
-                if (score !== null) {
+                var known = fromDetails[k];
+                if (known && Math.abs(known.score - score) <= AGREEMENT) {
+                    known.score = score;
+                    images[k] = known;
+                } else {
                     images[k] = {score: score, rank: null, groupSize: null, group: null, best: false, source: "infotext"};
-                    count++;
                 }
+                count++;
             }
+        } else {
+            Object.keys(fromDetails).forEach(function (key) {
+                images[key] = fromDetails[key];
+                count++;
+            });
         }
 
         var summary = details ? sanitizeSummary(details.summary) : null;
@@ -514,7 +527,7 @@
     }
 
     function badgeText(entry, variant) {
-        var text = formatScore(entry.score);
+        var text = formatScore(entry.score, SCORE_DIGITS);
         if (variant === "preview" && entry.rank !== null && entry.groupSize !== null && entry.groupSize > 1) {
             text += " \u00b7 rank " + entry.rank + "/" + entry.groupSize;
         }
@@ -522,7 +535,7 @@
     }
 
     function badgeSignature(entry, variant, id) {
-        return [variant, id, formatScore(entry.score), showsBest(entry) ? 1 : 0, badgeText(entry, variant), badgeTooltip(entry),
+        return [variant, id, formatScore(entry.score, SCORE_DIGITS), showsBest(entry) ? 1 : 0, badgeText(entry, variant), badgeTooltip(entry),
             scoreColor(entry.score)].join("|");
     }
 

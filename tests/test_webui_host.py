@@ -532,3 +532,44 @@ def test_score_endpoint_answers_503_not_500_when_scoring_fails(world: World) -> 
     _, client = _client(world)
     answer = client.post("/imagereward/v1/score", json={"prompt": "x", "images": [_png_b64()]})
     assert answer.status_code == 503 and "model file is broken" in answer.json()["detail"]
+
+
+# ----------------------------------------------------------------- the details contract, shared with the JS tests
+
+GENERATION_INFO = Path(__file__).parent / "fixtures" / "generation_info.json"
+
+
+def _generation_info(world: World) -> dict[str, Any]:
+    """What the WebUI's Processed.js() gives the front end, for a fixed best-of-4 job (batch 2 x count 2)."""
+    processed = world.run(world.p(TOP1, batch_size=2, n_iter=2))
+    return {
+        "index_of_first_image": processed.index_of_first_image,
+        "infotexts": processed.infotexts,
+        "extra_generation_params": processed.extra_generation_params,
+    }
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, float) or isinstance(b, float):
+        return isinstance(a, (int, float)) and isinstance(b, (int, float)) and abs(a - b) <= 1e-3
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, str) and isinstance(b, str) and read_score(a) is not None:
+        return parse_infotext(a).prompt == parse_infotext(b).prompt and _same(read_score(a), read_score(b))
+    return a == b
+
+
+def test_details_json_matches_the_fixture_the_javascript_tests_read(world: World) -> None:
+    """tests/js/contract.test.js reads the same file: if the Python side changes what it writes, this fails until
+    the fixture is regenerated (IMAGEREWARD_WRITE_FIXTURES=1), and then the JavaScript tests check the new shape."""
+    import json
+    import os
+
+    info = json.loads(json.dumps(_generation_info(world)))
+    if os.environ.get("IMAGEREWARD_WRITE_FIXTURES"):
+        GENERATION_INFO.write_text(json.dumps(info, indent=1) + "\n")
+    assert _same(info, json.loads(GENERATION_INFO.read_text()))
+    for entry in info["extra_generation_params"][DETAILS_KEY]["images"]:  # details agree with the infotexts
+        assert entry["score"] == pytest.approx(read_score(info["infotexts"][entry["index"]]), abs=6e-4)

@@ -33,10 +33,10 @@ test("grid view: one badge per scored thumbnail, none on the grid image", () => 
     assert.equal(result.badges, 4);
     const thumbs = gallery.querySelectorAll(".grid-wrap .thumbnail-item");
     assert.equal(badgeOf(thumbs[0]), null, "no badge on the grid image");
-    assert.equal(visibleText(badgeOf(thumbs[1])), `${STAR}0.81`);
-    assert.equal(visibleText(badgeOf(thumbs[2])), `${MINUS}0.42`);
-    assert.equal(visibleText(badgeOf(thumbs[3])), `${STAR}1.95`);
-    assert.equal(visibleText(badgeOf(thumbs[4])), `${MINUS}2.50`);
+    assert.equal(visibleText(badgeOf(thumbs[1])), `${STAR}0.812`);
+    assert.equal(visibleText(badgeOf(thumbs[2])), `${MINUS}0.422`);
+    assert.equal(visibleText(badgeOf(thumbs[3])), `${STAR}1.950`);
+    assert.equal(visibleText(badgeOf(thumbs[4])), `${MINUS}2.500`);
     assert.equal(gallery.querySelectorAll(".imagereward-badge").length, 4);
     assert.equal(gallery.querySelector(".preview"), null);
 });
@@ -80,21 +80,21 @@ test("preview + strip: strip thumbnails and the large preview follow the selecte
 
     const strip = gallery.querySelectorAll(".thumbnails .thumbnail-item");
     assert.equal(badgeOf(strip[0]), null);
-    assert.equal(visibleText(badgeOf(strip[2])), `${MINUS}0.42`);
+    assert.equal(visibleText(badgeOf(strip[2])), `${MINUS}0.422`);
     assert.ok(badgeOf(strip[2]).classList.contains("imagereward-badge--small"));
     assert.ok(badgeOf(strip[1]).classList.contains("imagereward-badge--best"));
 
     const preview = gallery.querySelector(".preview");
     const big = badgeOf(preview);
     assert.ok(big.classList.contains("imagereward-badge--preview"));
-    assert.equal(visibleText(big), `${MINUS}0.42 \u00b7 rank 3/4`);
+    assert.equal(visibleText(big), `${MINUS}0.422 \u00b7 rank 3/4`);
     assert.equal(big.title, `ImageReward score ${MINUS}0.422 \u2014 rank 3 of 4 in its group`);
     assert.equal(preview.getAttribute("aria-describedby"), null, "the preview button has no label to keep");
 
     // select the best image of the second group
     selectInGallery(gallery, 3);
     ir.applyBadges(gallery, parsed);
-    assert.equal(visibleText(badgeOf(preview)), `${STAR}1.95 \u00b7 rank 1/4`);
+    assert.equal(visibleText(badgeOf(preview)), `${STAR}1.950 \u00b7 rank 1/4`);
     assert.equal(gallery.querySelectorAll(".preview > .imagereward-badge").length, 1);
 
     // select the grid image: the preview badge goes away
@@ -178,7 +178,7 @@ test("scores changing for the same elements update the badge in place", () => {
     const result = ir.applyBadges(gallery, next);
     assert.equal(result.changed, 1);
     assert.equal(badgeOf(thumb), badge, "same element, updated");
-    assert.equal(visibleText(badge), `${MINUS}1.50`);
+    assert.equal(visibleText(badge), `${MINUS}1.500`);
     assert.ok(!badge.classList.contains("imagereward-badge--best"));
     assert.equal(badge.querySelectorAll(".imagereward-badge__score").length, 1);
 });

@@ -25,8 +25,8 @@ test("parseGenerationInfo: details object maps gallery index -> score, rank, gro
     assert.equal(parsed.count, 4);
     assert.equal(parsed.hasDetails, true);
     assert.deepEqual(Object.keys(parsed.images).map(Number), [0, 1, 2, 3]);
-    assert.deepEqual(parsed.images[0], { score: 0.8123, rank: 1, groupSize: 4, group: 0, best: true, source: "details" });
-    assert.equal(parsed.images[1].score, -0.4217);
+    assert.deepEqual(parsed.images[0], { score: 0.812, rank: 1, groupSize: 4, group: 0, best: true, source: "details" });
+    assert.equal(parsed.images[1].score, -0.422); // the infotext's value: what the file says
     assert.equal(parsed.images[1].best, false);
     assert.equal(parsed.images[2].best, true);
     assert.equal(parsed.images[3].score, -2.5);
@@ -54,7 +54,7 @@ test("parseGenerationInfo: grid offset — index 0 (the grid) never gets a score
     const parsed = ir.parseGenerationInfo(JSON.stringify(info));
     assert.equal(parsed.firstIndex, 1);
     assert.deepEqual(Object.keys(parsed.images).map(Number), [1, 2, 3, 4]);
-    assert.equal(parsed.images[1].score, 0.8123);
+    assert.equal(parsed.images[1].score, 0.812);
     assert.equal(parsed.images[4].score, -2.5);
 });
 
@@ -82,17 +82,17 @@ test("parseGenerationInfo: missing keys in details entries are tolerated", () =>
     const info = makeInfo({ images: FOUR });
     info.extra_generation_params["ImageReward details"] = {
         images: [
-            { index: 0, score: 0.5 },                       // no rank, no group, no best
-            { index: 1, score: "-0.25", rank: 1 },          // numeric string; best derived from rank
+            { index: 0, score: 0.8121 },                    // no rank, no group, no best
+            { index: 1, score: "-0.4217", rank: 1 },        // numeric string; best derived from rank
             { index: 2, rank: 2, group_size: 4 },           // no score: skipped (infotext fills it)
             { score: 1.0 },                                 // no index: skipped
             "garbage", null, 7,
-            { index: 3, score: 0.1, rank: 5, group_size: 4 }, // inconsistent size dropped
+            { index: 3, score: -2.5, rank: 5, group_size: 4 }, // inconsistent size dropped
         ],
     };
     const parsed = ir.parseGenerationInfo(info);
-    assert.deepEqual(parsed.images[0], { score: 0.5, rank: null, groupSize: null, group: null, best: false, source: "details" });
-    assert.equal(parsed.images[1].score, -0.25);
+    assert.deepEqual(parsed.images[0], { score: 0.812, rank: null, groupSize: null, group: null, best: false, source: "details" });
+    assert.equal(parsed.images[1].score, -0.422);
     assert.equal(parsed.images[1].best, true);
     assert.equal(parsed.images[2].source, "infotext");
     assert.equal(parsed.images[3].rank, 5);
@@ -100,6 +100,18 @@ test("parseGenerationInfo: missing keys in details entries are tolerated", () =>
     // no summary in details: a minimal one from the visible images
     assert.equal(parsed.summary.kept, 4);
     assert.equal(parsed.summary.scored, null);
+});
+
+test("the badge always shows the infotext's score; details that disagree (Upscale, X/Y/Z) add nothing", () => {
+    const info = makeInfo({ images: FOUR });
+    // X/Y/Z copies the first cell's details; after Upscale the details are the old job's
+    info.extra_generation_params["ImageReward details"].images[0].score = -0.5;
+    const parsed = ir.parseGenerationInfo(info);
+    assert.deepEqual(parsed.images[0], { score: 0.812, rank: null, groupSize: null, group: null, best: false, source: "infotext" });
+    assert.equal(parsed.images[1].source, "details");
+    // an image whose infotext has no score gets no badge, whatever the details say
+    const bare = makeInfo({ images: FOUR, infotextScores: false });
+    assert.equal(ir.parseGenerationInfo(bare).images[0], undefined);
 });
 
 test("parseGenerationInfo returns null for garbage, non-objects and jobs without scores", () => {

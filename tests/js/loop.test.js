@@ -98,12 +98,12 @@ test("selecting another thumbnail updates the preview badge via the gallery obse
     fire(callbacks);
     const preview = page.gallery().querySelector(".preview");
     const previewBadgeText = () => preview.querySelector(":scope > .imagereward-badge .imagereward-badge__score").textContent;
-    assert.equal(previewBadgeText(), "0.81 \u00b7 rank 1/4");
+    assert.equal(previewBadgeText(), "0.812 \u00b7 rank 1/4");
 
     // a class/src change only: the WebUI's childList observer would not report it
     selectInGallery(page.gallery(), 2);
     await sleep(80);
-    assert.equal(previewBadgeText(), "1.95 \u00b7 rank 1/4");
+    assert.equal(previewBadgeText(), "1.950 \u00b7 rank 1/4");
     assert.ok(preview.querySelector(":scope > .imagereward-badge").textContent.includes(STAR));
 });
 
@@ -120,7 +120,7 @@ test("a new job replaces scores; a job without scores clears everything", () => 
     setInfo(page, "txt2img", makeInfo({ images: FOUR.map((x) => ({ ...x, score: x.score - 1 })) }));
     fire(callbacks);
     const first = gallery.querySelector(".grid-wrap .thumbnail-item .imagereward-badge__score");
-    assert.equal(first.textContent, "\u22120.19");
+    assert.equal(first.textContent, "\u22120.188");
 
     // a job with the extension off
     setInfo(page, "txt2img", makeInfo({ images: FOUR, details: false, infotextScores: false }));
