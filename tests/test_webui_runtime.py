@@ -72,7 +72,34 @@ def test_out_of_memory_on_the_gpu_falls_back_to_the_cpu_then_returns() -> None:
     images = [torch.zeros(3, 4, 4)]
     assert runtime.score(settings(), ["abc"], images, clean_prompts=False) == [3.0]
     assert scorer.moves[0] == ("cpu", torch.float32)
+    assert scorer.moves[1] == ("cuda", "float16")  # home again, in the precision "auto" means on a GPU
     assert scorer.device.type == "cuda"  # back home for the next batch
+    runtime.score(settings(dtype="bf16"), ["abc"], images, clean_prompts=False)
+    assert scorer.moves[-1] == ("cuda", "bfloat16")
+
+
+def test_dtype_names_resolve_or_are_refused() -> None:
+    from imagereward.errors import ImageRewardError
+    from imagereward.webui.runtime import resolve_dtype_name
+
+    assert resolve_dtype_name("auto", torch.device("cuda")) == "float16"
+    assert resolve_dtype_name("auto", torch.device("cpu")) == "float32"
+    assert resolve_dtype_name("fp32", torch.device("cuda")) == "float32"
+    with pytest.raises(ImageRewardError, match="unknown dtype 'garbage'"):
+        resolve_dtype_name("garbage", torch.device("cuda"))
+
+
+def test_low_vram_offloads_after_each_scoring_pass_not_only_after_the_job() -> None:
+    scorer = FakeScorer()
+    runtime = ScorerRuntime(lambda s: scorer)
+    low = settings(keep_on_device=False, offload_after_scoring=True)
+    runtime.score(low, ["a"], [None], clean_prompts=False)
+    runtime.scoring_done(low)
+    assert scorer.device.type == "cpu"
+    runtime.score(low, ["a"], [None], clean_prompts=False)
+    assert scorer.device.type == "cuda"  # back for the pass
+    runtime.scoring_done(settings())  # without low VRAM: stays
+    assert scorer.device.type == "cuda"
 
 
 def test_out_of_memory_on_the_cpu_is_reported() -> None:
