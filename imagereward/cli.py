@@ -4,27 +4,66 @@
     imagereward *.png --prompt "a cat" --top-k 3 --copy-to best/
 
 Scores are comparable only between images of the same prompt, so ranks, top-k and thresholds apply within groups
-of images that share a prompt. Originals are never moved, changed or deleted.
+of images that share a prompt. Originals are never moved, changed or deleted, and no existing file is overwritten
+except the ``-o`` file the user names. Everything that can be checked before the model loads (options, the ``-o``
+and ``--copy-to`` targets, the device) is checked first, so a mistake costs no scoring time.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import filecmp
 import io
 import json
 import math
+import os
 import shutil
 import sys
+import time
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from .errors import ImageRewardError
+from .errors import ImageInputError, ImageRewardError
 from .infotext import parse_infotext, read_image_infotext
 from .selection import Mode, SelectionSettings, make_groups, select
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".avif"}
+FORMAT_SUFFIXES = {".json": "json", ".csv": "csv", ".txt": "table"}
+
+#: Exit statuses (also in --help).
+EXIT_OK = 0  # every image found was scored
+EXIT_SOME_FAILED = 1  # some images could not be scored (unreadable, no prompt); the others were, and are listed
+EXIT_USAGE = 2  # a wrong option or target, or no images found; nothing was scored
+EXIT_NOTHING_SCORED = 3  # the model could not be loaded, or no image could be scored
+EXIT_INTERRUPTED = 130
+
+EPILOG = """\
+examples:
+  imagereward outputs/txt2img-images              rank a WebUI output folder by each image's own prompt
+  imagereward -r outputs -k 1 --copy-to best      copy the best image of each prompt into best/
+  imagereward *.jpg -p "a red fox in snow" -t 0   keep images scoring at least 0
+  imagereward outputs -o scores.csv               write a CSV (the format follows the suffix: .csv .json .txt)
+
+what a score means:
+  ImageReward predicts how much people would prefer an image for its prompt. Scores are normalised like a
+  standard normal variable: 0 is the average of the model's training images, most scores lie between -2 and +2.
+  Scores are comparable only between images of the same prompt, so ranks, -k and -t apply within each prompt.
+
+exit status:
+  0    every image found was scored
+  1    some images could not be scored (unreadable, no prompt); the others were scored and listed
+  2    usage error: a wrong option, an unusable -o or --copy-to target, or no images found
+  3    nothing scored: the model could not be loaded, or no image could be scored
+  130  interrupted
+"""
+
+
+class UsageError(ImageRewardError):
+    """A wrong option or target: reported in one line, exit status 2, before anything is scored."""
 
 
 @dataclass
@@ -36,17 +75,68 @@ class Row:
     group: int | None = None
     kept: bool = False
     error: str | None = None
+    truncated: bool = False
 
 
-def find_images(paths: Iterable[str], recursive: bool) -> tuple[list[Path], list[str]]:
-    """Image files named or inside the named folders (sorted), and messages for paths that do not exist."""
+# ------------------------------------------------------------------------------------------------ text for output
+
+
+def shown(text: str | None) -> str:
+    """Text safe to print and to write as UTF-8: bytes that are not UTF-8 (a file name from another system, kept by
+    Python as lone surrogates) appear as backslash escapes such as \\xff, instead of crashing the output."""
+    if text is None:
+        return ""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _say(message: str) -> None:
+    print(f"imagereward: {shown(message)}", file=sys.stderr)
+
+
+def _without_path(message: str, path: str) -> str:
+    """An error for a row, without the file name the row already shows."""
+    for prefix in (f"{path}: ", f"{shown(path)}: "):
+        if message.startswith(prefix):
+            return message[len(prefix) :]
+    return message
+
+
+# ------------------------------------------------------------------------------------------------------- finding
+
+
+def _inside(path: Path, folder: Path | None) -> bool:
+    if folder is None:
+        return False
+    try:
+        path.resolve().relative_to(folder)
+    except (ValueError, OSError):
+        return False
+    return True
+
+
+def find_images(paths: Iterable[str], recursive: bool, exclude: Path | None = None) -> tuple[list[Path], list[str]]:
+    """Image files named or inside the named folders (sorted), and messages for paths that do not exist.
+
+    Files inside `exclude` (the --copy-to folder) are left out of folder scans, so a later run over the same folder
+    does not score and copy earlier copies again.
+    """
     found: list[Path] = []
     problems: list[str] = []
+    excluded = exclude.resolve() if exclude is not None and exclude.exists() else None
     for name in paths:
         path = Path(name)
         if path.is_dir():
             pattern = "**/*" if recursive else "*"
-            found.extend(sorted(p for p in path.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
+            found.extend(
+                sorted(
+                    p
+                    for p in path.glob(pattern)
+                    if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not _inside(p, excluded)
+                )
+            )
         elif path.is_file():
             found.append(path)
         else:
@@ -61,10 +151,22 @@ def prompt_of(path: Path, fixed: str | None) -> tuple[str | None, str | None]:
     try:
         text = read_image_infotext(path)
     except ImageRewardError as exc:
-        return None, str(exc)
+        return None, _without_path(str(exc), str(path))
     if text is None:
         return None, "no prompt: the file has no WebUI generation parameters; pass --prompt"
     return parse_infotext(text).prompt, None
+
+
+# ------------------------------------------------------------------------------------------------------- options
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("sd-webui-imagereward")
+    except Exception:
+        return "unknown"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,15 +174,30 @@ def build_parser() -> argparse.ArgumentParser:
         prog="imagereward",
         description="Score images with ImageReward (human preference for text-to-image results) and rank them. "
         "Prompts come from --prompt or from each image's WebUI generation parameters.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("paths", nargs="+", help="image files or folders")
-    parser.add_argument("-p", "--prompt", help="the prompt for every image (default: each PNG's own WebUI prompt)")
+    parser.add_argument("-p", "--prompt", help="the prompt for every image (default: each image's own WebUI prompt)")
     parser.add_argument("-r", "--recursive", action="store_true", help="look into sub-folders")
-    parser.add_argument("-f", "--format", choices=("table", "csv", "json"), default="table", help="output format")
+    parser.add_argument(
+        "-f", "--format", choices=("table", "csv", "json"), help="output format (default: from -o's suffix, else table)"
+    )
     parser.add_argument("-o", "--output", help="write the results to this file instead of standard output")
     parser.add_argument("-k", "--top-k", type=int, help="keep the k best of each prompt")
     parser.add_argument("-t", "--threshold", type=float, help="keep images scoring at least this")
-    parser.add_argument("--copy-to", help="copy the kept images into this folder (originals stay where they are)")
+    parser.add_argument(
+        "--keep-best-if-none",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="with -t: when no image of a prompt reaches the threshold, keep its best one, as the WebUI does "
+        "(default: on; --no-keep-best-if-none keeps none)",
+    )
+    parser.add_argument(
+        "--copy-to",
+        help="copy the kept images into this folder (originals stay where they are; an identical file already "
+        "there is skipped, a different one is never overwritten)",
+    )
     parser.add_argument("--no-sort", action="store_true", help="list in file order instead of best first")
     parser.add_argument(
         "--clean-prompt",
@@ -90,24 +207,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--models-dir",
-        help="where the model lives or is downloaded to (default: ~/.cache/imagereward or $IMAGEREWARD_HOME)",
+        help="where the model lives or is downloaded to (default: ~/.cache/imagereward or $IMAGEREWARD_HOME); "
+        "it must exist",
     )
     parser.add_argument("--offline", action="store_true", help="never download; fail if model files are missing")
-    parser.add_argument("--device", default="auto", help="cuda, cuda:1, cpu, mps … (default: cuda if available)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     parser.add_argument(
         "--dtype",
         default="auto",
         choices=("auto", "fp32", "fp16", "bf16"),
-        help="weights' precision (default: fp16 on CUDA, fp32 on CPU)",
+        help="weights' precision (default: fp16 on a GPU, fp32 on the CPU)",
     )
     parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress or summary on standard error")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     return parser
 
 
 def settings_from(args: argparse.Namespace) -> SelectionSettings:
     if args.top_k is not None and args.top_k < 1:
-        raise ImageRewardError("--top-k must be at least 1")
+        raise UsageError("--top-k must be at least 1")
+    if args.threshold is not None and not math.isfinite(args.threshold):
+        raise UsageError("--threshold must be a finite number")
     if args.top_k is not None and args.threshold is not None:
         mode = Mode.TOP_K_ABOVE_THRESHOLD
     elif args.top_k is not None:
@@ -121,12 +242,118 @@ def settings_from(args: argparse.Namespace) -> SelectionSettings:
         k=args.top_k or 1,
         threshold=args.threshold if args.threshold is not None else 0.0,
         sort=not args.no_sort,
-        keep_best_if_none=False,
+        keep_best_if_none=args.keep_best_if_none,
     )
 
 
-def score_rows(rows: list[Row], scorer, clean: bool, progress: bool) -> None:
-    """Fill in scores, a chunk of files at a time; a file that cannot be read gets an error and the rest go on."""
+def output_format(args: argparse.Namespace) -> str:
+    """-f when given, else the -o file's suffix (.json, .csv, .txt), else a table."""
+    if args.format:
+        return args.format
+    if args.output:
+        suffix = Path(args.output).suffix.lower()
+        if suffix in FORMAT_SUFFIXES:
+            return FORMAT_SUFFIXES[suffix]
+    return "table"
+
+
+def check_device(name: str) -> None:
+    """Refuse a device that does not exist here, in one line, before the model loads."""
+    if name == "auto":
+        return
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"--device {name}: not a device name; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "a CPU-only build of torch" if torch.version.cuda is None else "no usable NVIDIA GPU or driver"
+            raise UsageError(f"--device {name}: CUDA is not available here ({build}); use --device cpu or auto")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise UsageError(f"--device {name}: there are {count} CUDA device(s), numbered 0 to {count - 1}")
+    elif device.type == "mps":
+        backend = getattr(torch.backends, "mps", None)
+        if backend is None or not backend.is_available():
+            raise UsageError(f"--device {name}: no Apple GPU (MPS) is available here; use --device cpu or auto")
+    elif device.type != "cpu":
+        raise UsageError(f"--device {name}: only auto, cpu, cuda, cuda:N and mps are supported")
+
+
+def check_output_target(output: str, inputs: Sequence[Path]) -> None:
+    """-o must be a file in an existing, writable folder, and none of the images."""
+    target = Path(output)
+    if target.is_dir():
+        raise UsageError(f"-o {output}: is a folder; name a file")
+    parent = target.parent
+    if not parent.is_dir():
+        raise UsageError(f"-o {output}: the folder {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"-o {output}: the folder {parent} is not writable")
+    if target.exists() and not os.access(target, os.W_OK):
+        raise UsageError(f"-o {output}: the file is read-only")
+    if target.exists() and any(_same_file(target, path) for path in inputs):
+        raise UsageError(f"-o {output}: is one of the images to score; name another file")
+
+
+def check_copy_target(folder: str) -> None:
+    """--copy-to must be a writable folder, or a new one in an existing folder."""
+    target = Path(folder)
+    if target.is_symlink() and not target.exists():
+        raise UsageError(f"--copy-to {folder}: is a broken symbolic link")
+    if target.exists() and not target.is_dir():
+        raise UsageError(f"--copy-to {folder}: is a file, not a folder")
+    existing = target if target.exists() else target.parent
+    if not existing.is_dir():
+        raise UsageError(f"--copy-to {folder}: its parent folder {existing} does not exist")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"--copy-to {folder}: {existing} is not writable")
+
+
+def check_models_dir(folder: str | None) -> None:
+    """A mistyped --models-dir is an error, not a reason to download 1.8 GB into a new folder."""
+    if folder is None:
+        return
+    path = Path(folder).expanduser()
+    if not path.is_dir():
+        what = "is not a folder" if path.exists() else "does not exist"
+        raise UsageError(f"--models-dir {folder}: {what} (create it first to download the model there)")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+# ------------------------------------------------------------------------------------------------------- scoring
+
+
+def _load_scorer(args: argparse.Namespace) -> Any:
+    from .scorer import ImageRewardScorer
+
+    if not args.quiet:
+        where = args.models_dir or "the model cache"
+        _say(f"loading the model from {where} (a few seconds; the first run downloads 1.8 GB)…")
+    start = time.perf_counter()
+    scorer = ImageRewardScorer.load(
+        args.models_dir,
+        device=args.device,
+        dtype=args.dtype,
+        batch_size=args.batch_size,
+        offline=args.offline or None,
+        progress=not args.quiet,
+    )
+    if not args.quiet:
+        _say(f"model loaded on {scorer.device} in {time.perf_counter() - start:.1f} s")
+    return scorer
+
+
+def score_rows(rows: list[Row], scorer: Any, clean: bool, progress: bool) -> None:
+    """Fill in scores, a batch of files at a time; a file that cannot be read gets an error and the rest go on."""
     from .preprocess import open_image
 
     todo = [row for row in rows if row.error is None]
@@ -134,25 +361,53 @@ def score_rows(rows: list[Row], scorer, clean: bool, progress: bool) -> None:
     if progress and todo:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(todo), unit="img", desc="ImageReward", file=sys.stderr)
-    chunk = max(1, scorer.batch_size) * 4
-    for start in range(0, len(todo), chunk):
-        part = todo[start : start + chunk]
+        bar = tqdm(total=len(todo), unit="img", desc="ImageReward", file=sys.stderr, mininterval=0.2)
+    step = max(1, scorer.batch_size)
+    for start in range(0, len(todo), step):
+        part = todo[start : start + step]
         images, ready = [], []
         for row in part:
             try:
                 images.append(open_image(row.path))
                 ready.append(row)
             except ImageRewardError as exc:
-                row.error = str(exc)
-        if ready:
-            scores = scorer.score([r.prompt for r in ready], images, clean_prompts=clean)
-            for row, value in zip(ready, scores, strict=True):
-                row.score = value
+                row.error = _without_path(str(exc), row.path)
+        _score_part(ready, images, scorer, clean)
         if bar is not None:
             bar.update(len(part))
     if bar is not None:
         bar.close()
+
+
+def _score_part(rows: list[Row], images: list[Any], scorer: Any, clean: bool) -> None:
+    """Score a batch; when one image of it is refused, score the others one by one so only that one fails."""
+    if not rows:
+        return
+    try:
+        scores = scorer.score([r.prompt for r in rows], images, clean_prompts=clean)
+    except ImageInputError:
+        if len(rows) == 1:
+            raise
+        for row, image in zip(rows, images, strict=True):
+            try:
+                _score_part([row], [image], scorer, clean)
+            except ImageInputError as exc:
+                row.error = _without_path(str(exc), row.path)
+        return
+    for row, value in zip(rows, scores, strict=True):
+        row.score = value
+
+
+def mark_truncated(rows: list[Row], scorer: Any, clean: bool) -> int:
+    """Flag rows whose prompt is longer than the model reads; returns how many prompts (distinct) that is."""
+    scored = [row for row in rows if row.score is not None and row.prompt is not None]
+    prompts = list(dict.fromkeys(row.prompt for row in scored if row.prompt is not None))
+    if not prompts or not hasattr(scorer, "truncated"):
+        return 0
+    cut = {p for p, flag in zip(prompts, scorer.truncated(prompts, clean=clean), strict=True) if flag}
+    for row in scored:
+        row.truncated = row.prompt in cut
+    return len(cut)
 
 
 def rank_rows(rows: list[Row], settings: SelectionSettings) -> tuple[list[Row], str | None]:
@@ -172,27 +427,75 @@ def rank_rows(rows: list[Row], settings: SelectionSettings) -> tuple[list[Row], 
     return [scored[i] for i in order] + [row for row in rows if row.score is None], selection.message
 
 
-def copy_kept(rows: Sequence[Row], target: Path) -> list[str]:
-    """Copy kept files into `target`; an existing file there is never overwritten (a numbered name is used)."""
-    target.mkdir(parents=True, exist_ok=True)
-    copied = []
+# ------------------------------------------------------------------------------------------------------- copying
+
+
+@dataclass
+class CopyReport:
+    copied: list[str]
+    already_there: list[str]
+    failed: list[str]
+
+
+def _copy_new(source: Path, destination: Path) -> None:
+    """Copy into a file that must not exist yet: exclusive creation never writes into an existing file, nor
+    through a symbolic link (even a dangling one) to somewhere else. A half-written copy of ours is removed."""
+    with source.open("rb") as src, destination.open("xb") as dst:
+        try:
+            shutil.copyfileobj(src, dst, 1024 * 1024)
+        except BaseException:
+            dst.close()
+            destination.unlink(missing_ok=True)
+            raise
+    with contextlib.suppress(OSError):  # times and mode are a courtesy
+        shutil.copystat(source, destination)
+
+
+def copy_kept(rows: Sequence[Row], target: Path) -> CopyReport:
+    """Copy kept files into `target`. A file there with the same content is left as it is (and counted as already
+    there); any other existing name, file or link, is never overwritten: a numbered name is used instead."""
+    target.mkdir(parents=False, exist_ok=True)
+    report = CopyReport([], [], [])
     for row in rows:
         if not row.kept:
             continue
         source = Path(row.path)
-        destination = target / source.name
-        number = 1
-        while destination.exists():
-            destination = target / f"{source.stem}-{number}{source.suffix}"
-            number += 1
-        shutil.copy2(source, destination)
-        copied.append(str(destination))
-    return copied
+        for number in range(10000):
+            destination = target / (source.name if number == 0 else f"{source.stem}-{number}{source.suffix}")
+            if os.path.lexists(destination):
+                if _same_content(source, destination):
+                    report.already_there.append(str(destination))
+                    break
+                continue
+            try:
+                _copy_new(source, destination)
+            except FileExistsError:
+                continue  # appeared meanwhile: try the next name
+            except OSError as exc:
+                report.failed.append(f"{row.path}: could not copy to {destination}: {exc.strerror or exc}")
+                break
+            report.copied.append(str(destination))
+            break
+    return report
 
 
-def _short(text: str | None, width: int) -> str:
-    text = (text or "").replace("\n", " ")
-    return text if len(text) <= width else text[: width - 1] + "…"
+def _same_content(source: Path, existing: Path) -> bool:
+    if existing.is_symlink() or not existing.is_file():
+        return False
+    try:
+        return filecmp.cmp(source, existing, shallow=False)
+    except OSError:
+        return False
+
+
+# ------------------------------------------------------------------------------------------------------ rendering
+
+
+def _short(text: str | None, width: int | None) -> str:
+    text = shown(text).replace("\n", " ")
+    if width is None or len(text) <= width:
+        return text
+    return text[: max(1, width - 1)] + "…"
 
 
 def _short_path(path: str, width: int) -> str:
@@ -200,98 +503,161 @@ def _short_path(path: str, width: int) -> str:
     return path if len(path) <= width else "…" + path[-(width - 1) :]
 
 
-def render(rows: Sequence[Row], fmt: str, filtering: bool) -> str:
+def _record(row: Row) -> dict[str, Any]:
+    return {
+        "path": shown(row.path),
+        "prompt": None if row.prompt is None else shown(row.prompt),
+        "score": row.score,
+        "rank": row.rank,
+        "group": row.group,
+        "kept": row.kept,
+        "error": None if row.error is None else shown(row.error),
+        "truncated": row.truncated,
+    }
+
+
+def render(rows: Sequence[Row], fmt: str, filtering: bool, width: int | None = None) -> str:
+    """The results as a table, CSV or JSON. `width`: the terminal's columns (the table fits them), or None."""
     if fmt == "json":
-        return json.dumps([asdict(r) for r in rows], indent=2, ensure_ascii=False) + "\n"
+        return json.dumps([_record(r) for r in rows], indent=2, ensure_ascii=False) + "\n"
     if fmt == "csv":
         buffer = io.StringIO()
         writer = csv.writer(buffer)
-        writer.writerow(["path", "score", "rank", "group", "kept", "prompt", "error"])
+        writer.writerow(["path", "score", "rank", "group", "kept", "prompt", "error", "truncated"])
         for r in rows:
             score = "" if r.score is None else f"{r.score:.4f}"
-            writer.writerow(
-                [
-                    r.path,
-                    score,
-                    r.rank or "",
-                    "" if r.group is None else r.group,
-                    int(r.kept),
-                    r.prompt or "",
-                    r.error or "",
-                ]
-            )
+            group = "" if r.group is None else r.group
+            prompt, error = shown(r.prompt), shown(r.error)
+            writer.writerow([shown(r.path), score, r.rank or "", group, int(r.kept), prompt, error, int(r.truncated)])
         return buffer.getvalue()
-    lines = []
-    header = (
-        f"{'rank':>4}  {'score':>7}  {'kept':<4}  {'file':<40}  prompt"
-        if filtering
-        else f"{'rank':>4}  {'score':>7}  {'file':<40}  prompt"
-    )
-    lines.append(header)
-    for r in rows:
+    paths = [shown(r.path) for r in rows]
+    file_width = min(40, max([4, *(len(p) for p in paths)]))
+    fixed = 4 + 2 + 7 + 2 + (4 + 2 if filtering else 0) + file_width + 2
+    rest = None if width is None else max(20, width - fixed - 1)
+    kept_head = f"{'kept':<4}  " if filtering else ""
+    lines = [f"{'rank':>4}  {'score':>7}  {kept_head}{'file':<{file_width}}  prompt"]
+    for r, path in zip(rows, paths, strict=True):
+        name = f"{_short_path(path, file_width):<{file_width}}"
         if r.score is None:
-            lines.append(f"{'-':>4}  {'error':>7}  {_short_path(r.path, 40):<40}  {r.error}")
+            blank = f"{'':<4}  " if filtering else ""
+            lines.append(f"{'-':>4}  {'error':>7}  {blank}{name}  {_short(r.error, rest)}")
             continue
         score = "nan" if math.isnan(r.score) else f"{r.score:.3f}"
-        kept = ("yes " if r.kept else "no  ") + "  " if filtering else ""
-        lines.append(f"{r.rank:>4}  {score:>7}  {kept}{_short_path(r.path, 40):<40}  {_short(r.prompt, 60)}")
+        kept = f"{'yes' if r.kept else 'no':<4}  " if filtering else ""
+        prompt = _short(r.prompt, rest) + (" [cut]" if r.truncated else "")
+        lines.append(f"{r.rank:>4}  {score:>7}  {kept}{name}  {prompt}")
     return "\n".join(lines) + "\n"
+
+
+def write_output(text: str, output: str) -> None:
+    """Write the -o file through a temporary file beside it, so a failure never leaves it half-written."""
+    target = Path(output)
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        with temporary.open("x", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+        os.replace(temporary, target)
+    except OSError as exc:
+        temporary.unlink(missing_ok=True)
+        raise UsageError(f"-o {output}: could not write it: {exc.strerror or exc}") from None
+
+
+def _terminal_width() -> int | None:
+    if not sys.stdout.isatty():
+        return None
+    return shutil.get_terminal_size((100, 24)).columns
+
+
+# ---------------------------------------------------------------------------------------------------------- main
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    started = time.perf_counter()
     try:
-        settings = settings_from(args)
-        if args.batch_size < 1:
-            raise ImageRewardError("--batch-size must be at least 1")
-        files, problems = find_images(args.paths, args.recursive)
-        for problem in problems:
-            print(f"imagereward: {problem}", file=sys.stderr)
-        if not files:
-            print("imagereward: no images found", file=sys.stderr)
-            return 1
-        rows = []
-        for path in files:
-            prompt, error = prompt_of(path, args.prompt)
-            rows.append(Row(path=str(path), prompt=prompt, error=error))
-        if all(row.error for row in rows):
-            for row in rows:
-                print(f"imagereward: {row.path}: {row.error}", file=sys.stderr)
-            return 1
-
-        from .scorer import ImageRewardScorer
-
-        scorer = ImageRewardScorer.load(
-            args.models_dir,
-            device=args.device,
-            dtype=args.dtype,
-            batch_size=args.batch_size,
-            offline=args.offline or None,
-            progress=not args.quiet,
-        )
-        score_rows(rows, scorer, args.clean_prompt, progress=not args.quiet and sys.stderr.isatty())
-        ordered, message = rank_rows(rows, settings)
-        filtering = settings.mode is not Mode.SORT
-        output = render(ordered, args.format, filtering)
-        if args.output:
-            Path(args.output).write_text(output, encoding="utf-8")
-        else:
-            sys.stdout.write(output)
-        if message:
-            print(f"imagereward: {message}", file=sys.stderr)
-        if args.copy_to:
-            copied = copy_kept(ordered, Path(args.copy_to))
-            print(f"imagereward: copied {len(copied)} image(s) to {args.copy_to}", file=sys.stderr)
-        failed = [row for row in rows if row.error]
-        for row in failed:
-            print(f"imagereward: {row.path}: {row.error}", file=sys.stderr)
-        return 1 if failed else 0
+        return _run(args, started)
+    except UsageError as exc:
+        _say(f"error: {exc}")
+        return EXIT_USAGE
     except ImageRewardError as exc:
-        print(f"imagereward: error: {exc}", file=sys.stderr)
-        return 1
+        _say(f"error: {exc}")
+        return EXIT_NOTHING_SCORED
     except KeyboardInterrupt:
-        print("imagereward: interrupted", file=sys.stderr)
-        return 130
+        _say("interrupted")
+        return EXIT_INTERRUPTED
+
+
+def _run(args: argparse.Namespace, started: float) -> int:
+    settings = settings_from(args)
+    fmt = output_format(args)
+    if args.batch_size < 1:
+        raise UsageError("--batch-size must be at least 1")
+    files, problems = find_images(args.paths, args.recursive, Path(args.copy_to) if args.copy_to else None)
+    for problem in problems:
+        _say(problem)
+    if not files:
+        raise UsageError("no images found")
+    if args.output:
+        check_output_target(args.output, files)
+    if args.copy_to:
+        check_copy_target(args.copy_to)
+    check_models_dir(args.models_dir)
+    check_device(args.device)
+
+    rows = []
+    for path in files:
+        prompt, error = prompt_of(path, args.prompt)
+        rows.append(Row(path=str(path), prompt=prompt, error=error))
+    if all(row.error for row in rows):
+        for row in rows:
+            _say(f"{row.path}: {row.error}")
+        _say("no image could be scored")
+        return EXIT_NOTHING_SCORED
+
+    scorer = _load_scorer(args)
+    score_rows(rows, scorer, args.clean_prompt, progress=not args.quiet and sys.stderr.isatty())
+    cut = mark_truncated(rows, scorer, args.clean_prompt)
+    ordered, message = rank_rows(rows, settings)
+    filtering = settings.mode is not Mode.SORT
+    output = render(ordered, fmt, filtering, None if args.output else _terminal_width())
+    if args.output:
+        write_output(output, args.output)
+    else:
+        sys.stdout.write(output)
+        sys.stdout.flush()
+    failed = [row for row in rows if row.error]
+    if args.output:  # the errors are in the file; say which files on the terminal too, once each
+        for row in failed:
+            _say(f"{row.path}: {row.error}")
+    if message and not args.quiet:
+        _say(message)
+    if cut and not args.quiet:
+        _say(
+            f"{cut} prompt(s) are longer than the model reads (33 word pieces): only their beginning was scored "
+            '(marked [cut] in the table, "truncated" in CSV and JSON)'
+        )
+    copy_note = ""
+    if args.copy_to:
+        report = copy_kept(ordered, Path(args.copy_to))
+        for problem in report.failed:
+            _say(problem)
+        copy_note = f", {len(report.copied)} copied to {args.copy_to}"
+        if report.already_there:
+            copy_note += f" ({len(report.already_there)} already there with the same content, skipped)"
+        if report.failed:
+            copy_note += f", {len(report.failed)} could not be copied"
+    scored = [row for row in rows if row.score is not None]
+    if not args.quiet:
+        kept = sum(row.kept for row in scored)
+        _say(
+            f"{len(scored)} scored, {kept} kept, {len(failed)} failed{copy_note} "
+            f"in {time.perf_counter() - started:.1f} s"
+        )
+    if not scored:
+        return EXIT_NOTHING_SCORED
+    if failed or (args.copy_to and report.failed):
+        return EXIT_SOME_FAILED
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -24,6 +24,11 @@ class DownloadError(ImageRewardError):
     """A download failed or produced a file that does not match what the hub announced."""
 
 
+class HubUnreachableError(ModelFileMissingError, DownloadError):
+    """Model files are missing and the hub gives no answer at all (no network, refused, DNS, timeout). The message
+    names every missing file, its path and URL, as in offline mode."""
+
+
 class ImageInputError(ImageRewardError):
     """An image could not be read or has a shape/dtype the scorer cannot use."""
 

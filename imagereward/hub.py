@@ -6,10 +6,11 @@ Layout under a models folder (the WebUI passes its own ``models/ImageReward``)::
     med_config.json
     bert-base-uncased/vocab.txt
     bert-base-uncased/tokenizer_config.json   # optional
-    .imagereward-verified.json         # size/mtime/sha256 of the files this module downloaded and checked
     .imagereward-download/             # partial downloads and a lock file
 
-Files already there are used as they are, without any network call, so a WebUI start never waits on the hub.
+Files already there are used as they are, without any network call, so a WebUI start never waits on the hub. An
+empty file, or a checkpoint whose zip directory is missing (an interrupted copy), counts as missing: it is moved aside
+(never deleted) and downloaded again.
 
 Why not ``hf_hub_download``: since the switch to process-unique temporary files (huggingface_hub PR #4228, in the
 2.x line) it deletes a partial download when it fails, so a 1.8 GB download cut off at 90 % starts again from zero on
@@ -25,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import inspect
-import json
 import logging
 import os
 import re
@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlparse
 
-from .errors import DownloadError, ModelFileMissingError
+from .errors import DownloadError, HubUnreachableError, ModelFileMissingError
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +54,6 @@ CHECKPOINT_NAME = "ImageReward.pt"
 SAFETENSORS_NAME = "ImageReward.safetensors"
 MED_CONFIG_NAME = "med_config.json"
 TOKENIZER_DIRNAME = "bert-base-uncased"
-VERIFIED_RECORD_NAME = ".imagereward-verified.json"
 PARTIAL_DIRNAME = ".imagereward-download"
 
 OFFLINE_ENV_VARS = ("IMAGEREWARD_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
@@ -122,8 +121,9 @@ def resolve_model_files(
     """Return the model file paths, downloading whatever required file is missing.
 
     ``offline=None`` follows the environment (``IMAGEREWARD_OFFLINE``, ``HF_HUB_OFFLINE``, ``TRANSFORMERS_OFFLINE``).
-    ``endpoint`` overrides ``HF_ENDPOINT``. Raises ``ModelFileMissingError`` when files are missing in offline mode
-    and ``DownloadError`` when a download fails or does not match what the hub announced.
+    ``endpoint`` overrides ``HF_ENDPOINT``. Raises ``ModelFileMissingError`` naming every missing file (its path and
+    URL) when downloads are off or the hub cannot be reached, and ``DownloadError`` when a download fails or does not
+    match what the hub announced. Nothing is created on disk before the hub has answered.
     """
     root = Path(models_dir).expanduser() if models_dir is not None else default_models_dir()
     if not _missing_required(root):
@@ -131,7 +131,28 @@ def resolve_model_files(
 
     offline_reason = _offline_reason(offline)
     if offline_reason is not None:
-        raise ModelFileMissingError(_missing_message(root, _missing_required(root), offline_reason, endpoint))
+        raise ModelFileMissingError(
+            _missing_message(root, _missing_required(root), f"downloads are disabled ({offline_reason})", endpoint)
+        )
+
+    # Ask the hub about every missing file first: when it cannot be reached, the message names them all at once.
+    missing = _missing_required(root)
+    todo = [f for f in HUB_FILES if f in missing or (not f.required and not (root / f.relpath).exists())]
+    answers: list[tuple[HubFile, tuple[str, Any]]] = []
+    for file in todo:
+        try:
+            answer = _fetch_metadata(file, endpoint, root / file.relpath)
+        except _NoAnswer as err:
+            raise HubUnreachableError(
+                _missing_message(root, missing, f"the hub could not be reached: {err.detail}", endpoint)
+            ) from err
+        except DownloadError as err:
+            if file.required:
+                raise
+            logger.info("Skipping optional file %s: %s", file.relpath, err)
+            continue
+        if answer is not None:
+            answers.append((file, answer))
 
     partial_dir = root / PARTIAL_DIRNAME
     try:
@@ -145,35 +166,17 @@ def resolve_model_files(
     with _download_lock(partial_dir), _progress_bars(progress):
         # Another process may have finished the downloads while this one waited for the lock.
         missing = _missing_required(root)
-        if missing:
-            todo = [f for f in HUB_FILES if f in missing or (not f.required and not (root / f.relpath).exists())]
-            for file in todo:
-                try:
-                    _download_file(file, root, endpoint)
-                except DownloadError as err:
-                    if file.required:
-                        raise
-                    logger.warning("Skipping optional file %s: %s", file.relpath, err)
+        for file, answer in answers:
+            if file.required and file not in missing:
+                continue
+            _set_aside_incomplete(root / file.relpath)
+            try:
+                _download_file(file, root, endpoint, answer)
+            except DownloadError as err:
+                if file.required:
+                    raise
+                logger.info("Skipping optional file %s: %s", file.relpath, err)
     return _model_files(root)
-
-
-def verified_sha256(models_dir: str | Path, relpath: str) -> str | None:
-    """SHA-256 recorded when this module downloaded and checked ``relpath``, if the file is unchanged since.
-
-    "Unchanged" means same size and modification time, so callers can trust a 1.8 GB file without hashing it again.
-    """
-    root = Path(models_dir)
-    entry = _read_record(root).get(relpath)
-    if not isinstance(entry, dict):
-        return None
-    try:
-        stat = (root / relpath).stat()
-    except OSError:
-        return None
-    if entry.get("size") != stat.st_size or entry.get("mtime_ns") != stat.st_mtime_ns:
-        return None
-    sha = entry.get("sha256")
-    return sha if isinstance(sha, str) else None
 
 
 # --- what is on disk -------------------------------------------------------------------------------------------
@@ -184,7 +187,7 @@ def _checkpoint_path(root: Path) -> Path | None:
     if _looks_like_safetensors(converted):
         return converted
     original = root / CHECKPOINT_NAME
-    return original if original.is_file() else None
+    return original if _looks_complete(original) else None
 
 
 def _looks_like_safetensors(path: Path) -> bool:
@@ -201,15 +204,70 @@ def _looks_like_safetensors(path: Path) -> bool:
     return 2 <= header_len <= size - 8 and head[8:9] == b"{"
 
 
+_ZIP_HEAD = b"PK\x03\x04"
+_ZIP_END = b"PK\x05\x06"  # end-of-central-directory record, within the last 64 KiB + 22 bytes of a complete zip
+_ZIP_END_SPAN = 65536 + 22
+
+
+def _looks_complete(path: Path) -> bool:
+    """A regular, non-empty file; a `torch.save` zip must also end with its directory (a cut-off copy does not).
+
+    Cheap (reads at most 64 KiB at the end), so a file placed by hand is never hashed or parsed here.
+    """
+    try:
+        if not path.is_file():
+            return False
+        size = path.stat().st_size
+        if size == 0:
+            return False
+        if path.name != CHECKPOINT_NAME:
+            return True
+        with path.open("rb") as fh:
+            if fh.read(4) != _ZIP_HEAD:
+                return True  # the legacy (pickle) format: the loader tells whether it is whole
+            fh.seek(max(0, size - _ZIP_END_SPAN))
+            return _ZIP_END in fh.read()
+    except OSError:
+        return False
+
+
 def _missing_required(root: Path) -> list[HubFile]:
     missing = []
     for file in HUB_FILES:
         if not file.required:
             continue
-        present = _checkpoint_path(root) is not None if file is CHECKPOINT_FILE else (root / file.relpath).is_file()
+        if file is CHECKPOINT_FILE:
+            present = _checkpoint_path(root) is not None
+        else:
+            present = _looks_complete(root / file.relpath)
         if not present:
             missing.append(file)
     return missing
+
+
+def _incomplete_note(path: Path) -> str:
+    """Why a file that is there counts as missing ("" when there is none)."""
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return ""
+    if not path.is_file():
+        return " (something that is not a file is in its place)"
+    if size == 0:
+        return " (the file there is empty)"
+    return f" (the file there, {size:,} bytes, is truncated: it lacks the end of a PyTorch checkpoint)"
+
+
+def _set_aside_incomplete(dest: Path) -> None:
+    """Rename an empty or truncated file out of the way of its download (ours never deletes a user's file)."""
+    if not dest.is_file():
+        return
+    for number in range(1, 1000):
+        aside = dest.with_name(f"{dest.name}.incomplete" + (f"-{number}" if number > 1 else ""))
+        if not aside.exists():
+            os.replace(dest, aside)
+            logger.warning("%s was empty or truncated; kept as %s and downloading it again", dest, aside)
+            return
 
 
 def _model_files(root: Path) -> ModelFiles:
@@ -243,7 +301,7 @@ def _endpoint(endpoint: str | None) -> str:
 def _offline_reason(offline: bool | None) -> str | None:
     """Why downloads are off (for the error message), or None when they are allowed."""
     if offline is not None:
-        return "offline=True was passed" if offline else None
+        return "offline mode was asked for: --offline, or offline=True in Python" if offline else None
     for name in OFFLINE_ENV_VARS:
         value = os.environ.get(name)
         if value and value.strip().upper() in _TRUE_VALUES:
@@ -252,14 +310,20 @@ def _offline_reason(offline: bool | None) -> str | None:
 
 
 def _missing_message(root: Path, missing: list[HubFile], reason: str, endpoint: str | None) -> str:
-    lines = [f"ImageReward model files are missing and downloads are disabled ({reason})."]
+    """Every missing file with its full path and URL, and the two ways out; the same words for every front end."""
+    lines = [f"ImageReward model files are missing and cannot be downloaded now: {reason}."]
+    if not root.exists():
+        lines.append(f"  (the models folder {root.resolve()} does not exist: is its name right?)")
     for file in missing:
-        lines.append(f"  - missing: {(root / file.relpath).resolve()}")
+        dest = root / file.relpath
+        note = _incomplete_note(dest)
+        lines.append(f"  - missing: {dest.resolve()}{note}")
         lines.append(f"    download it from {hub_file_url(file, endpoint)} and save it under exactly that path")
         if file is CHECKPOINT_FILE:
             lines.append(f"    (a converted {SAFETENSORS_NAME} in the same folder also works)")
     lines.append(
-        "Place the files there, or allow downloads (unset " + "/".join(OFFLINE_ENV_VARS) + ", or pass offline=False)."
+        "Place the files there (nothing is downloaded then), or allow downloads: leave out --offline (offline=True "
+        "in Python), unset " + "/".join(OFFLINE_ENV_VARS) + ", and check the network, proxy and HF_ENDPOINT."
     )
     return "\n".join(lines)
 
@@ -299,6 +363,14 @@ def _download_lock(partial_dir: Path) -> Iterator[None]:
 
 
 # --- download --------------------------------------------------------------------------------------------------
+
+
+class _NoAnswer(DownloadError):
+    """No answer from the hub at all (connection refused, DNS, timeout): every missing file is reported at once."""
+
+    def __init__(self, message: str, *, detail: str) -> None:
+        super().__init__(message)
+        self.detail = detail
 
 
 def _network_errors() -> tuple[type[BaseException], ...]:
@@ -358,20 +430,21 @@ def _fetch_metadata(file: HubFile, endpoint: str | None, dest: Path) -> tuple[st
                     f"{dest} is missing and huggingface_hub refuses network access (HF_HUB_OFFLINE was set when it "
                     f"was imported). Download {url} yourself and save it as {dest}."
                 ) from err
-            raise DownloadError(
+            message = (
                 f"Could not query the hub for {url}: {_describe_error(err)}. Check the network connection, proxy "
                 f"and HF_ENDPOINT (or wait if the hub is down), then run again; or download that file yourself and "
                 f"save it as {dest}."
-            ) from err
+            )
+            if isinstance(getattr(getattr(err, "response", None), "status_code", None), int):
+                raise DownloadError(message) from err  # the hub answered, with an error: about this file
+            raise _NoAnswer(message, detail=f"{_endpoint(endpoint)} ({_describe_error(err)})") from err
     return None  # pragma: no cover - the loop returns or raises
 
 
-def _download_file(file: HubFile, root: Path, endpoint: str | None) -> None:
+def _download_file(file: HubFile, root: Path, endpoint: str | None, answer: tuple[str, Any]) -> None:
+    """Download one file the hub described (`answer`, from `_fetch_metadata`), resuming and checking it."""
     dest = root / file.relpath
-    fetched = _fetch_metadata(file, endpoint, dest)
-    if fetched is None:
-        return
-    repo_id, meta = fetched
+    repo_id, meta = answer
     url = hub_file_url(file, endpoint, repo_id)
     etag: str | None = meta.etag
     expected_size: int | None = meta.size
@@ -423,7 +496,7 @@ def _download_file(file: HubFile, root: Path, endpoint: str | None) -> None:
             ) from err
         break
 
-    _verify_and_install(file, partial, dest, etag, expected_size, url, endpoint, repo_id, meta.commit_hash, root)
+    _verify_and_install(file, partial, dest, etag, expected_size, url, endpoint)
 
 
 def _http_get(
@@ -489,9 +562,6 @@ def _verify_and_install(
     expected_size: int | None,
     url: str,
     endpoint: str | None,
-    repo_id: str,
-    commit_hash: str | None,
-    root: Path,
 ) -> None:
     """Compare the finished partial with the hub's announcement, then rename it into place (or aside)."""
     size = partial.stat().st_size
@@ -517,18 +587,7 @@ def _verify_and_install(
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     os.replace(partial, dest)
-    stat = dest.stat()
-    entry = {
-        "size": stat.st_size,
-        "mtime_ns": stat.st_mtime_ns,
-        "sha256": sha256,
-        "etag": etag,
-        "repo_id": repo_id,
-        "filename": file.filename,
-        "commit": commit_hash,
-    }
-    _write_record(root, file.relpath, entry)
-    logger.info("Installed %s (%s, verified)", dest, _mb(stat.st_size))
+    logger.info("Installed %s (%s, verified)", dest, _mb(dest.stat().st_size))
 
 
 def _hash_file(path: Path, *, with_git_sha1: bool) -> tuple[str, str | None]:
@@ -548,27 +607,6 @@ def _hash_file(path: Path, *, with_git_sha1: bool) -> tuple[str, str | None]:
 
 def _is_hex(value: str | None, length: int) -> bool:
     return value is not None and len(value) == length and re.fullmatch(r"[0-9a-f]+", value) is not None
-
-
-def _read_record(root: Path) -> dict[str, Any]:
-    try:
-        data = json.loads((root / VERIFIED_RECORD_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    files = data.get("files") if isinstance(data, dict) else None
-    return files if isinstance(files, dict) else {}
-
-
-def _write_record(root: Path, relpath: str, entry: dict[str, Any]) -> None:
-    files = _read_record(root)
-    files[relpath] = entry
-    target = root / VERIFIED_RECORD_NAME
-    tmp = target.with_name(target.name + ".tmp")
-    try:
-        tmp.write_text(json.dumps({"version": 1, "files": files}, indent=2, sort_keys=True), encoding="utf-8")
-        os.replace(tmp, target)
-    except OSError as err:  # the record only saves re-hashing; never fail a good download over it
-        logger.warning("Could not write %s: %s", target, err)
 
 
 def _mb(size: int | None) -> str:

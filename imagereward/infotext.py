@@ -18,6 +18,7 @@ import math
 import os
 import re
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,9 +76,36 @@ def _unquote(value: str) -> str:
     return value
 
 
+# What an attempt of _SETTING reads before it needs the colon: blanks, then a word character and the rest of its run
+# of key characters, without the run's trailing spaces (from there, blanks other than spaces can lead to a new run).
+_KEY_RUN = re.compile(r"\s*(?:\w(?:[\w \-/]*[\w\-/])?)?")
+
+
+def _settings(line: str) -> Iterator[re.Match[str]]:
+    """The matches ``_SETTING.finditer(line)`` gives, in linear time.
+
+    ``finditer`` tries every position; inside a long run of key characters that is not followed by a colon (a prompt
+    of plain words), each try re-reads the rest of the run, which made a 100k-character prompt take over a minute.
+    A failed try that read a run means every later start inside that run fails the same way (it reaches the same end,
+    where no colon is), so the scan resumes after the run (before its trailing spaces): the same matches, each
+    character read a bounded number of times.
+    """
+    pos, end = 0, len(line)
+    while pos <= end:
+        match = _SETTING.match(line, pos)
+        if match is not None and match.end() > pos:
+            yield match
+            pos = match.end()
+            continue
+        run = _KEY_RUN.match(line, pos)
+        pos = max(pos + 1, run.end() if run is not None else 0)
+
+
 def _settings_line(lines: list[str]) -> bool:
     """Whether the last of ``lines`` is a settings line."""
-    return bool(lines) and len(_SETTING.findall(lines[-1])) >= _MIN_SETTINGS
+    if not lines:
+        return False
+    return any(found >= _MIN_SETTINGS for found, _ in enumerate(_settings(lines[-1]), start=1))
 
 
 def _lines(text: str) -> list[str]:
@@ -89,7 +117,7 @@ def parse_infotext(text: str) -> Infotext:
     lines = _lines(text or "")
     settings: dict[str, str] = {}
     if _settings_line(lines):
-        for match in _SETTING.finditer(lines.pop()):
+        for match in _settings(lines.pop()):
             settings[match.group("key").strip()] = _unquote(match.group("value"))
     prompt: list[str] = []
     negative: list[str] = []
@@ -154,7 +182,7 @@ def with_setting(text: str, key: str, value: Any | None) -> str:
             return text
         entry = f"{key}: {format_settings_value(value)}"
         return f"{body}\n{entry}{tail}" if body else entry
-    matches = [m for m in _SETTING.finditer(last) if m.group("key").strip() == key]
+    matches = [m for m in _settings(last) if m.group("key").strip() == key]
     if value is None:
         for match in reversed(matches):
             last = _remove_entry(last, match)

@@ -8,9 +8,15 @@ unpickler and loads at the speed of the disk.
 
 from __future__ import annotations
 
+import contextlib
+import json
+import logging
 import os
 import pickle
 import re
+import shutil
+import stat
+import struct
 import tempfile
 import zipfile
 from collections.abc import Iterable, Mapping
@@ -53,7 +59,10 @@ _HEAD_RULE = re.compile(r"^mlp\.layers\.(\d+)\.(weight|bias)$")
 # Present in the release but unused by the score: BLIP's contrastive projections and BERT's position-id buffer.
 IGNORED_KEYS = re.compile(r"^blip\.(vision_proj|text_proj)\.(weight|bias)$|" + _BERT + r"position_ids$")
 
-_CACHE_FORMAT = "imagereward-state-dict-v1"
+#: v2: tensors aligned to 64 bytes, source stamp with change time and inode. Older conversions are rewritten.
+_CACHE_FORMAT = "imagereward-state-dict-v2"
+
+log = logging.getLogger("imagereward")
 
 
 def official_to_ours(key: str) -> str | None:
@@ -84,25 +93,64 @@ def _summarise(keys: Iterable[str], limit: int = 8) -> str:
     return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
 
 
-def infer_config(state: Mapping[str, torch.Tensor], text: TextConfig) -> ImageRewardConfig:
-    """The vision encoder's size from the tensors' shapes; heads = width / 64 as in every BLIP ViT (B: 12, L: 16)."""
+_BLOCK_KEY = re.compile(r"^blip\.visual_encoder\.blocks\.(\d{1,4})\.")
+_LAYER_KEY = re.compile(r"^blip\.text_encoder\.encoder\.layer\.(\d{1,4})\.")
+#: The release's vision encoder, ViT-L/16 at 224 px: nothing larger is ever built, whatever a checkpoint says.
+VIT_L16 = VisionConfig()
+
+
+def _indices(state: Mapping[str, torch.Tensor], pattern: re.Pattern[str], what: str, most: int) -> int:
+    """How many numbered blocks the keys name; they must be 0..n-1 with n <= `most` (no gaps, no huge numbers)."""
+    numbers = {int(m.group(1)) for key in state if (m := pattern.match(key))}
+    count = len(numbers)
+    if count == 0 or count > most or numbers != set(range(count)):
+        shown = sorted(numbers)
+        raise CheckpointError(
+            f"the checkpoint's {what} are numbered {_summarise(map(str, shown), 6)}; expected 0..n-1 with n at most "
+            f"{most}: it is not an ImageReward checkpoint"
+        )
+    return count
+
+
+def _shape(state: Mapping[str, torch.Tensor], key: str) -> tuple[int, ...]:
     try:
-        pos = state["blip.visual_encoder.pos_embed"]
-        patch = state["blip.visual_encoder.patch_embed.proj.weight"]
-        fc1 = state["blip.visual_encoder.blocks.0.mlp.fc1.weight"]
-    except KeyError as exc:
-        raise CheckpointError(f"the checkpoint has no {exc.args[0]!r}: it is not an ImageReward checkpoint") from None
-    width, patch_size = int(patch.shape[0]), int(patch.shape[-1])
-    depth = 1 + max(int(m.group(1)) for k in state if (m := re.match(r"blip\.visual_encoder\.blocks\.(\d+)\.", k)))
-    grid = round((int(pos.shape[1]) - 1) ** 0.5)
-    vision = VisionConfig(
-        image_size=grid * patch_size,
-        patch_size=patch_size,
-        width=width,
-        depth=depth,
-        num_heads=max(1, width // 64),
-        mlp_dim=int(fc1.shape[0]),
-    )
+        return tuple(int(d) for d in state[key].shape)
+    except KeyError:
+        raise CheckpointError(f"the checkpoint has no {key!r}: it is not an ImageReward checkpoint") from None
+
+
+def infer_config(state: Mapping[str, torch.Tensor], text: TextConfig) -> ImageRewardConfig:
+    """The configuration the weights describe, checked before anything is built.
+
+    The vision encoder may be ViT-L/16 or a narrower/shallower one of the same family (small test checkpoints):
+    16 px patches at 224 px, width a multiple of 64 up to 1024 (heads = width / 64, as in every BLIP ViT), MLP 4x
+    width, blocks numbered 0..depth-1 with depth <= 24. The text encoder must have exactly the layers and sizes that
+    `med_config.json` names. So the model's size is bounded by the release's and by the tensors actually present.
+    """
+    patch = _shape(state, "blip.visual_encoder.patch_embed.proj.weight")
+    width = patch[0] if patch else 0
+    problems = []
+    if not (len(patch) == 4 and 64 <= width <= VIT_L16.width and width % 64 == 0 and patch[1:] == (3, 16, 16)):
+        problems.append(f"patch embedding {patch} (expected (width, 3, 16, 16), width a multiple of 64 up to 1024)")
+    grid = VIT_L16.image_size // VIT_L16.patch_size
+    pos = _shape(state, "blip.visual_encoder.pos_embed")
+    if pos != (1, grid * grid + 1, width):
+        problems.append(f"position embedding {pos} (expected {(1, grid * grid + 1, width)})")
+    fc1 = _shape(state, "blip.visual_encoder.blocks.0.mlp.fc1.weight")
+    if fc1 != (4 * width, width):
+        problems.append(f"block 0 MLP {fc1} (expected {(4 * width, width)})")
+    words = _shape(state, "blip.text_encoder.embeddings.word_embeddings.weight")
+    if words != (text.vocab_size, text.hidden_size):
+        problems.append(f"word embeddings {words} (med_config.json: {(text.vocab_size, text.hidden_size)})")
+    if text.num_heads < 1 or text.hidden_size % text.num_heads:
+        problems.append(f"med_config.json: {text.hidden_size} hidden units do not split into {text.num_heads} heads")
+    if problems:
+        raise CheckpointError("the checkpoint does not fit ImageReward's configuration: " + "; ".join(problems))
+    depth = _indices(state, _BLOCK_KEY, "vision blocks", VIT_L16.depth)
+    layers = _indices(state, _LAYER_KEY, "text layers", max(1, text.num_layers))
+    if layers != text.num_layers:
+        raise CheckpointError(f"the checkpoint has {layers} text layers, med_config.json names {text.num_layers}")
+    vision = replace(VIT_L16, width=width, depth=depth, num_heads=width // 64, mlp_dim=4 * width)
     return replace(ImageRewardConfig(), vision=vision, text=text)
 
 
@@ -144,9 +192,24 @@ def map_state_dict(state: Mapping[str, torch.Tensor], model: ImageRewardModel) -
 # ---------------------------------------------------------------------------------------------------------- reading
 
 
+def _first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, or its type when the message is empty (e.g. a bare EOFError)."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
 def _file_stamp(path: Path) -> dict[str, str]:
+    """What identifies the source's current content without reading 1.8 GB: size and mtime, which a copy tool can
+    preserve, plus the change time and inode, which no tool can set back (any write or replacement changes them).
+    A stamp that differs for another reason (the folder was copied) only costs one more conversion."""
     stat = path.stat()
-    return {"source_name": path.name, "source_size": str(stat.st_size), "source_mtime_ns": str(stat.st_mtime_ns)}
+    return {
+        "source_name": path.name,
+        "source_size": str(stat.st_size),
+        "source_mtime_ns": str(stat.st_mtime_ns),
+        "source_ctime_ns": str(stat.st_ctime_ns),
+        "source_inode": str(stat.st_ino),
+    }
 
 
 def read_torch_checkpoint(path: Path) -> dict[str, torch.Tensor]:
@@ -156,6 +219,15 @@ def read_torch_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     which rejects files written by current torch (their `.format_version` entry) and returns None.
     `weights_only=True` gives the same protection here.
     """
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise CheckpointError(f"{path} could not be read: {_first_line(exc)}") from None
+    if size == 0:
+        raise CheckpointError(
+            f"{path} is empty (0 bytes), probably an interrupted copy or download: delete it to download it again, "
+            "or replace it with the complete file"
+        )
     load = torch.serialization.load
     try:
         try:
@@ -167,12 +239,12 @@ def read_torch_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
             f"{path} contains Python objects other than tensors, which are refused for safety "
-            f"(a file from an untrusted source could run code when unpickled). Details: {str(exc).splitlines()[0]}"
+            f"(a file from an untrusted source could run code when unpickled). Details: {_first_line(exc)}"
         ) from None
-    except (RuntimeError, zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
+    except (RuntimeError, zipfile.BadZipFile, EOFError, OSError, ValueError, IndexError, KeyError) as exc:
         raise CheckpointError(
             f"{path} could not be read as a PyTorch checkpoint (is it truncated or corrupt? "
-            f"delete it to download it again): {str(exc).splitlines()[0]}"
+            f"delete it to download it again): {_first_line(exc)}"
         ) from None
     if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
         state = state["state_dict"]
@@ -182,39 +254,115 @@ def read_torch_checkpoint(path: Path) -> dict[str, torch.Tensor]:
 
 
 def read_safetensors(path: Path, device: torch.device | str = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Every tensor of a safetensors file (our alignment padding left out) and its metadata."""
     from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(path), framework="pt", device=str(device)) as handle:
             metadata = handle.metadata() or {}
-            return {key: handle.get_tensor(key) for key in handle.keys()}, metadata  # noqa: SIM118
+            keys = [key for key in handle.keys() if not key.startswith(_PAD_PREFIX)]  # noqa: SIM118
+            return {key: handle.get_tensor(key) for key in keys}, metadata
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path} is not a readable safetensors file (truncated or corrupt?): {exc}") from None
 
 
-def write_safetensors_cache(state: Mapping[str, torch.Tensor], target: Path, source: Path) -> bool:
-    """Write the checkpoint as safetensors next to its source, atomically. Returns False when that is not possible
-    (read-only folder, full disk): the caller then simply keeps reading the `.pt`."""
-    from safetensors.torch import save_file
+# ---------------------------------------------------------------------------------------------------------- writing
 
-    tensors = {key: value.contiguous() for key, value in state.items() if not IGNORED_KEYS.match(key)}
+#: safetensors names of our dtypes; the conversion holds floating-point weights only (checked before writing).
+_ST_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64"}
+#: Every tensor of the conversion starts on a 64-byte boundary of the file (and so of its memory map), as in a
+#: `torch.save` zip. safetensors itself aligns to 8 bytes only; misaligned weights make AVX-512 kernels round
+#: differently, so the same image scored 0.66703796 from the `.pt` and 0.66703808 from the conversion. Aligning
+#: at write time costs nothing at load time (no copy) and at most 63 bytes per tensor on disk.
+_ALIGN = 64
+_PAD_PREFIX = "__imagereward_padding_"
+
+
+def _aligned_layout(
+    tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]
+) -> tuple[bytes, list[torch.Tensor]]:
+    """The file header and the byte buffers to write after it, with padding tensors (uint8, ignored on reading)
+    filling the gaps; safetensors requires the data to be indexed without holes."""
+    header: dict[str, object] = {"__metadata__": dict(metadata)}
+    chunks: list[torch.Tensor] = []
+    offset = 0
+    for name in sorted(tensors):
+        tensor = tensors[name]
+        gap = -offset % _ALIGN
+        if gap:
+            pad = {"dtype": "U8", "shape": [gap], "data_offsets": [offset, offset + gap]}
+            header[f"{_PAD_PREFIX}{len(chunks)}"] = pad
+            chunks.append(torch.zeros(gap, dtype=torch.uint8))
+            offset += gap
+        data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
+        header[name] = {
+            "dtype": _ST_DTYPES[tensor.dtype],
+            "shape": list(tensor.shape),
+            "data_offsets": [offset, offset + data.numel()],
+        }
+        chunks.append(data)
+        offset += data.numel()
+    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-(8 + len(text)) % _ALIGN)  # the data then starts on a boundary too; spaces are allowed there
+    return struct.pack("<Q", len(text)) + text, chunks
+
+
+def _write_aligned_safetensors(tensors: Mapping[str, torch.Tensor], path: str, metadata: Mapping[str, str]) -> None:
+    head, chunks = _aligned_layout(tensors, metadata)
+    with open(path, "wb") as fh:
+        fh.write(head)
+        for chunk in chunks:
+            fh.write(memoryview(chunk.numpy()))
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def write_safetensors_cache(state: Mapping[str, torch.Tensor], target: Path, source: Path) -> bool:
+    """Write the checkpoint as safetensors next to its source, atomically, with the source's file mode.
+
+    Returns False, leaving nothing behind, when that is not possible (read-only folder, full disk, any error of the
+    writer): the conversion only makes later loads faster, so the caller keeps reading the `.pt`. Never raises.
+    """
+    from safetensors import SafetensorError
+
+    tensors = {key: value for key, value in state.items() if not IGNORED_KEYS.match(key)}
+    needed = sum(t.numel() * t.element_size() + _ALIGN for t in tensors.values()) + (1 << 20)
+    try:
+        free = shutil.disk_usage(target.parent).free
+    except OSError:
+        free = needed
+    if free < needed:
+        log.warning(
+            "ImageReward: not converting %s to safetensors (%.0f MB needed, %.0f MB free in %s); reading the .pt",
+            source.name,
+            needed / 1e6,
+            free / 1e6,
+            target.parent,
+        )
+        return False
     metadata = {"format": "pt", "imagereward": _CACHE_FORMAT, **_file_stamp(source)}
+    tmp_name = None
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=".ImageReward-", suffix=".safetensors.tmp", dir=target.parent)
         os.close(fd)
-    except OSError:
-        return False
-    try:
-        save_file(tensors, tmp_name, metadata=metadata)
+        _write_aligned_safetensors(tensors, tmp_name, metadata)
+        with contextlib.suppress(OSError):  # mkstemp makes 0600; the conversion gets its neighbour's mode (0644)
+            os.chmod(tmp_name, stat.S_IMODE(source.stat().st_mode) | stat.S_IRUSR | stat.S_IWUSR)
         os.replace(tmp_name, target)
+        tmp_name = None
         return True
-    except OSError:
-        Path(tmp_name).unlink(missing_ok=True)
+    except (OSError, SafetensorError, ValueError, KeyError, RuntimeError) as exc:
+        log.warning("ImageReward: could not write %s (%s); the .pt is read instead", target, _first_line(exc))
         return False
+    finally:
+        if tmp_name is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp_name)
 
 
 def _cache_matches(cache: Path, source: Path | None) -> bool:
-    """The conversion is used when its source is gone, or when it records the source's current size and mtime."""
+    """The conversion is used when its source is gone, or when it was written by this format version from the
+    source as it is now (same size, mtime, change time and inode)."""
     if source is None or not source.exists():
         return True
     from safetensors import safe_open
@@ -224,14 +372,53 @@ def _cache_matches(cache: Path, source: Path | None) -> bool:
             metadata = handle.metadata() or {}
     except Exception:
         return False
+    if metadata.get("imagereward") != _CACHE_FORMAT:
+        return False
     return all(metadata.get(key) == value for key, value in _file_stamp(source).items())
 
 
-def load_state(checkpoint: str | Path, *, convert: bool = True) -> tuple[dict[str, torch.Tensor], Path]:
+def _text_config_of(state: Mapping[str, torch.Tensor]) -> TextConfig:
+    """The text encoder's sizes as the tensors give them, for checking a checkpoint without its med_config.json.
+    (Head count does not change any shape; one head always divides.)"""
+    words = _shape(state, "blip.text_encoder.embeddings.word_embeddings.weight")
+    ffn = _shape(state, "blip.text_encoder.encoder.layer.0.intermediate.dense.weight")
+    positions = _shape(state, "blip.text_encoder.embeddings.position_embeddings.weight")
+    if len(words) != 2 or len(ffn) != 2 or len(positions) != 2:
+        raise CheckpointError("the checkpoint's text embeddings are not matrices: it is not an ImageReward checkpoint")
+    layers = len({m.group(1) for key in state if (m := _LAYER_KEY.match(key))})
+    return replace(
+        TextConfig(),
+        vocab_size=words[0],
+        hidden_size=words[1],
+        num_layers=layers,
+        num_heads=1,
+        intermediate_size=ffn[0],
+        max_position_embeddings=positions[0],
+    )
+
+
+def check_state(state: Mapping[str, torch.Tensor], text_config: TextConfig | None = None) -> ImageRewardModel:
+    """Refuse anything but a complete ImageReward checkpoint; returns the (empty, meta-device) model it fits.
+
+    Sizes are checked against the release's configuration before the model is built, so no key name or shape can
+    make the model larger than the release (or than the tensors present); then every tensor's name, shape and dtype.
+    """
+    state = _strip_prefix(state)
+    config = infer_config(state, text_config if text_config is not None else _text_config_of(state))
+    with torch.device("meta"):
+        model = ImageRewardModel(config)
+    map_state_dict(state, model)
+    return model
+
+
+def load_state(
+    checkpoint: str | Path, *, convert: bool = True, text_config: TextConfig | None = None
+) -> tuple[dict[str, torch.Tensor], Path]:
     """Read the official-format state dict from `.pt` or `.safetensors`; returns it and the file actually read.
 
     For a `.pt`, a matching `ImageReward.safetensors` beside it is read instead; when there is none, the `.pt` is
-    read and (with `convert`) written once as safetensors so the next load is fast and needs no unpickling.
+    read and (with `convert`) written once as safetensors so the next load is fast and needs no unpickling. Only a
+    checkpoint that passes `check_state` (against `text_config`, the med_config.json, when given) is converted.
     """
     path = Path(checkpoint)
     if path.is_dir():
@@ -248,7 +435,9 @@ def load_state(checkpoint: str | Path, *, convert: bool = True) -> tuple[dict[st
         raise CheckpointError(f"checkpoint not found: {path}")
     state = read_torch_checkpoint(path)
     if convert:
-        write_safetensors_cache(_strip_prefix(state), cache, path)
+        stripped = _strip_prefix(state)
+        check_state(stripped, text_config)  # validate first: a refused checkpoint is never converted
+        write_safetensors_cache(stripped, cache, path)
     return state, path
 
 
@@ -263,14 +452,34 @@ def build_model(
     """The model with the given weights, without a random initialisation first: it is built on the meta device and
     each tensor is moved to `device`/`dtype` as it is assigned, so peak memory stays near the weights' size."""
     state = _strip_prefix(state)
-    config = infer_config(state, text_config)
-    with torch.device("meta"):
-        model = ImageRewardModel(config)
+    model = check_state(state, text_config)
     mapped = map_state_dict(state, model)
     head_names = {name for name, _ in model.head.named_parameters(prefix="head")}
     converted = {
         name: tensor.to(device=device, dtype=head_dtype if name in head_names else dtype)
         for name, tensor in mapped.items()
     }
-    model.load_state_dict(converted, strict=True, assign=True)
+    assign_weights(model, converted)
     return model.requires_grad_(False).eval()
+
+
+def assign_weights(model: torch.nn.Module, tensors: Mapping[str, torch.Tensor]) -> None:
+    """Put each tensor into the model under its name, as `load_state_dict(strict=True, assign=True)` would.
+
+    Written out rather than calling `load_state_dict`: AUTOMATIC1111 replaces `nn.Module.load_state_dict` for the
+    whole process while it loads a Stable Diffusion checkpoint (`LoadStateDictOnMeta`), with a version that takes no
+    `assign` argument, and a score request can arrive during that time."""
+    expected = set(model.state_dict().keys())
+    missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
+    if missing or unexpected:
+        raise CheckpointError(f"the weights do not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    for name, tensor in tensors.items():
+        owner_name, _, attribute = name.rpartition(".")
+        owner = model.get_submodule(owner_name)
+        if attribute in owner._parameters:
+            old = owner._parameters[attribute]
+            owner._parameters[attribute] = torch.nn.Parameter(
+                tensor, requires_grad=bool(old is not None and old.requires_grad)
+            )
+        else:
+            owner._buffers[attribute] = tensor

@@ -63,7 +63,9 @@ def test_ranks_a_folder_by_each_images_own_prompt(outputs: Path, model_dir: Path
     errors = {Path(r["path"]).name: r["error"] for r in rows if r["error"]}
     assert "pass --prompt" in errors["no-infotext.png"]
     assert "not a readable image" in errors["broken.png"]
-    assert code == 1 and "broken.png" in err  # the rest was still scored
+    assert code == 1  # some files could not be scored; the rest were
+    assert "broken.png" not in err and "6 scored, 6 kept, 2 failed" not in err  # -q: errors once, in the output
+    assert errors["broken.png"].count("broken.png") == 0  # the row shows the path; the message does not repeat it
 
 
 def test_prompt_option_and_top_k_copy(outputs: Path, model_dir: Path, tmp_path: Path, capsys) -> None:
@@ -79,8 +81,13 @@ def test_prompt_option_and_top_k_copy(outputs: Path, model_dir: Path, tmp_path: 
     assert [r["kept"] for r in rows] == ["1", "1", "0"] and [r["rank"] for r in rows] == ["1", "2", "3"]
     kept = sorted(Path(r["path"]).name for r in rows if r["kept"] == "1")
     assert sorted(p.name for p in best.iterdir()) == kept
-    run(args, capsys)  # a second copy never overwrites: numbered names instead
-    assert len(list(best.iterdir())) == 4
+    code, _, err = run(args[:-1], capsys)  # a second run finds identical copies there: skipped, and said so
+    assert code == 0 and len(list(best.iterdir())) == 2
+    assert "0 copied" in err and "2 already there with the same content, skipped" in err
+    (best / kept[0]).write_bytes(b"another file of the user's")  # a different file is never overwritten
+    run(args, capsys)
+    assert sorted(p.name for p in best.iterdir()) == sorted([*kept, kept[0].replace(".png", "-1.png")])
+    assert (best / kept[0]).read_bytes() == b"another file of the user's"
     assert {p.name: p.read_bytes() for p in outputs.iterdir()} == before  # originals untouched
 
 
@@ -104,16 +111,120 @@ def test_threshold_and_table(outputs: Path, model_dir: Path, capsys) -> None:
 
 
 def test_offline_without_model_names_the_missing_files(outputs: Path, tmp_path: Path, capsys) -> None:
+    (tmp_path / "empty").mkdir()
     code, _, err = run([str(outputs), "--models-dir", str(tmp_path / "empty"), "--offline", "-q"], capsys)
-    assert code == 1
-    assert "ImageReward.pt" in err and "Traceback" not in err
+    assert code == 3
+    assert "ImageReward.pt" in err and "med_config.json" in err and "vocab.txt" in err and "Traceback" not in err
+    assert "--offline" in err and "offline=False" not in err  # command-line wording
 
 
 def test_usage_errors_are_short(tmp_path: Path, capsys) -> None:
     code, _, err = run([str(tmp_path / "nowhere")], capsys)
-    assert code == 1 and "no such file or folder" in err and "no images found" in err
+    assert code == 2 and "no such file or folder" in err and "no images found" in err
     code, _, err = run([str(tmp_path), "-k", "0"], capsys)
-    assert code == 1 and "--top-k must be at least 1" in err
+    assert code == 2 and "--top-k must be at least 1" in err
+
+
+def test_a_mistyped_models_dir_is_named_and_not_created(outputs: Path, tmp_path: Path, capsys) -> None:
+    typo = tmp_path / "modles"
+    code, _, err = run([str(outputs), "--models-dir", str(typo), "-q"], capsys)
+    assert code == 2 and "--models-dir" in err and "does not exist" in err and "network" not in err
+    assert not typo.exists()
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:7", "mps", "tpu"])
+def test_bad_devices_are_one_line_errors_before_loading(outputs: Path, model_dir: Path, device: str, capsys) -> None:
+    if device == "cuda:7" and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has 8 CUDA devices")
+    if device == "mps" and getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        pytest.skip("this machine has an Apple GPU")
+    code, out, err = run([str(outputs), "--models-dir", str(model_dir), "--offline", "-q", "--device", device], capsys)
+    assert code == 2 and out == "" and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1 and f"--device {device}" in err
+
+
+def test_copy_target_problems_are_found_before_scoring(outputs: Path, model_dir: Path, tmp_path: Path, capsys) -> None:
+    a_file = tmp_path / "a-file"
+    a_file.write_text("mine")
+    dangling = tmp_path / "dangling"
+    dangling.symlink_to(tmp_path / "gone")
+    for target, words in (
+        (a_file, "is a file, not a folder"),
+        (dangling, "broken symbolic link"),
+        (tmp_path / "no" / "such" / "parent", "does not exist"),
+    ):
+        code, out, err = run(
+            [str(outputs), "--models-dir", str(model_dir), "--offline", "-q", "--copy-to", str(target)], capsys
+        )
+        assert code == 2 and words in err and out == "" and "Traceback" not in err
+    assert a_file.read_text() == "mine"
+
+
+def test_output_file_problems_are_found_before_scoring(outputs: Path, model_dir: Path, tmp_path: Path, capsys) -> None:
+    image = outputs / "00000-0.png"
+    before = image.read_bytes()
+    for target, words in (
+        (tmp_path, "is a folder"),
+        (tmp_path / "missing" / "out.csv", "does not exist"),
+        (image, "is one of the images"),
+    ):
+        code, _, err = run([str(outputs), "--models-dir", str(model_dir), "--offline", "-q", "-o", str(target)], capsys)
+        assert code == 2 and words in err and "Traceback" not in err
+    assert image.read_bytes() == before
+
+
+def test_output_format_follows_the_suffix(outputs: Path, model_dir: Path, tmp_path: Path, capsys) -> None:
+    files = [str(outputs / "00000-0.png"), str(outputs / "00002-2.png")]
+    for name, check in (
+        ("out.json", lambda text: len(json.loads(text)) == 2),
+        ("out.csv", lambda text: text.startswith("path,score,")),
+        ("out.txt", lambda text: text.split()[:2] == ["rank", "score"]),
+    ):
+        code, out, _ = run(
+            [*files, "--models-dir", str(model_dir), "--offline", "-q", "-o", str(tmp_path / name)], capsys
+        )
+        assert code == 0 and out == "" and check((tmp_path / name).read_text(encoding="utf-8"))
+
+
+def test_threshold_keeps_the_best_when_none_passes_unless_asked(outputs: Path, model_dir: Path, capsys) -> None:
+    files = [str(outputs / "00000-0.png"), str(outputs / "00002-2.png")]
+    common = [*files, "--models-dir", str(model_dir), "--offline", "-q", "-f", "json", "-t", "100"]
+    code, out, _ = run(common, capsys)
+    assert code == 0 and [r["kept"] for r in json.loads(out)] == [True, False]  # as the WebUI: the best is kept
+    code, out, _ = run([*common, "--no-keep-best-if-none"], capsys)
+    assert code == 0 and [r["kept"] for r in json.loads(out)] == [False, False]
+
+
+def test_summary_errors_once_and_aligned_rows(outputs: Path, model_dir: Path, capsys) -> None:
+    code, out, err = run([str(outputs), "--models-dir", str(model_dir), "--offline", "-k", "1"], capsys)
+    assert code == 1
+    lines = out.splitlines()
+    file_column = lines[0].index("file")
+    error_rows = [line for line in lines if " error " in line]
+    assert len(error_rows) == 2  # error rows have the same columns as the others (with -k: a blank "kept")
+    assert all(line[file_column - 2 : file_column] == "  " and line[file_column] in "…/" for line in lines[1:])
+    assert "broken.png" not in err  # the error is in the table, once
+    assert "6 scored, 2 kept, 2 failed" in err and "model loaded" in err
+
+
+def test_long_prompts_are_flagged(outputs: Path, model_dir: Path, capsys) -> None:
+    long_prompt = " ".join(["a very detailed painting of a lighthouse"] * 10)
+    code, out, err = run(
+        [str(outputs / "00000-0.png"), "-p", long_prompt, "--models-dir", str(model_dir), "--offline", "-f", "json"],
+        capsys,
+    )
+    assert code == 0 and json.loads(out)[0]["truncated"] is True
+    assert "longer than the model reads" in err
+
+
+def test_version_and_help(capsys) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0 and capsys.readouterr().out.startswith("imagereward ")
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    assert "examples:" in text and "between -2 and +2" in text and "exit status:" in text
 
 
 def test_first_run_downloads_the_model_from_the_hub(
@@ -129,6 +240,7 @@ def test_first_run_downloads_the_model_from_the_hub(
     fake_hub.add_file("THUDM/ImageReward", "med_config.json", json.dumps(med_config()).encode())
     fake_hub.add_file("google-bert/bert-base-uncased", "vocab.txt", VOCAB.read_bytes())
     models = tmp_path / "models"
+    models.mkdir()
     code, out, _ = run(
         [str(outputs / "00000-0.png"), str(outputs / "00002-2.png"), "--models-dir", str(models), "-q", "-f", "json"],
         capsys,
@@ -142,5 +254,9 @@ def test_first_run_downloads_the_model_from_the_hub(
         [str(outputs / "00000-0.png"), str(outputs / "00002-2.png"), "--models-dir", str(models), "-q", "-f", "json"],
         capsys,
     )
-    assert code == 0 and json.loads(out2) == json.loads(out)
+    first, second = json.loads(out), json.loads(out2)
+    assert code == 0 and [r["path"] for r in second] == [r["path"] for r in first]
+    # The .pt (first run) and the conversion (second run) hold the same bits; scores agree within float rounding
+    # (kernels may round differently by memory alignment on some CPUs, e.g. with AVX-512).
+    assert [r["score"] for r in second] == pytest.approx([r["score"] for r in first], abs=1e-5)
     assert fake_hub.requests_for("ImageReward.pt") == []  # no network once the files are there

@@ -20,10 +20,8 @@ from imagereward.hub import (
     BERT_LEGACY_REPO_ID,
     BERT_REPO_ID,
     IMAGEREWARD_REPO_ID,
-    VERIFIED_RECORD_NAME,
     default_models_dir,
     resolve_model_files,
-    verified_sha256,
 )
 from tests.fake_hub import FakeHub, isolate_hf_env, set_download_chunk_size
 
@@ -91,15 +89,12 @@ def test_download_lands_in_documented_layout(hub: FakeHub, models: Path) -> None
     # The LFS file came from the "CDN" (the redirect target), in one piece.
     checkpoint_gets = hub.requests_for("ImageReward.pt", "GET")
     assert [(r.server, r.range, r.status) for r in checkpoint_gets] == [("cdn", None, 200)]
-    # What was checked is recorded, so nobody has to hash the checkpoint again.
-    assert verified_sha256(models, "ImageReward.pt") == hashlib.sha256(CHECKPOINT).hexdigest()
-    record = json.loads((models / VERIFIED_RECORD_NAME).read_text())
-    assert set(record["files"]) == {
+    assert sorted(p.name for p in models.iterdir()) == [
+        ".imagereward-download",
         "ImageReward.pt",
+        "bert-base-uncased",
         "med_config.json",
-        "bert-base-uncased/vocab.txt",
-        "bert-base-uncased/tokenizer_config.json",
-    }
+    ]  # no verification record or other bookkeeping among the user's files
 
 
 def test_progress_bar_on_by_default(hub: FakeHub, models: Path) -> None:
@@ -121,7 +116,6 @@ def test_files_placed_by_hand_are_used_without_network(hub: FakeHub, models: Pat
     files = resolve_model_files(models, progress=False)
     assert files.checkpoint.read_bytes() == b"not checked: used as it is"
     assert hub.requests == []
-    assert verified_sha256(models, "ImageReward.pt") is None  # not downloaded here, so not recorded
 
 
 def _safetensors_bytes() -> bytes:
@@ -296,9 +290,15 @@ def test_unreachable_hub_is_a_download_error(models: Path, tmp_path: Path, monke
 
     with pytest.raises(DownloadError) as excinfo:
         resolve_model_files(models, progress=False)
+    assert isinstance(excinfo.value, ModelFileMissingError)  # the same complete message as offline mode, in one run
     message = str(excinfo.value)
-    assert "Could not query the hub" in message and endpoint in message
-    assert "save it as" in message
+    assert "the hub could not be reached" in message and endpoint in message
+    for relpath in ("med_config.json", "bert-base-uncased/vocab.txt", "ImageReward.pt"):
+        assert str((models / relpath).resolve()) in message
+    assert f"{endpoint}/{IMAGEREWARD_REPO_ID}/resolve/main/ImageReward.pt" in message
+    assert "--offline" in message and "offline=False" not in message
+    assert not models.exists()  # nothing created on disk when the hub never answered
+    assert "save it under exactly that path" in message
 
 
 def test_endpoint_argument_overrides_hf_endpoint(hub: FakeHub, models: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -359,11 +359,3 @@ def test_default_models_dir_is_used(hub: FakeHub, monkeypatch: pytest.MonkeyPatc
     files = resolve_model_files(progress=False)
     assert files.models_dir == tmp_path / "home-ir"
     assert files.checkpoint.read_bytes() == CHECKPOINT
-
-
-def test_verified_record_goes_stale_when_file_changes(hub: FakeHub, models: Path) -> None:
-    files = resolve_model_files(models, progress=False)
-    assert verified_sha256(models, "ImageReward.pt") is not None
-    files.checkpoint.write_bytes(b"replaced by the user")
-    assert verified_sha256(models, "ImageReward.pt") is None
-    assert hubmod.verified_sha256(models, "no/such/file") is None

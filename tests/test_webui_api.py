@@ -28,7 +28,8 @@ def test_one_prompt_for_all_images_and_data_urls() -> None:
     body = {"prompt": "a cat", "images": [b64_png(), "data:image/png;base64," + b64_png(mode="L")]}
     result = score_request(body, recording_scorer(calls))
     assert result["scores"] == [0.123457, 0.246913]
-    assert calls == [(["a cat", "a cat"], [(8, 6), (8, 6)], True)]
+    # Each image reaches the scorer already reduced to the 224 x 224 square the model sees (bounded memory).
+    assert calls == [(["a cat", "a cat"], [(224, 224), (224, 224)], True)]
 
 
 def test_one_prompt_per_image_and_no_cleaning() -> None:
@@ -49,7 +50,7 @@ def test_one_prompt_per_image_and_no_cleaning() -> None:
         ({"prompts": ["a", "b"], "images": [b64_png()]}, "2 prompts for 1 images"),
         ({"prompt": 3, "images": [b64_png()]}, "'prompt' must be a string"),
         ({"prompt": "a", "images": ["!!!notbase64"]}, r"images\[0\]"),
-        ({"prompt": "a", "images": [base64.b64encode(b"not an image").decode()]}, r"images\[0\] is not a readable"),
+        ({"prompt": "a", "images": [base64.b64encode(b"not an image").decode()]}, r"images\[0\]: not a readable"),
         ({"prompt": "a", "images": [b64_png()], "extra": 1}, "unknown field"),
     ],
 )

@@ -179,3 +179,21 @@ def test_a_replaced_torch_load_is_bypassed(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(torch, "load", lambda *args, **kwargs: None)
     state, _ = load_state(pt, convert=False)
     assert "mlp.layers.0.weight" in state
+
+
+def test_loads_while_the_webui_has_replaced_load_state_dict(model_dir, monkeypatch) -> None:
+    """AUTOMATIC1111's LoadStateDictOnMeta swaps nn.Module.load_state_dict process-wide during a checkpoint load,
+    for a version without `assign`; a score request arriving then must still load correctly."""
+    import torch
+
+    from imagereward.scorer import ImageRewardScorer
+
+    reference = ImageRewardScorer.load(model_dir, device="cpu", offline=True, progress=False)
+
+    def webui_replacement(self, state_dict, strict=True):  # no `assign`
+        raise AssertionError("load_state_dict must not be called")
+
+    monkeypatch.setattr(torch.nn.Module, "load_state_dict", webui_replacement)
+    scorer = ImageRewardScorer.load(model_dir, device="cpu", offline=True, progress=False)
+    for (name, a), (_, b) in zip(reference.model.state_dict().items(), scorer.model.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name

@@ -1,19 +1,33 @@
-"""`POST /imagereward/v1/score`: images + prompt(s) -> scores, for API users scoring images they already have."""
+"""`POST /imagereward/v1/score`: images + prompt(s) -> scores, for API users scoring images they already have.
+
+Memory per request is bounded whatever the payload (measured by `bench/endpoint_memory.py`, see BENCHMARKS.md):
+
+- the body: at most ``MAX_REQUEST_CHARS`` characters of base64 in all, ``MAX_IMAGES`` images;
+- each image is checked against `imagereward.limits` (pixels, aspect ratio) from its header, before it is decoded;
+- images are decoded one at a time, and each is reduced at once to the 224 x 224 RGB square the model sees (the
+  scorer's own preprocessing, so scores are unchanged), so at most one full-size image is in memory at any time.
+
+A request beyond a limit gets a 422 whose message names the limit.
+"""
 
 from __future__ import annotations
 
 import base64
 import binascii
-import io
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from .. import limits
 from ..errors import ImageRewardError
 
 ROUTE = "/imagereward/v1/score"
 MAX_IMAGES = 1024
+#: Base64 characters in all images of one request together (about 75 MiB of image files).
+MAX_REQUEST_CHARS = 100 * 1024 * 1024
+#: The largest HTTP body worth reading for this route: the images plus generous room for prompts and JSON.
+MAX_BODY_BYTES = MAX_REQUEST_CHARS + 8 * 1024 * 1024
 
 ScoreFn = Callable[[Sequence[str], Sequence[Image.Image], bool], list[float]]
 
@@ -22,21 +36,53 @@ class ApiError(ImageRewardError):
     """A bad request; the route answers 422 with this message."""
 
 
+def check_content_length(value: str | None) -> None:
+    """For the route, before the body is read: refuse a declared body larger than any valid request."""
+    if value is None:
+        return
+    try:
+        size = int(value)
+    except ValueError:
+        raise ApiError(f"bad Content-Length {value!r}") from None
+    if size > MAX_BODY_BYTES:
+        raise ApiError(f"the request body has {size:,} bytes, more than the limit of {MAX_BODY_BYTES:,}")
+
+
+def _reduce(image: Image.Image) -> Image.Image:
+    """The 224 x 224 RGB square the scorer would cut from `image` (EXIF orientation, 8-bit scaling, resize, crop,
+    as `imagereward.preprocess` does them); scoring it gives the same score as scoring `image`."""
+    from ..preprocess import load_pil, pil_to_uint8
+
+    return Image.fromarray(pil_to_uint8(load_pil(image)), "RGB")
+
+
 def decode_image(data: Any, position: int) -> Image.Image:
-    """A base64 string (optionally a data URL) -> a decoded PIL image."""
+    """A base64 string (optionally a data URL) -> the decoded image reduced to what the model sees."""
     if not isinstance(data, str) or not data:
         raise ApiError(f"images[{position}] must be a base64-encoded image string")
     if data.startswith("data:"):
         data = data.split(",", 1)[-1]
     try:
         raw = base64.b64decode(data, validate=False)
-        with Image.open(io.BytesIO(raw)) as handle:
-            handle.load()
-            return handle.copy()
     except (binascii.Error, ValueError) as exc:
         raise ApiError(f"images[{position}] is not valid base64: {exc}") from None
-    except (UnidentifiedImageError, OSError) as exc:
-        raise ApiError(f"images[{position}] is not a readable image: {exc}") from None
+    try:
+        image = limits.open_image(raw, name=f"images[{position}]")
+        del raw
+        return _reduce(image)
+    except ImageRewardError as exc:
+        raise ApiError(str(exc)) from None
+
+
+def _check_sizes(images: list[Any]) -> None:
+    if len(images) > MAX_IMAGES:
+        raise ApiError(f"at most {MAX_IMAGES} images per request, got {len(images)}")
+    total = sum(len(item) for item in images if isinstance(item, str))
+    if total > MAX_REQUEST_CHARS:
+        raise ApiError(
+            f"the images hold {total:,} characters of base64 in all, more than the limit of {MAX_REQUEST_CHARS:,} "
+            "per request; send them in several requests"
+        )
 
 
 def score_request(payload: Any, score: ScoreFn) -> dict[str, Any]:
@@ -50,8 +96,7 @@ def score_request(payload: Any, score: ScoreFn) -> dict[str, Any]:
     images = payload.get("images")
     if not isinstance(images, list) or not images:
         raise ApiError("'images' must be a non-empty list of base64-encoded images")
-    if len(images) > MAX_IMAGES:
-        raise ApiError(f"at most {MAX_IMAGES} images per request, got {len(images)}")
+    _check_sizes(images)
     if ("prompt" in payload) == ("prompts" in payload):
         raise ApiError("give either 'prompt' (one for all images) or 'prompts' (one per image)")
     if "prompt" in payload:
