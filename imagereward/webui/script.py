@@ -152,7 +152,8 @@ class ImageRewardScript(scripts.Script):
         with InputAccordion(defaults.enabled, label="ImageReward", elem_id=self.elem_id("imagereward")) as enabled:
             with gr.Row():
                 mode = gr.Dropdown(
-                    label="Mode (sort and top-k rank the N candidates of each requested image, not the whole job)",
+                    label="Mode",
+                    info="Sort and top-k rank the N candidates of each requested image, not the whole job",
                     choices=[m.value for m in Mode],
                     value=defaults.mode.value,
                     elem_id=self.elem_id("imagereward_mode"),
