@@ -108,3 +108,16 @@ def test_out_of_memory_on_the_cpu_is_reported() -> None:
     runtime = ScorerRuntime(lambda s: scorer)
     with pytest.raises(ScoringOutOfMemoryError):
         runtime.score(settings(), ["a"], [None], clean_prompts=False)
+
+
+def test_a_model_loaded_during_inference_mode_can_be_offloaded_afterwards(model_dir: Path) -> None:
+    """Forge runs generation, and so our first load, under torch.inference_mode()."""
+    from imagereward.scorer import ImageRewardScorer
+
+    runtime = ScorerRuntime(lambda s: ImageRewardScorer.load(s.models_dir, device="cpu", offline=True, progress=False))
+    with torch.inference_mode():
+        runtime.score(RuntimeSettings(models_dir=model_dir), ["a cat"], [torch.rand(3, 32, 32)], clean_prompts=True)
+    weight = runtime.loaded.model.vision.patch_embed.weight
+    assert not weight.is_inference()
+    runtime.loaded.to("cpu", torch.float16)  # an offload-style move outside inference mode works
+    assert runtime.loaded.dtype == torch.float16

@@ -57,7 +57,10 @@ class ScorerRuntime:
     def _get(self, settings: RuntimeSettings) -> ImageRewardScorer:
         if self._scorer is None or self._key != settings.load_key:
             self.unload()
-            self._scorer = self._loader(settings)
+            # Forge generates under torch.inference_mode(): weights made there would be inference tensors, which
+            # cannot be moved (offloaded) afterwards. Load as ordinary tensors.
+            with torch.inference_mode(False):
+                self._scorer = self._loader(settings)
             self._key = settings.load_key
             self._home = self._scorer.device
         scorer = self._scorer
