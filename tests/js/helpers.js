@@ -7,7 +7,9 @@ const path = require("node:path");
 const { JSDOM } = require("jsdom");
 
 const SCRIPT_PATH = path.resolve(__dirname, "..", "..", "javascript", "imagereward.js");
-const SCRIPT_SOURCE = fs.readFileSync(SCRIPT_PATH, "utf8");
+const LOGIC_PATH = path.resolve(__dirname, "..", "..", "javascript", "imagereward-logic.js");
+// As the WebUI loads them: every file of javascript/ in name order (imagereward-logic.js first).
+const SCRIPT_SOURCE = fs.readFileSync(LOGIC_PATH, "utf8") + "\n" + fs.readFileSync(SCRIPT_PATH, "utf8");
 
 function el(doc, tag, attrs, children) {
     const node = doc.createElement(tag);

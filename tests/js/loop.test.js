@@ -17,10 +17,10 @@ function setInfo(page, tab, info) {
     page.textarea(tab).value = typeof info === "string" ? info : JSON.stringify(info);
 }
 
-test("classic script: one global, registers with the WebUI helpers, no console errors", () => {
+test("classic scripts: two globals (logic, overlay), registers with the WebUI helpers, no console errors", () => {
     const page = makePage();
     const { callbacks, errors, addedGlobals, api } = loadScriptInPage(page);
-    assert.deepEqual(addedGlobals, ["imageRewardOverlay"]);
+    assert.deepEqual(addedGlobals.sort(), ["imageRewardLogic", "imageRewardOverlay"]);
     assert.equal(typeof api.update, "function");
     assert.equal(callbacks.afterUiUpdate.length, 1);
     assert.equal(callbacks.uiLoaded.length, 1);
@@ -34,7 +34,7 @@ test("without the WebUI helpers the script loads without throwing and does nothi
     renderGallery(page.gallery(), { count: 4, selected: 0 });
     setInfo(page, "txt2img", makeInfo({ images: FOUR }));
     const { errors, addedGlobals, api } = loadScriptInPage(page, { helpers: false });
-    assert.deepEqual(addedGlobals, ["imageRewardOverlay"]);
+    assert.deepEqual(addedGlobals.sort(), ["imageRewardLogic", "imageRewardOverlay"]);
     assert.equal(api.install(), false);
     assert.equal(page.document.querySelectorAll(".imagereward-badge").length, 0);
     assert.deepEqual(errors, []);
