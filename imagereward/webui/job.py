@@ -108,7 +108,9 @@ class BestOfNJob:
         self.owner = p
         self._original = {"n_iter": p.n_iter, "do_not_save_grid": p.do_not_save_grid}
         p.do_not_save_grid = True  # the grid is made of the kept images, in `finish`
-        params = {**self.args.infotext_params(), SCORE_KEY: infotext_score}
+        # The score itself is written by `finish` into each kept image's infotext and file: every image gets it at
+        # the same place (the end of the settings line), and only images that are kept.
+        params = self.args.infotext_params()
         self._added_params = [key for key in params if key not in p.extra_generation_params]
         p.extra_generation_params.update(params)
 
@@ -427,24 +429,6 @@ JOB_ATTR = "_imagereward_job"
 
 def job_of(p: Any) -> BestOfNJob | None:
     return getattr(p, JOB_ATTR, None)
-
-
-def infotext_score(
-    p: Any = None, index: int | None = None, all_prompts: Any = None, use_main_prompt: bool = False, **_: Any
-) -> str | None:
-    """`extra_generation_params` callable: the image's score, or None (no entry) while it has none.
-
-    It finds the job through `p` (the dict it sits in is shared between X/Y/Z cells and with copies of `p`). The
-    WebUI calls it with batch lists and an index within the batch from its per-image loop, and with whole-job lists
-    and a job index from `Processed.infotext`; the grid's infotext (use_main_prompt) gets no score. Scores arrive
-    once a batch is complete; `finish` writes every kept image's score into its infotext and file.
-    """
-    job = job_of(p)
-    if job is None or use_main_prompt or index is None:
-        return None
-    if all_prompts is not None and all_prompts is getattr(p, "prompts", None):
-        index = p.iteration * p.batch_size + index
-    return job.score_text(index)
 
 
 ScoreFn = Callable[[list[str], list[Any]], list[float]]
