@@ -74,7 +74,10 @@ def apply_exif_orientation(image: Image.Image) -> Image.Image:
         return image
     if orientation in (None, 1):
         return image
-    return ImageOps.exif_transpose(image)
+    try:
+        return ImageOps.exif_transpose(image)
+    except (OSError, ValueError, KeyError, TypeError):  # a tag PIL cannot apply: the pixels as stored
+        return image
 
 
 def to_8bit(image: Image.Image) -> Image.Image:
