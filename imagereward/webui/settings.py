@@ -31,7 +31,7 @@ class Option:
 
 OPTIONS = (
     Option("imagereward_models_dir", "", "Models folder (empty: models/ImageReward in the WebUI folder)"),
-    Option("imagereward_device", "auto", "Device for scoring", "dropdown", ("auto", "cuda", "cpu")),
+    Option("imagereward_device", "auto", "Device for scoring", "dropdown", ("auto", "cuda", "mps", "cpu")),
     Option(
         "imagereward_dtype",
         "auto",
