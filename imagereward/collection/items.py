@@ -1,0 +1,78 @@
+"""What one image of a collection is, and what the store records about it.
+
+An `Item` is an image as a source lists it, before anything is decoded: where its bytes are (a file, or a member of a
+webdataset tar shard at a byte offset), its size and modification time, and its prompt when the source knows it in
+advance (``--prompt``, a Parquet column). Its *fingerprint* says whether a stored score is still valid: the same
+image bytes (size, mtime), the same prompt source, the same model and the same prompt cleaning.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+#: The shape of one image's prepared pixels: 224 x 224 RGB, uint8.
+IMAGE_SIZE_PIXELS = (224, 224, 3)
+
+#: Values of the store's ``status`` column.
+SCORED = "scored"
+FAILED = "error"
+MOVED = "moved"
+
+#: The store's columns, in order (also the Ray job's output). `key` is unique per image: its path, or
+#: ``shard.tar#key`` for a member of a tar shard; the newest row of a key is the one that counts.
+COLUMNS: tuple[tuple[str, str], ...] = (
+    ("key", "string"),
+    ("path", "string"),
+    ("member", "string"),
+    ("size", "int64"),
+    ("mtime_ns", "int64"),
+    ("sha256", "string"),
+    ("prompt", "string"),
+    ("score", "float64"),
+    ("status", "string"),
+    ("error", "string"),
+    ("moved_to", "string"),
+    ("model", "string"),
+    ("scorer", "string"),
+    ("clean_prompt", "bool"),
+    ("fingerprint", "int64"),
+    ("scored_at", "timestamp_us_utc"),
+)
+COLUMN_NAMES = tuple(name for name, _ in COLUMNS)
+
+
+@dataclass(frozen=True)
+class Caption:
+    """Where a tar member's caption is: a ``.txt`` member (the whole text) or a ``.json`` member (one field)."""
+
+    offset: int
+    size: int
+    kind: str  # "txt" or "json"
+
+
+@dataclass(frozen=True)
+class Item:
+    key: str
+    path: str
+    size: int
+    mtime_ns: int
+    member: str | None = None  # the member's name inside a tar shard
+    offset: int | None = None  # where the member's bytes start inside the shard
+    prompt: str | None = None  # known before decoding (Parquet input); None: from a caption or the image's infotext
+    caption: Caption | None = None
+
+
+def key_hash(key: str) -> int:
+    """A 64-bit hash of a key (unsigned), for the compact index of what is already scored."""
+    return int.from_bytes(hashlib.blake2b(key.encode("utf-8", "surrogateescape"), digest_size=8).digest(), "little")
+
+
+def fingerprint(item: Item, fixed_prompt: str | None, model: str, clean: bool) -> int:
+    """A signed 64-bit hash of everything that decides an item's score apart from its pixels' identity."""
+    prompt = fixed_prompt if fixed_prompt is not None else item.prompt
+    text = "\x1f".join(
+        (str(item.size), str(item.mtime_ns), "\x00" if prompt is None else "=" + prompt, model, "1" if clean else "0")
+    )
+    digest = hashlib.blake2b(text.encode("utf-8", "surrogateescape"), digest_size=8).digest()
+    return int.from_bytes(digest, "little", signed=True)

@@ -1,0 +1,115 @@
+"""Decoding one item into the model's input, in a worker process: bytes -> prompt and 224x224 RGB pixels.
+
+The pixels are the reference-exact PIL preprocessing (`pil_to_uint8`) as uint8, a quarter of the size of the
+normalised floats; the scorer's tensor path reads a 224x224 uint8 tensor without resizing, so the scores are those of
+the file path (the tests check this). Per-item problems (unreadable image, no prompt) become the item's error and
+never stop a run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import ImageRewardError
+from ..infotext import parse_infotext, read_image_infotext
+from ..limits import open_image
+from ..preprocess import apply_exif_orientation, pil_to_uint8
+from .items import Item
+from .sources import caption_text
+
+NO_PROMPT = "no prompt: the image has no WebUI generation parameters and no caption; pass --prompt"
+
+
+@dataclass
+class Prepared:
+    item: Item
+    pixels: np.ndarray | None  # (224, 224, 3) uint8, None on error
+    prompt: str | None
+    sha256: str | None
+    error: str | None
+
+
+@dataclass
+class ReadOptions:
+    fixed_prompt: str | None = None
+    caption_field: str = "caption"
+    exif_orientation: bool = True
+    hash_files: bool = False
+
+
+class ItemReader:
+    """Reads items' bytes; keeps the last tar shard open, as a worker reads its shards member after member."""
+
+    def __init__(self, options: ReadOptions) -> None:
+        self.options = options
+        self._shard_path: str | None = None
+        self._shard = None
+
+    def close(self) -> None:
+        if self._shard is not None:
+            self._shard.close()
+        self._shard, self._shard_path = None, None
+
+    def _read_at(self, path: str, offset: int, size: int) -> bytes:
+        if self._shard_path != path:
+            self.close()
+            self._shard = open(path, "rb")  # noqa: SIM115  (kept open across items; closed by close())
+            self._shard_path = path
+        self._shard.seek(offset)
+        data = self._shard.read(size)
+        if len(data) != size:
+            raise ImageRewardError(f"{path}: truncated tar shard")
+        return data
+
+    def raw(self, item: Item) -> bytes:
+        if item.offset is None:
+            try:
+                with open(item.path, "rb") as handle:
+                    return handle.read()
+            except FileNotFoundError:
+                raise ImageRewardError("no such file") from None
+            except OSError as exc:
+                raise ImageRewardError(f"cannot read it ({exc.strerror or exc})") from None
+        return self._read_at(item.path, item.offset, item.size)
+
+    def prepare(self, item: Item) -> Prepared:
+        try:
+            data = self.raw(item)
+            caption = None
+            if item.caption is not None:
+                caption = self._read_at(item.path, item.caption.offset, item.caption.size)
+        except ImageRewardError as exc:
+            return Prepared(item, None, None, None, _message(exc, item))
+        return prepare_data(item, data, caption, self.options)
+
+
+def _message(exc: Exception, item: Item) -> str:
+    message = str(exc)
+    for prefix in (f"{item.member}: ", f"{item.path}: "):
+        message = message.removeprefix(prefix)
+    return message
+
+
+def prepare_data(item: Item, data: bytes, caption: bytes | None, options: ReadOptions) -> Prepared:
+    """The item's prompt and pixels from its bytes (and its caption member's bytes, for a tar member)."""
+    digest = hashlib.sha256(data).hexdigest() if options.hash_files else None
+    try:
+        image = open_image(io.BytesIO(data), name=item.member or item.path)
+        prompt = options.fixed_prompt if options.fixed_prompt is not None else item.prompt
+        if prompt is None and caption is not None and item.caption is not None:
+            prompt = caption_text(caption, item.caption.kind, options.caption_field)
+        if prompt is None and item.member is None:
+            text = read_image_infotext(image)
+            prompt = parse_infotext(text).prompt if text else None
+        if prompt is None:
+            return Prepared(item, None, None, digest, NO_PROMPT)
+        if options.exif_orientation:
+            image = apply_exif_orientation(image)
+        pixels = pil_to_uint8(image)
+    except ImageRewardError as exc:
+        return Prepared(item, None, None, digest, _message(exc, item))
+    return Prepared(item, pixels, prompt, digest, None)
