@@ -145,9 +145,12 @@ def find_images(paths: Iterable[str], recursive: bool, exclude: Path | None = No
 
 
 def prompt_of(path: Path, fixed: str | None) -> tuple[str | None, str | None]:
-    """(prompt, error): the --prompt, else the positive prompt of the file's WebUI infotext."""
+    """(prompt, error): the --prompt, else the positive prompt of the file's WebUI infotext.
+
+    Bytes of an argument that are not UTF-8 (kept by Python as lone surrogates, which the tokenizer refuses) are
+    read as backslash escapes, as in the output."""
     if fixed is not None:
-        return fixed, None
+        return shown(fixed), None
     try:
         text = read_image_infotext(path)
     except ImageRewardError as exc:

@@ -228,6 +228,13 @@ def read_torch_checkpoint(path: Path) -> dict[str, torch.Tensor]:
             f"{path} is empty (0 bytes), probably an interrupted copy or download: delete it to download it again, "
             "or replace it with the complete file"
         )
+    with path.open("rb") as fh:
+        head = fh.read(4)
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # neither a zip nor a pickle: no unpickler
+        raise CheckpointError(
+            f"{path} is not a PyTorch checkpoint (is it truncated or corrupt? delete it to download it again): "
+            f"it starts with {head!r}"
+        )
     load = torch.serialization.load
     try:
         try:
