@@ -65,6 +65,18 @@ def _same_bytes(data_or_path: bytes | Path, existing: Path) -> bool:
         return False
 
 
+def _already_copied(folder: Path, name: str, source: Path | bytes) -> bool:
+    """Whether the name, or one of the free names an earlier run gave it (name-1, name-2, …), holds these bytes."""
+    stem, suffix = os.path.splitext(name)
+    candidate, n = folder / name, 0
+    while candidate.exists():
+        if _same_bytes(source, candidate):
+            return True
+        n += 1
+        candidate = folder / f"{stem}-{n}{suffix}"
+    return False
+
+
 def _place(temporary: Path, folder: Path, name: str) -> tuple[Path, bool]:
     """Give a finished temporary file a free final name without ever replacing a file."""
     while True:
@@ -144,8 +156,7 @@ def _run(store: ResultStore, folder: Path, filters: Filters, move: bool, report:
                     continue
                 source = Path(row["path"])
                 name = source.name
-            existing = folder / name
-            if existing.exists() and _same_bytes(source, existing):
+            if _already_copied(folder, name, source):
                 report.already_there += 1
                 continue
             temporary = _write_temporary(folder, source)

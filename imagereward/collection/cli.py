@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ImageRewardError
+from . import deps
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_NOTHING_SCORED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 FORMATS = {".csv": "csv", ".json": "json", ".txt": "table"}
@@ -218,6 +219,7 @@ def _run(args: argparse.Namespace) -> int:
     from .sources import SourceError
 
     _check(args)
+    deps.pyarrow()  # before anything is created: a missing pyarrow is one message saying what to install
     try:
         source = make_source(args)
     except SourceError as exc:

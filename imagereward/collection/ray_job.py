@@ -1,0 +1,267 @@
+"""The same job on Ray Data, for more than one GPU or machine.
+
+    source (Ray's readers: read_binary_files for files, read_webdataset for tar shards, read_parquet for a Parquet of
+    paths)  ->  map_batches(prepare_batch)   CPU tasks: skip what the store holds, decode, preprocess (as locally)
+            ->  map_batches(ScoreActor)      an actor pool, one model per actor (`actors`, `gpus_per_actor`)
+            ->  write_parquet(STORE/.ray-<id>/)  then each complete file becomes a part of the store
+
+Same preprocessing, fingerprints and rows as the single-process path, so both give the same scores and either can
+resume the other's store. A run killed midway leaves complete files in its staging folder; the next run (local or
+Ray) adds them to the store before deciding what is left to score, so at most the unfinished files' rows are scored
+again. Every node needs this package (and the model files at `models_dir`) installed.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from typing import Any
+
+import numpy as np
+
+from . import deps
+from .items import IMAGE_SIZE_PIXELS, Caption, Item
+from .pipeline import Plan, RunSummary, model_id, score_rows, scorer_name
+from .prepare import ReadOptions, prepare_data
+from .sources import IMAGE_SUFFIXES, FileSource, ParquetSource, PathListSource, ShardSource
+from .store import DoneIndex, ResultStore, rows_to_table
+
+_TEXT_COLUMNS = ("key", "path", "member", "prompt", "sha256", "error")
+
+
+def _mtime(path: str, cache: dict[str, int]) -> int:
+    if path not in cache:
+        try:
+            cache[path] = os.stat(path).st_mtime_ns
+        except OSError:
+            cache[path] = -1
+    return cache[path]
+
+
+def _items(batch: dict[str, Any], kind: str, cache: dict[str, int]) -> list[tuple[Item, bytes | None, bytes | None]]:
+    """(item, image bytes or None to read, caption bytes) per row of a reader's batch."""
+    out: list[tuple[Item, bytes | None, bytes | None]] = []
+    n = len(batch["path"])
+    if kind == "files":
+        for path, data in zip(batch["path"], batch["bytes"], strict=True):
+            path = os.path.abspath(str(path))
+            out.append((Item(key=path, path=path, size=len(data), mtime_ns=_mtime(path, cache)), bytes(data), None))
+    elif kind == "parquet":
+        prompts = batch.get("prompt", [None] * n)
+        for path, prompt in zip(batch["path"], prompts, strict=True):
+            path = str(path)
+            try:
+                st = os.stat(path)
+                size, mtime = st.st_size, st.st_mtime_ns
+            except OSError:
+                size, mtime = -1, -1
+            item = Item(key=path, path=path, size=size, mtime_ns=mtime, prompt=None if prompt is None else str(prompt))
+            out.append((item, None, None))
+    else:  # webdataset rows: __key__, path (the shard), one column per suffix
+        columns = {name.lower(): name for name in batch if not name.startswith("__") and name != "path"}
+        for i in range(n):
+            shard, key = os.path.abspath(str(batch["path"][i])), str(batch["__key__"][i])
+            image_ext = next(
+                (e for e in columns if f".{e}" in IMAGE_SUFFIXES and batch[columns[e]][i] is not None), None
+            )
+            if image_ext is None:
+                continue  # a key without an image, as the local reader skips it
+            data = bytes(batch[columns[image_ext]][i])
+            caption_raw, caption = None, None
+            for ext in ("txt", "json"):
+                if ext in columns and batch[columns[ext]][i] is not None:
+                    caption_raw = bytes(batch[columns[ext]][i])
+                    caption = Caption(0, len(caption_raw), ext)
+                    break
+            item = Item(
+                key=f"{shard}#{key}",
+                path=shard,
+                size=len(data),
+                mtime_ns=_mtime(shard, cache),
+                member=f"{key}.{image_ext}",
+                offset=0,
+                caption=caption,
+            )
+            out.append((item, data, caption_raw))
+    return out
+
+
+def prepare_batch(batch: dict[str, Any], *, kind: str, plan: Plan, options: ReadOptions) -> dict[str, Any]:
+    """CPU stage: rows to score, with their uint8 pixels (zeros where the image could not be used)."""
+    from .prepare import ItemReader
+
+    reader = ItemReader(options)
+    columns: dict[str, list[Any]] = {name: [] for name in (*_TEXT_COLUMNS, "size", "mtime_ns", "fingerprint")}
+    pixels: list[np.ndarray] = []
+    blank = np.zeros(IMAGE_SIZE_PIXELS, np.uint8)
+    try:
+        for item, data, caption in _items(batch, kind, {}):
+            fp = plan.todo(item)
+            if fp is None:
+                continue
+            prepared = reader.prepare(item) if data is None else prepare_data(item, data, caption, options)
+            for name, value in (
+                ("key", item.key),
+                ("path", item.path),
+                ("member", item.member),
+                ("prompt", prepared.prompt),
+                ("sha256", prepared.sha256),
+                ("error", prepared.error),
+                ("size", item.size),
+                ("mtime_ns", item.mtime_ns),
+                ("fingerprint", fp),
+            ):
+                columns[name].append(value)
+            pixels.append(prepared.pixels if prepared.pixels is not None else blank)
+    finally:
+        reader.close()
+    out: dict[str, Any] = {name: np.array(values, dtype=object) for name, values in columns.items()}
+    for name in ("size", "mtime_ns", "fingerprint"):
+        out[name] = np.array(columns[name], dtype=np.int64)
+    out["pixels"] = np.stack(pixels) if pixels else np.zeros((0, *IMAGE_SIZE_PIXELS), np.uint8)
+    return out
+
+
+def _text(value: Any) -> str | None:
+    """A string column's value as Ray hands it over (None, or NaN where a column held only nulls)."""
+    if value is None or isinstance(value, (float, np.floating)):
+        return None
+    return str(value)
+
+
+class ScoreActor:
+    """One model per actor (on its GPU when the pool asks for one); batches of prepared rows -> store rows."""
+
+    def __init__(
+        self, models_dir: str | None, device: str, dtype: str, batch_size: int, offline: bool | None, plan: Plan
+    ) -> None:
+        from ..scorer import ImageRewardScorer
+
+        self.scorer = ImageRewardScorer.load(
+            models_dir, device=device, dtype=dtype, batch_size=batch_size, offline=offline, progress=False
+        )
+        if model_id(self.scorer) != plan.model:
+            raise RuntimeError(f"this node's model ({model_id(self.scorer)}) differs from the driver's ({plan.model})")
+        self.plan = plan
+        self.name = scorer_name()
+
+    def __call__(self, batch: dict[str, Any]) -> Any:
+        import torch
+
+        n = len(batch["key"])
+        meta = []
+        for i in range(n):
+            item = Item(
+                key=str(batch["key"][i]),
+                path=str(batch["path"][i]),
+                member=_text(batch["member"][i]),
+                size=int(batch["size"][i]),
+                mtime_ns=int(batch["mtime_ns"][i]),
+            )
+            fp, prompt, sha, error = (
+                int(batch["fingerprint"][i]),
+                _text(batch["prompt"][i]),
+                _text(batch["sha256"][i]),
+                _text(batch["error"][i]),
+            )
+            meta.append((item, fp, prompt, sha, error))
+        good = np.array([m[4] is None for m in meta], dtype=bool)
+        pixels = torch.from_numpy(np.ascontiguousarray(batch["pixels"][good])).permute(0, 3, 1, 2)
+        return rows_to_table(score_rows(self.scorer, meta, pixels, self.plan.model, self.plan.clean, self.name))
+
+
+def _init_ray(address: str | None, num_cpus: int | None) -> Any:
+    ray = deps.ray()
+    if not ray.is_initialized():
+        if address in (None, "local"):
+            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+        else:
+            ray.init(address=address, log_to_driver=False)
+    return ray
+
+
+def _dataset(ray: Any, source: Any, plan: Plan) -> tuple[Any, str] | None:
+    """Ray's reader for the source (None when nothing is left to score)."""
+    if isinstance(source, ShardSource):
+        return ray.data.read_webdataset(source.shards, decoder=None, include_paths=True), "webdataset"
+    if isinstance(source, ParquetSource):
+        columns = [source.path_column] + ([source.prompt_column] if source.prompt_column else [])
+        ds = ray.data.read_parquet(str(source.file)).select_columns(columns)
+        base = str(source.file.resolve().parent)
+        renames = {source.path_column: "path"} | ({source.prompt_column: "prompt"} if source.prompt_column else {})
+        ds = ds.rename_columns(renames)
+
+        def absolute(batch: dict[str, Any]) -> dict[str, Any]:
+            batch["path"] = np.array([os.path.join(base, str(p)) for p in batch["path"]], dtype=object)
+            return batch
+
+        return ds.map_batches(absolute, batch_format="numpy"), "parquet"
+    if isinstance(source, (FileSource, PathListSource)):
+        todo = [item.path for item in source.items() if plan.todo(item) is not None and item.size >= 0]
+        if not todo:
+            return None
+        return ray.data.read_binary_files(todo, include_paths=True), "files"
+    raise TypeError(f"no Ray reader for {type(source).__name__}")
+
+
+def run_ray(
+    source: Any,
+    store: str | os.PathLike[str] | ResultStore,
+    *,
+    address: str | None = None,
+    models_dir: str | None = None,
+    offline: bool | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+    batch_size: int = 16,
+    actors: int = 1,
+    gpus_per_actor: float = 0.0,
+    rescore: bool = False,
+    prompt: str | None = None,
+    clean_prompts: bool = True,
+    caption_field: str = "caption",
+    hash_files: bool = False,
+    num_cpus: int | None = None,
+) -> RunSummary:
+    """Score `source` into `store` with Ray Data (`address`: None or "local" for a local instance, or a cluster's)."""
+    from ..scorer import ImageRewardScorer
+
+    started = time.monotonic()
+    results = store if isinstance(store, ResultStore) else ResultStore.create(store)
+    summary = RunSummary(store=str(results.folder))
+    with results.writer() as writer:
+        # The driver loads the model once on the CPU for its identity (fingerprints), as the actors will on theirs.
+        probe = ImageRewardScorer.load(models_dir, device="cpu", offline=offline, progress=False)
+        plan = Plan(model_id(probe), clean_prompts, prompt, rescore, DoneIndex.empty())
+        del probe
+        plan.index = results.index()
+        ray = _init_ray(address, num_cpus)
+        found = _dataset(ray, source, plan)
+        if found is not None:
+            ds, kind = found
+            options = ReadOptions(prompt, caption_field, True, hash_files)
+            ds = ds.map_batches(
+                prepare_batch, fn_kwargs={"kind": kind, "plan": plan, "options": options}, batch_format="numpy"
+            )
+            ds = ds.map_batches(
+                ScoreActor,
+                fn_constructor_kwargs={
+                    "models_dir": models_dir,
+                    "device": device if gpus_per_actor == 0 or device != "auto" else "cuda",
+                    "dtype": dtype,
+                    "batch_size": batch_size,
+                    "offline": offline,
+                    "plan": plan,
+                },
+                batch_size=batch_size,
+                batch_format="numpy",
+                compute=ray.data.ActorPoolStrategy(size=actors),
+                num_gpus=gpus_per_actor,
+            )
+            ds.write_parquet(str(results.folder / f".ray-{uuid.uuid4().hex[:8]}"))
+            summary.scored, summary.failed = writer.adopt_staging()
+        summary.total = summary.scored + summary.failed  # (the images skipped are not counted on Ray)
+        summary.elapsed_s = time.monotonic() - started
+        results.compact()
+    return summary

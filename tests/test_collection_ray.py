@@ -1,0 +1,83 @@
+"""The Ray Data job on a local Ray instance (2 CPUs): the same scores as the single-process path, and resumable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("pyarrow")
+ray = pytest.importorskip("ray")
+
+from imagereward.collection.pipeline import score_collection  # noqa: E402
+from imagereward.collection.ray_job import run_ray  # noqa: E402
+from imagereward.collection.sources import FileSource, ParquetSource, ShardSource  # noqa: E402
+from imagereward.collection.store import ResultStore  # noqa: E402
+from tests.collection_data import write_images, write_paths_parquet, write_shard  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield ray
+    ray.shutdown()
+
+
+def rows(store: Path) -> dict[str, dict]:
+    columns = ["key", "member", "prompt", "score", "status", "fingerprint", "size", "mtime_ns", "model"]
+    return {r["key"]: r for r in ResultStore(store).read(columns).to_pylist()}
+
+
+def same(a: dict[str, dict], b: dict[str, dict]) -> None:
+    assert a.keys() == b.keys() and len(a) > 0
+    for key in a:
+        ra, rb = dict(a[key]), dict(b[key])
+        assert ra.pop("score") == pytest.approx(rb.pop("score"), abs=1e-5), key
+        assert ra == rb
+
+
+def test_ray_gives_the_single_process_scores(tmp_path: Path, local_ray, model_dir: Path, scorer) -> None:
+    imgs = tmp_path / "imgs"
+    images = write_images(imgs, 7)
+    (imgs / "broken.png").write_bytes(b"not an image")
+    write_shard(tmp_path / "shards" / "00000.tar", 0, 4, caption="txt")
+    write_shard(tmp_path / "shards" / "00001.tar", 4, 3, caption="json")
+    write_paths_parquet(tmp_path / "in.parquet", [Path("imgs") / p.name for p in images[:3]], ["a cat", None, "a dog"])
+    sources = {
+        "files": lambda: FileSource([str(imgs)]),
+        "shards": lambda: ShardSource([str(tmp_path / "shards" / "*.tar")]),
+        "parquet": lambda: ParquetSource(str(tmp_path / "in.parquet")),
+    }
+    for name, make in sources.items():
+        local, distributed = tmp_path / f"{name}-local", tmp_path / f"{name}-ray"
+        score_collection(make(), local, scorer=scorer, batch_size=4)
+        summary = run_ray(make(), distributed, models_dir=str(model_dir), offline=True, device="cpu", batch_size=4)
+        same(rows(distributed), rows(local))
+        assert summary.scored + summary.failed == len(rows(local))
+    assert rows(tmp_path / "files-ray")[str(imgs / "broken.png")]["status"] == "error"
+
+    # Resumable the same way: a second run scores nothing, and a local run over a Ray store finds it complete.
+    again = run_ray(sources["shards"](), tmp_path / "shards-ray", models_dir=str(model_dir), offline=True, device="cpu")
+    assert again.scored + again.failed == 0
+    local_again = score_collection(sources["files"](), tmp_path / "files-ray", scorer=scorer)
+    assert (local_again.scored, local_again.skipped) == (0, 8)
+    assert ResultStore(tmp_path / "shards-ray").read(raw=True).num_rows == 7
+
+
+def test_complete_files_of_a_killed_ray_run_are_kept(tmp_path: Path, local_ray, model_dir: Path, scorer) -> None:
+    imgs = tmp_path / "imgs"
+    write_images(imgs, 5)
+    done = tmp_path / "done"
+    score_collection(FileSource([str(imgs)]), done, scorer=scorer)
+    # What a killed Ray run leaves: a staging folder with one complete file and one without its footer.
+    store = ResultStore.create(tmp_path / "s")
+    staging = store.folder / ".ray-0badf00d"
+    staging.mkdir()
+    complete = ResultStore(done).parts()[0]
+    (staging / "a.parquet").write_bytes(complete.read_bytes())
+    (staging / "b.parquet").write_bytes(complete.read_bytes()[:200])
+    summary = run_ray(FileSource([str(imgs)]), store.folder, models_dir=str(model_dir), offline=True, device="cpu")
+    assert summary.scored == 0  # all five were in the complete file
+    assert not staging.exists()
+    same(rows(store.folder), rows(done))
