@@ -183,17 +183,21 @@ def test_interrupt_after_the_second_batch_saves_the_finished_candidates_the_webu
     # sampling: the WebUI shows it but does not save it (save_incomplete_images is off).
     assert len(world.spy.made) == 6
     kept = world.kept(processed)
-    assert len(kept) == 2  # the partial groups are ranked
-    saved = {f.seed for f in world.host.disk.finals()}
-    assert saved and saved <= {1000, 1001, 1004, 1005}
-    assert saved == {seed_of(t) for t in kept} - {1008, 1009}
+    assert len(kept) == 4  # the best finished candidate of each partial group, then the 2 unfinished images
+    finished = {0: [1000, 1004], 1: [1001, 1005]}
+    for r, seeds in finished.items():
+        best = max(seeds, key=lambda s: pixel_score("a red car", _final(world, s)))
+        assert seed_of(kept[r]) == best
+    assert [seed_of(t) for t in kept[2:]] == [1008, 1009]
+    assert sorted(f.seed for f in world.host.disk.finals()) == sorted(seed_of(t) for t in kept[:2])
     assert all("ImageReward: " in f.info for f in world.host.disk.finals())
+    assert "interrupted batch are shown last" in processed.comments
 
 
 def test_skip_in_the_last_batch_still_saves_earlier_batches(world: World) -> None:
     p = world.p({"mode": "sort", "candidates": 2}, batch_size=1, n_iter=1, before_sampling=interrupt_at(1, "skipped"))
     processed = world.run(p)
-    assert len(world.kept(processed)) == 2
+    assert [seed_of(t) for t in world.kept(processed)] == [1000, 1001]  # the finished one first
     assert [f.seed for f in world.host.disk.finals()] == [1000]  # the skipped batch is not saved, the first is
 
 

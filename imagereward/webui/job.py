@@ -88,6 +88,7 @@ class BestOfNJob:
         self.finals: dict[int, Any] = {}  # generated index -> final image
         self.prompts: dict[int, str] = {}
         self.batch_counts: dict[int, int] = {}
+        self.unfinished: set[int] = set()  # images of a batch cut short by an interrupt or skip
         self.saves = SaveBuffer()
         self.capturing = False
         self.notes: list[str] = []
@@ -130,8 +131,12 @@ class BestOfNJob:
 
     # ------------------------------------------------------------------------------------------- per batch
 
-    def check_batch(self, p: Any, count: int) -> None:
+    def check_batch(self, p: Any, count: int, *, finished: bool = True) -> None:
+        """A batch as the WebUI made it; `finished` is false when an interrupt or skip cut its sampling short (the
+        WebUI then shows its images but does not save them, unless asked to save incomplete images)."""
         self.batch_counts[p.iteration] = count
+        if not finished:
+            self.unfinished.update(p.iteration * p.batch_size + i for i in range(count))
         if self.plan is not None and self.unplanned is None:
             reason = self.plan.mismatch(p.iteration, p.batch_size, list(p.prompts), count)
             if reason:
@@ -233,26 +238,37 @@ class BestOfNJob:
             self.finals.setdefault(candidate.index, candidate.image)
         for message in self.notes:
             self._comment(processed, f"ImageReward: {message}.")
+        # Images cut short by an interrupt do not compete with finished ones: shown last, unranked, not saved.
+        unfinished = [c for c in candidates if c.index in self.unfinished]
+        candidates = [c for c in candidates if c.index not in self.unfinished] + unfinished
+        competing = len(candidates) - len(unfinished)
+        if unfinished:
+            self._comment(
+                processed,
+                f"ImageReward: {len(unfinished)} image(s) of the interrupted batch are shown last, unranked; "
+                "like the WebUI, they were not saved.",
+            )
         scores = [self.scores.get(c.index, math.nan) for c in candidates]
 
         selection: Selection | None = None
         if self.failure is not None:
             self._comment(processed, f"ImageReward: {self.failure}; all {len(candidates)} images were kept.", False)
             kept = list(range(len(candidates)))
-        elif self.unplanned is not None or all(math.isnan(s) for s in scores):
+        elif self.unplanned is not None or all(math.isnan(s) for s in scores[:competing]):
             reason = self.unplanned or "no image could be scored"
             self._comment(processed, f"ImageReward: {reason}; all {len(candidates)} images were kept, unsorted.")
             kept = list(range(len(candidates)))
         else:
-            groups, names = self._groups(candidates)
-            selection = select(scores, groups, self.args.selection(self.keep_best_if_none, self.per_group))
+            groups, names = self._groups(candidates[:competing])
+            rule = self.args.selection(self.keep_best_if_none, self.per_group)
+            selection = select(scores[:competing], groups, rule)
             if selection.message:
                 self._comment(processed, f"ImageReward: {selection.message}")
             if selection.below_threshold and len(groups) > 1:
                 which = ", ".join(names[g] for g in selection.below_threshold)
                 outcome = "kept its best candidate" if selection.fallback else "kept nothing"
                 self._comment(processed, f"ImageReward: below the threshold, each of these {outcome}: {which}.")
-            kept = selection.kept
+            kept = selection.kept + list(range(competing, len(candidates)))
         discarded = [i for i in range(len(candidates)) if i not in set(kept)]
         self._apply(p, processed, hooks, candidates, kept, discarded, selection, scores, job_params)
         return selection
@@ -387,7 +403,7 @@ class BestOfNJob:
         images = []
         for position, i in enumerate(kept):
             entry: dict[str, Any] = {"index": first + position, "score": _round(scores[i])}
-            if selection is not None:
+            if selection is not None and i < len(selection.rank):
                 entry.update(
                     group=selection.group_of[i],
                     rank=selection.rank[i],
@@ -396,7 +412,7 @@ class BestOfNJob:
                 )
             images.append(entry)
         if selection is not None:
-            stats = summary(scores, selection)
+            stats = summary(scores[: len(selection.rank)], selection)
         else:
             finite = [s for s in scores if not math.isnan(s)]
             stats = {

@@ -252,7 +252,10 @@ class ImageRewardScript(scripts.Script):
     def postprocess_batch_list(self, p: Any, pp: Any, *args: Any, **kwargs: Any) -> None:
         job = job_of(p)
         if job is not None and job.owns(p):
-            job.check_batch(p, len(pp.images))
+            state, opts = shared.state, shared.opts
+            cut_short = bool(getattr(state, "interrupted", False) or getattr(state, "skipped", False))
+            finished = not cut_short or bool(getattr(opts, "save_incomplete_images", False))
+            job.check_batch(p, len(pp.images), finished=finished)
 
     def postprocess_image_after_composite(self, p: Any, pp: Any, *args: Any) -> None:
         job = job_of(p)
