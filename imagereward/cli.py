@@ -535,8 +535,11 @@ def render(rows: Sequence[Row], fmt: str, filtering: bool, width: int | None = N
         return buffer.getvalue()
     paths = [shown(r.path) for r in rows]
     file_width = min(40, max([4, *(len(p) for p in paths)]))
-    fixed = 4 + 2 + 7 + 2 + (4 + 2 if filtering else 0) + file_width + 2
-    rest = None if width is None else max(20, width - fixed - 1)
+    rest = None
+    if width is not None:  # the prompt gets at least 20 columns, the file name what is left (12 to 40)
+        available = width - (4 + 2 + 7 + 2 + (4 + 2 if filtering else 0)) - 2 - 1
+        file_width = max(12, min(file_width, available - 20))
+        rest = max(10, available - file_width)
     kept_head = f"{'kept':<4}  " if filtering else ""
     lines = [f"{'rank':>4}  {'score':>7}  {kept_head}{'file':<{file_width}}  prompt"]
     for r, path in zip(rows, paths, strict=True):

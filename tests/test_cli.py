@@ -260,3 +260,22 @@ def test_first_run_downloads_the_model_from_the_hub(
     # (kernels may round differently by memory alignment on some CPUs, e.g. with AVX-512).
     assert [r["score"] for r in second] == pytest.approx([r["score"] for r in first], abs=1e-5)
     assert fake_hub.requests_for("ImageReward.pt") == []  # no network once the files are there
+
+
+def test_the_table_fits_the_terminal() -> None:
+    from imagereward.cli import Row, render
+
+    rows = [
+        Row(
+            path="/a/very/long/folder/name/that/goes/on/and/on/image-00001.png", prompt="word " * 40, score=0.5, rank=1
+        ),
+        Row(path="short.png", prompt=None, error="not a readable image (" + "x" * 200 + ")"),
+    ]
+    for row in rows[:1]:
+        row.kept = True
+    for width in (60, 100):
+        lines = render(rows, "table", True, width).splitlines()
+        assert all(len(line) <= width for line in lines), lines
+        assert lines[1].rstrip().endswith("…") and "image-00001.png" in lines[1]
+    wide = render(rows, "table", True, None).splitlines()
+    assert ("word " * 40).strip() in wide[1]  # no terminal (a pipe, -o): nothing cut
