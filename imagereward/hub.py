@@ -19,6 +19,10 @@ every version from 0.14 on, this module drives huggingface_hub's own building bl
 across that range: ``get_hf_file_metadata`` (HEAD: etag, size, CDN location; follows repo renames) and ``http_get``
 (streaming GET with ``Range`` resume, huggingface_hub's progress bar, proxy and user-agent settings). The partial file
 is ours and is kept until it is complete, then checked against the hash the hub announced and renamed into place.
+
+The three small files take the same path rather than ``hf_hub_download``: one code path, the same hash check for
+every file, and nothing but the files themselves in the models folder (``hf_hub_download`` would put a cache, or with
+``local_dir`` a ``.cache/huggingface`` folder, beside them).
 """
 
 from __future__ import annotations

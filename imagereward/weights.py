@@ -18,6 +18,7 @@ import shutil
 import stat
 import struct
 import tempfile
+import time
 import zipfile
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
@@ -347,6 +348,7 @@ def write_safetensors_cache(state: Mapping[str, torch.Tensor], target: Path, sou
             target.parent,
         )
         return False
+    _remove_stale_temporaries(target.parent)
     metadata = {"format": "pt", "imagereward": _CACHE_FORMAT, **_file_stamp(source)}
     tmp_name = None
     try:
@@ -365,6 +367,20 @@ def write_safetensors_cache(state: Mapping[str, torch.Tensor], target: Path, sou
         if tmp_name is not None:
             with contextlib.suppress(OSError):
                 os.unlink(tmp_name)
+
+
+_TEMPORARY_GLOB = ".ImageReward-*.safetensors.tmp"
+_STALE_AFTER_S = 3600.0
+
+
+def _remove_stale_temporaries(folder: Path) -> None:
+    """Remove conversions left half-written by an earlier crash (older versions also left one per failed attempt on
+    a full disk). These names are only ever ours; one younger than an hour may belong to a conversion running now."""
+    now = time.time()
+    for leftover in folder.glob(_TEMPORARY_GLOB):
+        with contextlib.suppress(OSError):
+            if now - leftover.stat().st_mtime > _STALE_AFTER_S:
+                leftover.unlink()
 
 
 def _cache_matches(cache: Path, source: Path | None) -> bool:

@@ -284,3 +284,13 @@ def test_a_real_full_disk(tmp_path: Path, monkeypatch, check_first: bool) -> Non
         assert read == path and "mlp.layers.0.weight" in state
         assert not (disk / SAFETENSORS_NAME).exists() and _leftovers(disk) == []
         assert path.read_bytes() == source.read_bytes()
+
+
+def test_temporaries_left_by_earlier_failures_are_cleared(tmp_path: Path) -> None:
+    path = _pt(tmp_path)
+    old, recent = tmp_path / ".ImageReward-old.safetensors.tmp", tmp_path / ".ImageReward-now.safetensors.tmp"
+    for leftover in (old, recent):
+        leftover.write_bytes(b"")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    load_state(path)
+    assert not old.exists() and recent.exists()  # a recent one may be another process's conversion in progress
