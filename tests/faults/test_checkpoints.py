@@ -179,6 +179,7 @@ def test_a_same_size_replacement_with_the_old_mtime_is_noticed(tmp_path: Path) -
     assert torch.equal(state["mlp.layers.0.weight"], official_state_dict(seed=2)["mlp.layers.0.weight"])
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="st_ctime is the creation time on Windows: a rewrite keeps it")
 def test_an_in_place_rewrite_with_the_old_mtime_is_noticed(tmp_path: Path) -> None:
     path = _pt(tmp_path, official_state_dict(seed=1))
     load_state(path)
