@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import struct
 import warnings
 from typing import IO
@@ -81,8 +82,10 @@ def open_image(source: str | os.PathLike | bytes | IO[bytes], name: str | None =
     except IsADirectoryError:
         raise ImageInputError(f"{label}: is a folder, not an image") from None
     except Image.DecompressionBombError as exc:
+        declared = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"it declares {int(declared.group(1)):,} pixels" if declared else str(exc)
         raise ImageInputError(
-            f"{label}: refused as a decompression bomb ({exc}); the limit is {describe_limits()}"
+            f"{label}: refused as a decompression bomb ({size}); the limit is {describe_limits()}"
         ) from None
     except MemoryError:
         raise ImageInputError(f"{label}: not enough memory to decode it") from None
