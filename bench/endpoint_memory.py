@@ -124,6 +124,10 @@ SCENARIOS: dict[str, tuple[str, Callable[[], dict]]] = {
         lambda: {"prompt": "a lighthouse at dusk", "images": [_b64(_png(8192, 8192, "RGBA"))]},
     ),
     "worst allowed: 8192x8192 RGBA + noise images up to 100 MiB of base64": ("scored", _worst_allowed),
+    "over the limit: 150 MiB of base64": (
+        "refused",
+        lambda: {"prompt": "x", "images": [_b64(_png(400, 400, noise=True))] * (150 * MIB // 640_000)},
+    ),
 }
 
 
