@@ -35,23 +35,34 @@ MIB = 1024 * 1024
 # ------------------------------------------------------------------------------------------------------ server side
 
 
-def serve(port: int, models_dir: str) -> None:
+def serve(port: int, models_dir: str, streamed: bool) -> None:
     import uvicorn
-    from fastapi import Body, FastAPI, HTTPException
+    from fastapi import Body, FastAPI, HTTPException, Request
 
     from imagereward.scorer import ImageRewardScorer
-    from imagereward.webui.api import ROUTE, ApiError, score_request
+    from imagereward.webui.api import ROUTE, ApiError, read_json_body, score_request
 
     scorer = ImageRewardScorer.load(models_dir, device="cpu", offline=True, progress=False)
     app = FastAPI()
 
-    def endpoint(payload: dict = Body(...)) -> dict:  # noqa: B008  (as imagereward/webui/script.py mounts it)
+    def score(payload: object) -> dict:
         try:
             return score_request(payload, lambda p, i, c: scorer.score(list(p), list(i), clean_prompts=c))
         except ApiError as exc:
             raise HTTPException(status_code=422, detail=str(exc)) from None
 
-    app.add_api_route(ROUTE, endpoint, methods=["POST"])
+    def parsed(payload: dict = Body(...)) -> dict:  # noqa: B008  (as imagereward/webui/script.py mounts it)
+        return score(payload)
+
+    async def read_with_limit(request: Request) -> dict:  # the body read by read_json_body, within its limit
+        try:
+            payload = await read_json_body(request)
+        except ApiError as exc:
+            raise HTTPException(status_code=422, detail=str(exc)) from None
+        return score(payload)
+
+    read_with_limit.__annotations__ = {"request": Request, "return": dict}  # (string annotations of a local import)
+    app.add_api_route(ROUTE, read_with_limit if streamed else parsed, methods=["POST"])
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 
 
@@ -140,13 +151,14 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def measure(name: str, body: dict, models_dir: str) -> dict:
+def measure(name: str, body: dict, models_dir: str, streamed: bool = False) -> dict:
     import httpx
 
     from imagereward.webui.api import ROUTE
 
     port = _free_port()
-    server = subprocess.Popen([sys.executable, __file__, "--serve", str(port), "--models-dir", models_dir])
+    command = [sys.executable, __file__, "--serve", str(port), "--models-dir", models_dir]
+    server = subprocess.Popen(command + (["--streamed"] if streamed else []))
     url = f"http://127.0.0.1:{port}{ROUTE}"
     try:
         for _ in range(600):
@@ -181,11 +193,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models-dir", help="a models folder (default: a small random checkpoint from tests/)")
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--streamed",
+        action="store_true",
+        help="mount the route with read_json_body (body size checked before and while reading) instead of a dict",
+    )
     parser.add_argument("--only", help="run the scenarios whose name contains this text")
     parser.add_argument("--json", action="store_true", help="print JSON lines instead of a Markdown table")
     args = parser.parse_args()
     if args.serve:
-        serve(args.serve, args.models_dir)
+        serve(args.serve, args.models_dir, args.streamed)
         return
     with tempfile.TemporaryDirectory() as tmp:
         models_dir = args.models_dir
@@ -199,7 +216,7 @@ def main() -> None:
         for name, (_expected, make) in SCENARIOS.items():
             if args.only and args.only not in name:
                 continue
-            row = measure(name, make(), models_dir)
+            row = measure(name, make(), models_dir, args.streamed)
             if args.json:
                 print(json.dumps(row), flush=True)
             else:

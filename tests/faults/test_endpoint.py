@@ -127,3 +127,37 @@ def test_mounted_on_fastapi_a_hostile_request_is_a_422() -> None:
     assert answer.status_code == 422 and "decompression bomb" in answer.json()["detail"]
     answer = client.post(api.ROUTE, json={"prompt": PROMPT, "images": [b64(png(16, 16))]})
     assert answer.status_code == 200 and answer.json()["scores"] == [0.0]
+
+
+def test_a_streamed_body_is_read_within_the_limit(monkeypatch) -> None:
+    """`read_json_body` for the route: a declared or streamed body over the limit is refused before it is held."""
+    fastapi = pytest.importorskip("fastapi")
+    testclient = pytest.importorskip("fastapi.testclient")
+    monkeypatch.setattr(api, "MAX_BODY_BYTES", 2000)
+    app = fastapi.FastAPI()
+
+    async def endpoint(request: fastapi.Request) -> dict:
+        try:
+            payload = await api.read_json_body(request)
+            return score_request(payload, recorder([]))
+        except ApiError as exc:
+            raise fastapi.HTTPException(status_code=422, detail=str(exc)) from None
+
+    endpoint.__annotations__ = {"request": fastapi.Request, "return": dict}  # (string annotations: a local name)
+    app.add_api_route(api.ROUTE, endpoint, methods=["POST"])
+    client = testclient.TestClient(app)
+    small = {"prompt": PROMPT, "images": [b64(png(4, 4))]}
+    assert client.post(api.ROUTE, json=small).json()["scores"] == [0.0]
+    answer = client.post(api.ROUTE, json={"prompt": PROMPT, "images": ["A" * 3000]})
+    assert answer.status_code == 422 and "more than the limit of 2,000" in answer.json()["detail"]
+
+    def chunks():  # no Content-Length: streamed, counted as it comes
+        yield b'{"prompt": "x", "images": ["'
+        for _ in range(10):
+            yield b"A" * 500
+        yield b'"]}'
+
+    answer = client.post(api.ROUTE, content=chunks(), headers={"content-type": "application/json"})
+    assert answer.status_code == 422 and "more than 2,000 bytes" in answer.json()["detail"]
+    answer = client.post(api.ROUTE, content=b"{not json", headers={"content-type": "application/json"})
+    assert answer.status_code == 422 and "not valid JSON" in answer.json()["detail"]
