@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("pyarrow")
 
-from imagereward.collection.actions import copy_selection, move_selection
+from imagereward.collection.actions import copy_selection, move_selection, row_bytes
 from imagereward.collection.pipeline import score_collection
 from imagereward.collection.query import Filters, query
 from imagereward.collection.sources import FileSource, ShardSource
@@ -82,3 +82,7 @@ def test_move_skips_images_changed_since_scoring_and_shard_members(
     assert copied.done == 2
     assert (tmp_path / "out2" / "000000000.jpg").read_bytes() == image_bytes(0, fmt="JPEG")
     assert ResultStore(tmp_path / "shard-store").read().num_rows == 2
+    member_rows = query(tmp_path / "shard-store", limit=None).rows
+    assert sorted(row_bytes(r) for r in member_rows) == sorted(image_bytes(i, fmt="JPEG") for i in range(2))
+    file_row = query(store, limit=1).rows[0]
+    assert row_bytes(file_row) == Path(file_row["path"]).read_bytes()

@@ -56,6 +56,7 @@ def test_shards_on_the_command_line(tmp_path: Path, model_dir: Path, capsys) -> 
         (["--shards", "nothing-here/*.tar", "--store", "s"], "no tar shard matches"),
         (["missing-folder", "--store", "s"], "no such file or folder"),
         (["--store", "missing-store"], "does not exist"),
+        (["--store", "s", "--device", "tpu"], "--device tpu"),
     ],
 )
 def test_bad_input_gets_one_line_not_a_traceback(

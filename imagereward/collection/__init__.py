@@ -1,11 +1,20 @@
 """Scoring collections of any size: an incremental Parquet results store, a streaming pipeline, Ray Data.
 
-The entry points a front end (the command line, a WebUI tab) calls:
+What a front end (the command line, a WebUI tab) calls:
 
-    from imagereward.collection import score_collection, query, folder_source
+    from imagereward.collection import Filters, copy_selection, folder_source, query, row_bytes, score_collection
 
-    summary = score_collection(folder_source(["outputs"], recursive=True), "outputs-scores", progress=print)
-    page = query("outputs-scores", min_score=0.5, prompt_contains="cat", offset=0, limit=50)
+    summary = score_collection(                      # only new or changed images are scored
+        folder_source(["outputs"]), "outputs/.imagereward-scores",
+        scorer=shared_scorer,                        # optional: the WebUI's loaded scorer (else loaded here)
+        workers=0,                                   # decode in-process (in the WebUI: no forked copy of it)
+        progress=lambda p: bar(p.done, p.total, p.images_per_s, p.eta_s),
+        should_stop=lambda: interrupted,             # polled after each batch; what was scored is kept
+    )
+    page = query("outputs/.imagereward-scores", min_score=0.5, prompt_contains="cat", sort_by="score",
+                 descending=True, offset=0, limit=50)   # page.rows (dicts), page.total
+    thumbnail_bytes = row_bytes(page.rows[0])        # a file's or a tar member's bytes
+    report = copy_selection(store, "best", Filters(min_score=0.5))   # or move_selection: never overwrites
 
 Needs pyarrow (the ``collections`` extra); Ray only for `ray_job` (the ``ray`` extra). Nothing here is imported by
 ``imagereward`` itself, so the WebUI extension loads without either.
@@ -16,6 +25,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "Filters",
     "Page",
     "Progress",
     "RunSummary",
@@ -23,10 +33,12 @@ __all__ = [
     "folder_source",
     "move_selection",
     "query",
+    "row_bytes",
     "score_collection",
 ]
 
 _EXPORTS = {
+    "Filters": "query",
     "Page": "query",
     "query": "query",
     "Progress": "pipeline",
@@ -35,6 +47,7 @@ _EXPORTS = {
     "folder_source": "sources",
     "copy_selection": "actions",
     "move_selection": "actions",
+    "row_bytes": "actions",
 }
 
 

@@ -116,15 +116,24 @@ def _write_temporary(folder: Path, source: Path | bytes) -> Path:
     return temporary
 
 
-def _member_bytes(row: dict[str, Any]) -> bytes:
-    from .sources import shard_items
+def row_bytes(row: dict[str, Any]) -> bytes:
+    """The image file's bytes of a store row (a file, or a member of a tar shard), e.g. for a gallery's thumbnail."""
+    if row.get("member") is None:
+        try:
+            return Path(row["path"]).read_bytes()
+        except OSError as exc:
+            raise ImageRewardError(f"{row['path']}: cannot read it ({exc.strerror or exc})") from None
+    from .sources import SourceError, shard_items
 
-    for item in shard_items(row["path"]):
-        if item.member == row["member"]:
-            with open(row["path"], "rb") as handle:
-                handle.seek(item.offset or 0)
-                return handle.read(item.size)
-    raise ImageRewardError("no longer in its shard")
+    try:
+        for item in shard_items(row["path"]):
+            if item.member == row["member"]:
+                with open(row["path"], "rb") as handle:
+                    handle.seek(item.offset or 0)
+                    return handle.read(item.size)
+    except (OSError, SourceError) as exc:
+        raise ImageRewardError(f"{row['key']}: cannot read it ({exc})") from None
+    raise ImageRewardError(f"{row['key']}: no longer in its shard")
 
 
 def _unchanged(row: dict[str, Any]) -> str | None:
@@ -147,7 +156,7 @@ def _run(store: ResultStore, folder: Path, filters: Filters, move: bool, report:
                 if move:
                     report.problems.append(f"{label}: inside a tar shard; it can be copied, not moved")
                     continue
-                source: Path | bytes = _member_bytes(row)
+                source: Path | bytes = row_bytes(row)
                 name = os.path.basename(row["member"])
             else:
                 problem = _unchanged(row)

@@ -34,6 +34,13 @@ def default_workers() -> int:
     return max(0, min(4, (os.cpu_count() or 1) - 1))
 
 
+def model_threads(threads: int | None, workers: int) -> int | None:
+    """The model's CPU threads: as asked, else cores minus decode workers when there are any (else torch's own)."""
+    if threads is not None:
+        return threads
+    return max(1, (os.cpu_count() or 1) - workers) if workers > 0 else None
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("collections (a results store scored incrementally; needs pyarrow)")
     group.add_argument("--store", metavar="DIR", help="the results store (a folder of Parquet files, created if new)")
@@ -52,6 +59,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=default_workers(),
         help=f"decode processes beside the model (default here: {default_workers()}; 0: decode in the main process)",
+    )
+    group.add_argument(
+        "--threads",
+        type=int,
+        help="the model's CPU threads (default: cores minus --workers, at least 1, when there are workers)",
     )
     group.add_argument("--min-score", type=float, help="list, export, copy or move only images scoring at least this")
     group.add_argument("--max-score", type=float, help="… and at most this")
@@ -112,10 +124,18 @@ def _check(args: argparse.Namespace) -> None:
             raise UsageError(f"--{name.replace('_', '-')} must be a finite number")
     if args.workers < 0 or args.batch_size < 1 or args.limit < 0 or args.ray_actors < 1 or args.ray_gpus < 0:
         raise UsageError("--workers, --limit must be at least 0; --batch-size, --ray-actors at least 1")
+    if args.threads is not None and args.threads < 1:
+        raise UsageError("--threads must be at least 1")
     if args.copy_to and args.move_to:
         raise UsageError("give --copy-to or --move-to, not both")
     if args.models_dir and not Path(args.models_dir).expanduser().is_dir():
         raise UsageError(f"--models-dir {args.models_dir}: is not a folder")
+    from ..cli import check_device  # the main command line's check: one line before the model loads
+
+    try:
+        check_device(args.device)
+    except ImageRewardError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def make_source(args: argparse.Namespace) -> Any:
@@ -182,6 +202,7 @@ def _score(args: argparse.Namespace, source: Any) -> Any:
             clean_prompts=args.clean_prompt,
             caption_field=args.caption_field,
             hash_files=args.hash,
+            torch_threads=model_threads(args.threads, args.workers),
             progress=None if args.quiet else progress,
         )
     finally:

@@ -121,7 +121,8 @@ class _Batches(torch.utils.data.IterableDataset):
 
 def _collate(ready: list[tuple[Prepared, int]]) -> dict[str, Any]:
     good = [p.pixels for p, _ in ready if p.pixels is not None]
-    pixels = torch.from_numpy(np.stack(good)).permute(0, 3, 1, 2) if good else None
+    # Channels first and contiguous here, in the worker, so the main process only scores.
+    pixels = torch.from_numpy(np.ascontiguousarray(np.stack(good).transpose(0, 3, 1, 2))) if good else None
     meta = [(p.item, fp, p.prompt, p.sha256, p.error) for p, fp in ready]
     return {"pixels": pixels, "meta": meta}
 
@@ -159,6 +160,7 @@ def score_collection(
     hash_files: bool = False,
     flush_rows: int = 1024,
     flush_seconds: float = 30.0,
+    torch_threads: int | None = None,
     progress: Callable[[Progress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> RunSummary:
@@ -166,10 +168,47 @@ def score_collection(
 
     scorer: an `ImageRewardScorer` already loaded (the WebUI's), else one is loaded from `models_dir`.
     workers: decode processes (0: decode in this process, between batches).
+    torch_threads: the model's CPU threads in this process during the run (restored afterwards; None: as they are).
+        With decode workers on a small CPU, cores minus workers avoids oversubscription, which costs torch's
+        CPU kernels several times their speed.
     progress: called after each batch with a `Progress`; should_stop: polled after each batch, True ends the run
         early (what was scored is kept; the next run goes on from there).
     Raises ImageRewardError for a store or source that cannot be used; per-image problems become rows with an error.
     """
+    previous_threads = torch.get_num_threads()
+    if torch_threads is not None:
+        torch.set_num_threads(max(1, torch_threads))
+    try:
+        return _score_collection(
+            source, store, scorer, models_dir, device, dtype, offline, batch_size, workers, rescore, prompt,
+            clean_prompts, caption_field, exif_orientation, hash_files, flush_rows, flush_seconds, progress,
+            should_stop,
+        )  # fmt: skip
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _score_collection(
+    source: Source,
+    store: str | os.PathLike[str] | ResultStore,
+    scorer: Any,
+    models_dir: str | None,
+    device: str,
+    dtype: str,
+    offline: bool | None,
+    batch_size: int,
+    workers: int,
+    rescore: bool,
+    prompt: str | None,
+    clean_prompts: bool,
+    caption_field: str,
+    exif_orientation: bool,
+    hash_files: bool,
+    flush_rows: int,
+    flush_seconds: float,
+    progress: Callable[[Progress], None] | None,
+    should_stop: Callable[[], bool] | None,
+) -> RunSummary:
     started = time.monotonic()
     results = store if isinstance(store, ResultStore) else ResultStore.create(store)
     summary = RunSummary(store=str(results.folder))

@@ -8,7 +8,8 @@
   optionally, a column of prompts.
 
 Each source splits into ``parts`` disjoint partitions (`items(part, parts)`), one per decode worker: by shard for tar
-shards, which are read sequentially, and by position otherwise.
+shards, which are read sequentially, and by a hash of the path otherwise (so a folder that changes while it is scored,
+as a WebUI's output folder does, never gives one file to two workers).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Protocol
 
 from ..errors import ImageRewardError
 from . import deps
-from .items import Caption, Item
+from .items import Caption, Item, key_hash
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".avif"})
 CAPTION_SUFFIXES = {".txt": "txt", ".json": "json"}
@@ -87,24 +88,23 @@ class FileSource:
         for sub in subfolders:
             yield from self._walk(sub)
 
-    def _files(self) -> Iterator[tuple[str, os.stat_result]]:
+    def _paths(self) -> Iterator[str | os.DirEntry[str]]:
         for path in self.paths:
             if os.path.isdir(path):
-                for entry in self._walk(path):
-                    try:
-                        yield entry.path, entry.stat()
-                    except OSError:
-                        continue
+                yield from self._walk(path)
             else:
-                try:
-                    yield path, os.stat(path)
-                except OSError:
-                    continue
+                yield path
 
     def items(self, part: int = 0, parts: int = 1) -> Iterator[Item]:
-        for i, (path, st) in enumerate(self._files()):
-            if i % parts == part:
-                yield Item(key=path, path=path, size=st.st_size, mtime_ns=st.st_mtime_ns)
+        for found in self._paths():
+            path = found.path if isinstance(found, os.DirEntry) else found
+            if parts > 1 and key_hash(path) % parts != part:
+                continue  # another worker's: not even stat'ed here
+            try:
+                st = found.stat() if isinstance(found, os.DirEntry) else os.stat(found)
+            except OSError:
+                continue  # gone since it was listed
+            yield Item(key=path, path=path, size=st.st_size, mtime_ns=st.st_mtime_ns)
 
 
 def folder_source(paths: Sequence[str], *, recursive: bool = True, exclude: Sequence[str] = ()) -> FileSource:
@@ -116,8 +116,8 @@ def folder_source(paths: Sequence[str], *, recursive: bool = True, exclude: Sequ
 
 
 def _stat_items(paths: Iterable[tuple[str, str | None]], part: int, parts: int) -> Iterator[Item]:
-    for i, (path, prompt) in enumerate(paths):
-        if i % parts != part:
+    for path, prompt in paths:
+        if parts > 1 and key_hash(path) % parts != part:
             continue
         try:
             st = os.stat(path)
