@@ -249,7 +249,8 @@
                 if (!isObject(item)) {
                     return;
                 }
-                var index = toInteger(item.index, 0);
+                var position = toInteger(item.position, 0);
+                var index = position !== null ? firstIndex + position : toInteger(item.index, 0);
                 if (index === null || index < firstIndex || Object.prototype.hasOwnProperty.call(fromDetails, index)) {
                     return;
                 }

@@ -402,7 +402,9 @@ class BestOfNJob:
     ) -> dict:
         images = []
         for position, i in enumerate(kept):
-            entry: dict[str, Any] = {"index": first + position, "score": _round(scores[i])}
+            # position: among the job's images, after index_of_first_image (a script may insert its own grid later,
+            # as the prompt matrix does, which moves every gallery index but not the positions)
+            entry: dict[str, Any] = {"index": first + position, "position": position, "score": _round(scores[i])}
             if selection is not None and i < len(selection.rank):
                 entry.update(
                     group=selection.group_of[i],

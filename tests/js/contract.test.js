@@ -30,3 +30,16 @@ test("the Python job's generation info: one badge per kept image, with the infot
     assert.equal(parsed.summary.scored, details.summary.scored);
     assert.equal(parsed.summary.mode, details.summary.mode);
 });
+
+test("a grid inserted later (the prompt matrix) moves gallery indices: positions still find their images", () => {
+    const moved = JSON.parse(JSON.stringify(info));
+    moved.infotexts.splice(moved.index_of_first_image, 0, "the prompt matrix's grid");
+    moved.index_of_first_image += 1;
+    const parsed = ir.parseGenerationInfo(moved);
+    const details = moved.extra_generation_params["ImageReward details"];
+    for (const entry of details.images) {
+        const image = parsed.images[moved.index_of_first_image + entry.position];
+        assert.equal(image.source, "details");
+        assert.equal(image.rank, entry.rank);
+    }
+});
