@@ -577,3 +577,13 @@ def test_details_json_matches_the_fixture_the_javascript_tests_read(world: World
     assert _same(info, json.loads(GENERATION_INFO.read_text()))
     for entry in info["extra_generation_params"][DETAILS_KEY]["images"]:  # details agree with the infotexts
         assert entry["score"] == pytest.approx(read_score(info["infotexts"][entry["index"]]), abs=6e-4)
+
+
+def test_score_endpoint_refuses_an_oversized_body_before_holding_it(world: World, monkeypatch) -> None:
+    from imagereward.webui import api
+
+    monkeypatch.setattr(api, "MAX_BODY_BYTES", 2000)
+    _, client = _client(world)
+    answer = client.post("/imagereward/v1/score", json={"prompt": "x", "images": ["A" * 3000]})
+    assert answer.status_code == 422 and "2,000" in answer.json()["detail"]
+    assert world.scorer.calls == []

@@ -18,7 +18,7 @@ from modules import images, script_callbacks, scripts, shared
 from ..selection import Mode
 from . import settings
 from .access import allowed, endpoint_enabled, parse_api_auth
-from .api import ROUTE, ApiError, score_request
+from .api import ROUTE, ApiError, read_json_body, score_request
 from .args import FIELD_NAMES, PASTE_FIELDS, ArgumentError, JobArgs, from_script_args
 from .job import JOB_ATTR, BestOfNJob, job_of
 from .runtime import JobScoring, ScorerRuntime
@@ -293,8 +293,9 @@ def _on_ui_settings() -> None:
 def _on_app_started(_demo: Any, app: Any) -> None:
     if not endpoint_enabled(shared.cmd_opts):
         return  # like the WebUI's own API: only with --api
-    from fastapi import Body, Depends, HTTPException
+    from fastapi import Depends, HTTPException, Request
     from fastapi.security import HTTPBasic, HTTPBasicCredentials
+    from starlette.concurrency import run_in_threadpool
 
     credentials = parse_api_auth(getattr(shared.cmd_opts, "api_auth", None))
     dependencies = []
@@ -307,25 +308,29 @@ def _on_app_started(_demo: Any, app: Any) -> None:
 
         dependencies.append(Depends(authenticate))
 
-    def score_endpoint(payload: dict = Body(...)) -> dict:  # noqa: B008
+    def score(prompts: Any, pictures: Any, clean: bool) -> list[float]:
         from modules.call_queue import queue_lock
 
-        def score(prompts: Any, pictures: Any, clean: bool) -> list[float]:
-            settings_now = current_settings()
-            with queue_lock:  # never on the GPU in the middle of a generation
-                try:
-                    return RUNTIME.score(settings_now, prompts, pictures, clean_prompts=clean)
-                finally:
-                    RUNTIME.job_done(settings_now)
+        settings_now = current_settings()
+        with queue_lock:  # never on the GPU in the middle of a generation
+            try:
+                return RUNTIME.score(settings_now, prompts, pictures, clean_prompts=clean)
+            finally:
+                RUNTIME.job_done(settings_now)
 
+    async def score_endpoint(request: Request) -> dict:
+        # The body is read with its size limit (a parsed `dict` parameter would be read whole first); decoding and
+        # scoring run in a worker thread, off the server's event loop.
         try:
-            return score_request(payload, score)
+            payload = await read_json_body(request)
+            return await run_in_threadpool(score_request, payload, score)
         except ApiError as exc:
             raise HTTPException(status_code=422, detail=str(exc)) from None
         except Exception as exc:
             log.error("ImageReward: score request failed: %s", exc)
             raise HTTPException(status_code=503, detail=f"ImageReward could not score: {exc}") from None
 
+    score_endpoint.__annotations__ = {"request": Request, "return": dict}  # (this module's annotations are strings)
     app.add_api_route(ROUTE, score_endpoint, methods=["POST"], tags=["ImageReward"], dependencies=dependencies)
 
 
