@@ -148,6 +148,10 @@
 
     function badgeText(entry, variant) {
         var text = formatScore(entry.score, SCORE_DIGITS);
+        if (variant === "small") {
+            // The strip's thumbnails are about 36px wide: the same three decimals without the leading zero fit.
+            text = text.replace(/^(\u2212?)0\./, "$1.");
+        }
         if (variant === "preview" && entry.rank !== null && entry.groupSize !== null && entry.groupSize > 1) {
             text += " \u00b7 rank " + entry.rank + "/" + entry.groupSize;
         }
