@@ -49,7 +49,8 @@ def test_shards_on_the_command_line(tmp_path: Path, model_dir: Path, capsys) -> 
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--shards", "x/*.tar"], "need --store"),
+        (["--shards", "x/*.tar"], "add --store DIR"),
+        (["a.png", "--min-score", "1"], "add --store DIR"),
         (["a", "--paths-file", "l.txt", "--store", "s"], "one kind of input"),
         (["--store", "s", "--min-score", "nan"], "finite"),
         (["--store", "s", "--copy-to", "a", "--move-to", "b"], "not both"),
@@ -73,7 +74,15 @@ def test_bad_input_gets_one_line_not_a_traceback(
 def test_wants_collection_names_the_flags_that_switch_to_it() -> None:
     parser = build_parser()
     assert not wants_collection(parser.parse_args(["a.png"]))
-    for extra in (["--store", "s"], ["--shards", "x"], ["--ray"], ["--move-to", "d"], ["--paths-file", "f"]):
+    assert not wants_collection(parser.parse_args(["a.png", "--workers", "3", "--limit", "5"]))
+    for extra in (
+        ["--store", "s"],
+        ["--shards", "x"],
+        ["--ray"],
+        ["--move-to", "d"],
+        ["--min-score", "0"],
+        ["--rescore"],
+    ):
         assert wants_collection(parser.parse_args(extra)), extra
     assert parser.parse_args(["--ray"]).ray == "local"
     assert parser.parse_args(["--ray", "10.0.0.1:6379"]).ray == "10.0.0.1:6379"

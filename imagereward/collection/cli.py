@@ -100,9 +100,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Options that mean the collection path (the others: --workers, --limit, … only matter with it).
+COLLECTION_ONLY = (
+    "store",
+    "rescore",
+    "shards",
+    "paths_file",
+    "parquet_in",
+    "hash",
+    "min_score",
+    "max_score",
+    "prompt_contains",
+    "move_to",
+    "ray",
+)
+
+
 def wants_collection(args: argparse.Namespace) -> bool:
     """Whether the parsed arguments ask for the collection path (for the main command line's dispatch)."""
-    return any(getattr(args, name, None) for name in ("store", "shards", "paths_file", "parquet_in", "move_to", "ray"))
+    values = (getattr(args, name, None) for name in COLLECTION_ONLY)
+    return any(value is not None and value is not False for value in values)  # (--min-score 0 counts)
 
 
 def _say(message: str) -> None:
@@ -111,7 +128,10 @@ def _say(message: str) -> None:
 
 def _check(args: argparse.Namespace) -> None:
     if not args.store:
-        raise UsageError("--shards, --paths-file, --parquet-in, --move-to and --ray need --store DIR")
+        raise UsageError(
+            "--shards, --paths-file, --parquet-in, --rescore, --hash, --min-score, --max-score, --prompt-contains, "
+            "--move-to and --ray work with a results store: add --store DIR"
+        )
     inputs = [bool(args.paths), bool(args.shards), bool(args.paths_file), bool(args.parquet_in)]
     if sum(inputs) > 1:
         raise UsageError("give one kind of input: paths, --shards, --paths-file or --parquet-in")

@@ -175,44 +175,10 @@ def score_collection(
         early (what was scored is kept; the next run goes on from there).
     Raises ImageRewardError for a store or source that cannot be used; per-image problems become rows with an error.
     """
-    previous_threads = torch.get_num_threads()
-    if torch_threads is not None:
-        torch.set_num_threads(max(1, torch_threads))
-    try:
-        return _score_collection(
-            source, store, scorer, models_dir, device, dtype, offline, batch_size, workers, rescore, prompt,
-            clean_prompts, caption_field, exif_orientation, hash_files, flush_rows, flush_seconds, progress,
-            should_stop,
-        )  # fmt: skip
-    finally:
-        torch.set_num_threads(previous_threads)
-
-
-def _score_collection(
-    source: Source,
-    store: str | os.PathLike[str] | ResultStore,
-    scorer: Any,
-    models_dir: str | None,
-    device: str,
-    dtype: str,
-    offline: bool | None,
-    batch_size: int,
-    workers: int,
-    rescore: bool,
-    prompt: str | None,
-    clean_prompts: bool,
-    caption_field: str,
-    exif_orientation: bool,
-    hash_files: bool,
-    flush_rows: int,
-    flush_seconds: float,
-    progress: Callable[[Progress], None] | None,
-    should_stop: Callable[[], bool] | None,
-) -> RunSummary:
     started = time.monotonic()
     results = store if isinstance(store, ResultStore) else ResultStore.create(store)
     summary = RunSummary(store=str(results.folder))
-    with results.writer() as writer:
+    with _model_threads(torch_threads), results.writer() as writer:
         if scorer is None:
             from ..scorer import ImageRewardScorer
 
@@ -266,6 +232,17 @@ def _score_collection(
             summary.elapsed_s = time.monotonic() - started
         _maybe_compact(results)
     return summary
+
+
+@contextlib.contextmanager
+def _model_threads(threads: int | None) -> Iterator[None]:
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(max(1, threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _score_batch(scorer: Any, batch: dict[str, Any], plan: Plan, name: str) -> list[dict[str, Any]]:

@@ -150,15 +150,33 @@ class ResultStore:
             table = latest_per_key(table)
         return table.select(wanted)
 
+    def _batches(self, columns: Sequence[str]) -> Iterator[Any]:
+        """Every row of every part, oldest first, in record batches (bounded memory)."""
+        pq = deps.pyarrow().parquet
+        for part in self.parts():
+            yield from pq.ParquetFile(part).iter_batches(batch_size=ROW_GROUP, columns=list(columns))
+
+    def _current_rows(self, extra: Sequence[str] = ()) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """(mask of the rows that count, over every row of every part in order; `extra` columns as numpy arrays).
+        Costs 9 bytes a row plus the extra columns: no key string is held beyond one batch."""
+        hashes: list[np.ndarray] = []
+        values: dict[str, list[np.ndarray]] = {name: [] for name in extra}
+        for batch in self._batches(["key", *extra]):
+            keys = batch.column(0).to_pylist()
+            hashes.append(np.fromiter((key_hash(k) for k in keys), np.uint64, len(keys)))
+            for i, name in enumerate(extra, start=1):
+                values[name].append(batch.column(i).to_numpy(zero_copy_only=False))
+        all_hashes = np.concatenate(hashes) if hashes else np.zeros(0, np.uint64)
+        return last_occurrence(all_hashes), {
+            name: np.concatenate(v) if v else np.zeros(0) for name, v in values.items()
+        } | {"__hash": all_hashes}
+
     def index(self) -> DoneIndex:
         """Key hashes and fingerprints of the current rows that need no new scoring (scored or failed to decode)."""
-        pc = deps.pyarrow().compute
-        table = self.read(["key", "fingerprint", "status"])
-        table = table.filter(pc.not_equal(table["status"], "moved"))
-        if table.num_rows == 0:
-            return DoneIndex.empty()
-        keys = np.fromiter((key_hash(k) for k in table["key"].to_pylist()), np.uint64, table.num_rows)
-        fps = table["fingerprint"].to_numpy(zero_copy_only=False).astype(np.int64)
+        current, columns = self._current_rows(["fingerprint", "status"])
+        keep = current & (columns["status"] != "moved") if len(current) else current
+        keys = columns["__hash"][keep]
+        fps = columns["fingerprint"][keep].astype(np.int64)
         order = np.argsort(keys, kind="stable")
         return DoneIndex(keys[order], fps[order])
 
@@ -176,15 +194,37 @@ class ResultStore:
             yield writer
 
     def compact(self) -> None:
-        """Merge every part into one (one row per key); call with the lock held (inside `writer`)."""
+        """Merge every part into one holding only the current rows; call with the lock held (inside `writer`).
+        Streams row groups through: memory stays at a few bytes a row, whatever the store's size."""
         parts = self.parts()
         if len(parts) <= 1:
             return
-        table = self.read()
-        _write_part(self, table)
+        current, _ = self._current_rows()
+        schema = arrow_schema()
+        pq = deps.pyarrow().parquet
+
+        def write(handle: Any) -> None:
+            with pq.ParquetWriter(handle, schema, compression="zstd") as out:
+                start = 0
+                for batch in self._batches(schema.names):
+                    keep = current[start : start + batch.num_rows]
+                    start += batch.num_rows
+                    if keep.any():
+                        out.write_batch(batch.filter(deps.pyarrow().array(keep)), row_group_size=ROW_GROUP)
+
+        _write_atomically(self, write)
         for part in parts:
             with contextlib.suppress(FileNotFoundError):
                 part.unlink()
+
+
+def last_occurrence(hashes: np.ndarray) -> np.ndarray:
+    """A mask of the last row of each key hash (rows are oldest first)."""
+    mask = np.zeros(len(hashes), dtype=bool)
+    if len(hashes):
+        _, first_from_end = np.unique(hashes[::-1], return_index=True)
+        mask[len(hashes) - 1 - first_from_end] = True
+    return mask
 
 
 class StoreWriter:
@@ -237,14 +277,21 @@ def latest_per_key(table: Any) -> Any:
 
 def _write_part(store: ResultStore, table: Any) -> Path:
     pq = deps.pyarrow().parquet
+    table = table.cast(arrow_schema())
+    return _write_atomically(
+        store, lambda handle: pq.write_table(table, handle, row_group_size=ROW_GROUP, compression="zstd")
+    )
+
+
+def _write_atomically(store: ResultStore, write: Any) -> Path:
+    """A new part: `write(handle)` into a hidden temporary file, flushed to disk, then renamed into place."""
     folder = store.folder
     token = uuid.uuid4().hex[:8]
     temporary = folder / f".tmp-{token}.parquet"
     target = folder / f"part-{store._next_number():08d}-{token}.parquet"
-    table = table.cast(arrow_schema())
     try:
         with open(temporary, "wb") as handle:
-            pq.write_table(table, handle, row_group_size=ROW_GROUP, compression="zstd")
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, target)
