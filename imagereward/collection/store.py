@@ -33,7 +33,7 @@ import numpy as np
 
 from ..errors import ImageRewardError
 from . import deps
-from .items import COLUMNS, SCORED, key_hash
+from .items import COLUMNS, MOVED, SCORED, key_hash
 
 MARKER = ".imagereward-store"
 LOCK = ".lock"
@@ -156,27 +156,36 @@ class ResultStore:
         for part in self.parts():
             yield from pq.ParquetFile(part).iter_batches(batch_size=ROW_GROUP, columns=list(columns))
 
-    def _current_rows(self, extra: Sequence[str] = ()) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """(mask of the rows that count, over every row of every part in order; `extra` columns as numpy arrays).
-        Costs 9 bytes a row plus the extra columns: no key string is held beyond one batch."""
+    def _current_rows(self, extra: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """A mask of the rows that count, over every row of every part in order, and the key hashes (``"hash"``) and
+        `extra` columns (name -> a function from the Arrow column of a batch to a numpy array) of every row. Costs 9
+        bytes a row plus the extra arrays: no key or other string is held beyond one batch."""
+        extra = extra or {}
         hashes: list[np.ndarray] = []
         values: dict[str, list[np.ndarray]] = {name: [] for name in extra}
         for batch in self._batches(["key", *extra]):
             keys = batch.column(0).to_pylist()
             hashes.append(np.fromiter((key_hash(k) for k in keys), np.uint64, len(keys)))
-            for i, name in enumerate(extra, start=1):
-                values[name].append(batch.column(i).to_numpy(zero_copy_only=False))
-        all_hashes = np.concatenate(hashes) if hashes else np.zeros(0, np.uint64)
-        return last_occurrence(all_hashes), {
-            name: np.concatenate(v) if v else np.zeros(0) for name, v in values.items()
-        } | {"__hash": all_hashes}
+            for i, (name, convert) in enumerate(extra.items(), start=1):
+                values[name].append(convert(batch.column(i)))
+        columns = {name: np.concatenate(v) for name, v in values.items() if v}
+        columns["hash"] = np.concatenate(hashes) if hashes else np.zeros(0, np.uint64)
+        return last_occurrence(columns["hash"]), columns
 
     def index(self) -> DoneIndex:
         """Key hashes and fingerprints of the current rows that need no new scoring (scored or failed to decode)."""
-        current, columns = self._current_rows(["fingerprint", "status"])
-        keep = current & (columns["status"] != "moved") if len(current) else current
-        keys = columns["__hash"][keep]
-        fps = columns["fingerprint"][keep].astype(np.int64)
+        pc = deps.pyarrow().compute
+        current, columns = self._current_rows(
+            {
+                "fingerprint": lambda c: c.to_numpy(zero_copy_only=False).astype(np.int64),
+                "status": lambda c: pc.fill_null(pc.equal(c, MOVED), False).to_numpy(zero_copy_only=False),  # moved?
+            }
+        )
+        if not len(current):
+            return DoneIndex.empty()
+        keep = current & ~columns["status"]
+        keys = columns["hash"][keep]
+        fps = columns["fingerprint"][keep]
         order = np.argsort(keys, kind="stable")
         return DoneIndex(keys[order], fps[order])
 
