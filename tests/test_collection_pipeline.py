@@ -243,3 +243,32 @@ def test_killed_run_then_rerun_equals_an_uninterrupted_run(
     assert [killed[k] for k in sorted(whole)] == pytest.approx([whole[k] for k in sorted(whole)], abs=1e-6)
     columns = ["key", "path", "size", "mtime_ns", "prompt", "status", "fingerprint", "model"]
     assert ResultStore(store).read(columns).to_pylist() == ResultStore(tmp_path / "whole").read(columns).to_pylist()
+
+
+def test_should_stop_keeps_what_was_scored_and_hash_is_recorded(tmp_path: Path, scorer) -> None:
+    import hashlib
+
+    imgs = tmp_path / "imgs"
+    paths = write_images(imgs, 10)
+    calls: list[int] = []
+
+    def stop_after_two(progress: Progress) -> None:
+        calls.append(progress.done)
+
+    summary = score_collection(
+        FileSource([str(imgs)]),
+        tmp_path / "s",
+        scorer=scorer,
+        batch_size=3,
+        hash_files=True,
+        progress=stop_after_two,
+        should_stop=lambda: len(calls) >= 2,
+    )
+    assert summary.interrupted and summary.scored == 6 and calls == [3, 6]
+    table = ResultStore(tmp_path / "s").read(["key", "sha256"])
+    assert table.num_rows == 6
+    for key, digest in zip(table["key"].to_pylist(), table["sha256"].to_pylist(), strict=True):
+        assert digest == hashlib.sha256(Path(key).read_bytes()).hexdigest()
+    rest = score_collection(FileSource([str(imgs)]), tmp_path / "s", scorer=scorer, batch_size=3)
+    assert (rest.scored, rest.skipped, rest.interrupted) == (4, 6, False)
+    assert sorted(scores_by_key(tmp_path / "s")) == sorted(str(p) for p in paths)
