@@ -86,3 +86,27 @@ def test_move_skips_images_changed_since_scoring_and_shard_members(
     assert sorted(row_bytes(r) for r in member_rows) == sorted(image_bytes(i, fmt="JPEG") for i in range(2))
     file_row = query(store, limit=1).rows[0]
     assert row_bytes(file_row) == Path(file_row["path"]).read_bytes()
+
+
+def test_file_names_that_are_not_utf8(tmp_path: Path, scorer) -> None:
+    import os
+
+    imgs = tmp_path / "imgs"
+    write_images(imgs, 1)
+    odd = os.path.join(os.fsdecode(bytes(imgs)), os.fsdecode(b"caf\xe9-\xff.png"))
+    try:
+        os.rename(imgs / "00000.png", odd)
+    except (OSError, UnicodeEncodeError):
+        pytest.skip("this file system does not take names that are not UTF-8")
+    store = tmp_path / "store"
+    summary = score_collection(FileSource([str(imgs)]), store, scorer=scorer)
+    assert summary.scored == 1
+    (row,) = query(store, limit=None).rows
+    assert row["key"].endswith("caf\\xe9-\\xff.png") and row["path_bytes"] == os.fsencode(odd)
+    assert row_bytes(row) == Path(odd).read_bytes()
+    assert score_collection(FileSource([str(imgs)]), store, scorer=scorer).skipped == 1
+    report = move_selection(store, tmp_path / "moved", Filters())
+    assert report.done == 1 and not os.path.exists(odd)
+    assert os.path.exists(os.path.join(os.fsdecode(bytes(tmp_path / "moved")), os.fsdecode(b"caf\xe9-\xff.png")))
+    again = score_collection(FileSource([str(tmp_path / "moved")]), store, scorer=scorer)
+    assert (again.scored, again.skipped) == (0, 1)

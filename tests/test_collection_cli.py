@@ -38,6 +38,15 @@ def test_end_to_end_score_rerun_export_copy(tmp_path: Path, model_dir: Path, cap
     out, err = capsys.readouterr()
     assert "1 copied" in err
 
+    worst = min(r["score"] for r in rows)
+    assert main(["--store", store, "--max-score", str(worst), "--move-to", str(tmp_path / "low"), "-q"]) == 0
+    assert len(list((tmp_path / "low").iterdir())) == 1 and len(list((tmp_path / "imgs").iterdir())) == 6
+    out, err = capsys.readouterr()
+    assert "1 moved" in err
+    assert main([str(tmp_path / "imgs"), str(tmp_path / "low"), "--store", store, *base]) == 0  # nothing new
+    out, err = capsys.readouterr()
+    assert "0 scored, 0 failed, 7 already in the store (7 found)" in err
+
 
 def test_shards_on_the_command_line(tmp_path: Path, model_dir: Path, capsys) -> None:
     write_shard(tmp_path / "00000.tar", 0, 3, caption="json")

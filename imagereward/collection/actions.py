@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ImageRewardError
-from .items import MOVED
+from .items import MOVED, as_text, path_bytes, real_path
 from .query import Filters, selected, sort_table
 from .store import ResultStore
 
@@ -120,15 +120,15 @@ def row_bytes(row: dict[str, Any]) -> bytes:
     """The image file's bytes of a store row (a file, or a member of a tar shard), e.g. for a gallery's thumbnail."""
     if row.get("member") is None:
         try:
-            return Path(row["path"]).read_bytes()
+            return Path(real_path(row)).read_bytes()
         except OSError as exc:
             raise ImageRewardError(f"{row['path']}: cannot read it ({exc.strerror or exc})") from None
     from .sources import SourceError, shard_items
 
     try:
-        for item in shard_items(row["path"]):
-            if item.member == row["member"]:
-                with open(row["path"], "rb") as handle:
+        for item in shard_items(real_path(row)):
+            if as_text(item.member or "") == row["member"]:
+                with open(real_path(row), "rb") as handle:
                     handle.seek(item.offset or 0)
                     return handle.read(item.size)
     except (OSError, SourceError) as exc:
@@ -138,7 +138,7 @@ def row_bytes(row: dict[str, Any]) -> bytes:
 
 def _unchanged(row: dict[str, Any]) -> str | None:
     try:
-        st = os.stat(row["path"])
+        st = os.stat(real_path(row))
     except OSError:
         return "no longer exists"
     if st.st_size != row["size"] or st.st_mtime_ns != row["mtime_ns"]:
@@ -157,13 +157,13 @@ def _run(store: ResultStore, folder: Path, filters: Filters, move: bool, report:
                     report.problems.append(f"{label}: inside a tar shard; it can be copied, not moved")
                     continue
                 source: Path | bytes = row_bytes(row)
-                name = os.path.basename(row["member"])
+                name = os.path.basename(row["member"])  # (shown text: escaped if it was not UTF-8)
             else:
                 problem = _unchanged(row)
                 if problem:
                     report.problems.append(f"{label}: {problem}")
                     continue
-                source = Path(row["path"])
+                source = Path(real_path(row))
                 name = source.name
             if _already_copied(folder, name, source):
                 report.already_there += 1
@@ -195,13 +195,14 @@ def _moved_rows(store: ResultStore, report: ActionReport) -> list[dict[str, Any]
     for row in rows:
         target = moved[row["key"]]
         st = os.stat(target)
-        new_rows.append({**row, "status": MOVED, "moved_to": target, "scored_at": now})
+        new_rows.append({**row, "status": MOVED, "moved_to": as_text(target), "scored_at": now})
         same = st.st_size == row["size"] and st.st_mtime_ns == row["mtime_ns"]
         new_rows.append(
             {
                 **row,
-                "key": target,
-                "path": target,
+                "key": as_text(target),
+                "path": as_text(target),
+                "path_bytes": path_bytes(target),
                 "mtime_ns": st.st_mtime_ns,
                 "size": st.st_size,
                 "moved_to": None,

@@ -235,7 +235,7 @@ def _table(rows: Sequence[dict[str, Any]]) -> str:
     for row in rows:
         score = "" if row["score"] is None else f"{row['score']:.3f}"
         image = row["key"] if len(row["key"]) <= 60 else "…" + row["key"][-59:]
-        prompt = row["prompt"] or row["error"] or ""
+        prompt = " ".join((row["prompt"] or row["error"] or "").split())  # one line
         lines.append(f"{score:>8}  {image:<60}  {prompt[:80]}")
     return "\n".join(lines)
 

@@ -9,7 +9,9 @@ image bytes (size, mtime), the same prompt source, the same model and the same p
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
+from typing import Any
 
 #: The shape of one image's prepared pixels: 224 x 224 RGB, uint8.
 IMAGE_SIZE_PIXELS = (224, 224, 3)
@@ -24,6 +26,7 @@ MOVED = "moved"
 COLUMNS: tuple[tuple[str, str], ...] = (
     ("key", "string"),
     ("path", "string"),
+    ("path_bytes", "binary"),  # the path's bytes, only when they are not UTF-8 (then `path` shows them escaped)
     ("member", "string"),
     ("size", "int64"),
     ("mtime_ns", "int64"),
@@ -61,6 +64,30 @@ class Item:
     offset: int | None = None  # where the member's bytes start inside the shard
     prompt: str | None = None  # known before decoding (Parquet input); None: from a caption or the image's infotext
     caption: Caption | None = None
+
+
+def as_text(value: str) -> str:
+    """Text any UTF-8 writer takes (Arrow, CSV, JSON, a terminal): bytes of a file name that are not UTF-8, which
+    Python keeps as lone surrogates, become backslash escapes such as \\xff."""
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        try:
+            return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def path_bytes(path: str) -> bytes | None:
+    """The path's bytes when its text had to be escaped (so the file can still be opened), else None."""
+    return None if as_text(path) == path else os.fsencode(path)
+
+
+def real_path(row: dict[str, Any]) -> str:
+    """The path of a store row as the file system knows it."""
+    raw = row.get("path_bytes")
+    return os.fsdecode(raw) if raw else row["path"]
 
 
 def key_hash(key: str) -> int:

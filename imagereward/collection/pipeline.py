@@ -23,7 +23,7 @@ import torch
 
 from ..errors import ImageRewardError
 from . import deps
-from .items import FAILED, SCORED, Item, fingerprint
+from .items import FAILED, SCORED, Item, as_text, fingerprint, path_bytes
 from .prepare import ItemReader, Prepared, ReadOptions
 from .sources import Source
 from .store import DoneIndex, ResultStore
@@ -270,15 +270,16 @@ def score_rows(
         rows.append(
             {
                 "key": item.key,
-                "path": item.path,
-                "member": item.member,
+                "path": as_text(item.path),
+                "path_bytes": path_bytes(item.path),
+                "member": None if item.member is None else as_text(item.member),
                 "size": item.size,
                 "mtime_ns": item.mtime_ns,
                 "sha256": sha,
-                "prompt": prompt,
+                "prompt": None if prompt is None else as_text(prompt),
                 "score": next(next_score) if error is None else None,
                 "status": SCORED if error is None else FAILED,
-                "error": error,
+                "error": None if error is None else as_text(error),
                 "model": model,
                 "scorer": name,
                 "clean_prompt": clean,

@@ -89,7 +89,7 @@ def query(
     table = selected(store, Filters(min_score, max_score, prompt_contains, include_errors))
     table = sort_table(table, sort_by, descending)
     stop = table.num_rows if limit is None else min(table.num_rows, offset + limit)
-    page = table.slice(offset, max(0, stop - offset)).select(list(SHOWN))
+    page = table.slice(offset, max(0, stop - offset)).select([*SHOWN, "path_bytes"])  # (path_bytes: row_bytes)
     return Page(page.to_pylist(), table.num_rows, offset, limit)
 
 

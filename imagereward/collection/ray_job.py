@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from . import deps
-from .items import IMAGE_SIZE_PIXELS, Caption, Item
+from .items import IMAGE_SIZE_PIXELS, Caption, Item, as_text, path_bytes
 from .pipeline import Plan, RunSummary, model_id, score_rows, scorer_name
 from .prepare import ReadOptions, prepare_data
 from .sources import IMAGE_SUFFIXES, FileSource, ParquetSource, PathListSource, ShardSource
@@ -46,7 +46,8 @@ def _items(batch: dict[str, Any], kind: str, cache: dict[str, int]) -> list[tupl
     if kind == "files":
         for path, data in zip(batch["path"], batch["bytes"], strict=True):
             path = os.path.abspath(str(path))
-            out.append((Item(key=path, path=path, size=len(data), mtime_ns=_mtime(path, cache)), bytes(data), None))
+            item = Item(key=as_text(path), path=path, size=len(data), mtime_ns=_mtime(path, cache))
+            out.append((item, bytes(data), None))
     elif kind == "parquet":
         prompts = batch.get("prompt", [None] * n)
         for path, prompt in zip(batch["path"], prompts, strict=True):
@@ -56,7 +57,8 @@ def _items(batch: dict[str, Any], kind: str, cache: dict[str, int]) -> list[tupl
                 size, mtime = st.st_size, st.st_mtime_ns
             except OSError:
                 size, mtime = -1, -1
-            item = Item(key=path, path=path, size=size, mtime_ns=mtime, prompt=None if prompt is None else str(prompt))
+            prompt = None if prompt is None else str(prompt)
+            item = Item(key=as_text(path), path=path, size=size, mtime_ns=mtime, prompt=prompt)
             out.append((item, None, None))
     else:  # webdataset rows: __key__, path (the shard), one column per suffix
         columns = {name.lower(): name for name in batch if not name.startswith("__") and name != "path"}
@@ -75,7 +77,7 @@ def _items(batch: dict[str, Any], kind: str, cache: dict[str, int]) -> list[tupl
                     caption = Caption(0, len(caption_raw), ext)
                     break
             item = Item(
-                key=f"{shard}#{key}",
+                key=f"{as_text(shard)}#{as_text(key)}",
                 path=shard,
                 size=len(data),
                 mtime_ns=_mtime(shard, cache),
@@ -92,7 +94,9 @@ def prepare_batch(batch: dict[str, Any], *, kind: str, plan: Plan, options: Read
     from .prepare import ItemReader
 
     reader = ItemReader(options)
-    columns: dict[str, list[Any]] = {name: [] for name in (*_TEXT_COLUMNS, "size", "mtime_ns", "fingerprint")}
+    columns: dict[str, list[Any]] = {
+        name: [] for name in (*_TEXT_COLUMNS, "path_bytes", "size", "mtime_ns", "fingerprint")
+    }
     pixels: list[np.ndarray] = []
     blank = np.zeros(IMAGE_SIZE_PIXELS, np.uint8)
     try:
@@ -103,11 +107,12 @@ def prepare_batch(batch: dict[str, Any], *, kind: str, plan: Plan, options: Read
             prepared = reader.prepare(item) if data is None else prepare_data(item, data, caption, options)
             for name, value in (
                 ("key", item.key),
-                ("path", item.path),
-                ("member", item.member),
-                ("prompt", prepared.prompt),
+                ("path", as_text(item.path)),
+                ("path_bytes", path_bytes(item.path)),
+                ("member", None if item.member is None else as_text(item.member)),
+                ("prompt", None if prepared.prompt is None else as_text(prepared.prompt)),
                 ("sha256", prepared.sha256),
-                ("error", prepared.error),
+                ("error", None if prepared.error is None else as_text(prepared.error)),
                 ("size", item.size),
                 ("mtime_ns", item.mtime_ns),
                 ("fingerprint", fp),
@@ -152,9 +157,11 @@ class ScoreActor:
         n = len(batch["key"])
         meta = []
         for i in range(n):
+            raw_path = batch["path_bytes"][i]
+            real = os.fsdecode(bytes(raw_path)) if isinstance(raw_path, (bytes, bytearray)) else str(batch["path"][i])
             item = Item(
                 key=str(batch["key"][i]),
-                path=str(batch["path"][i]),
+                path=real,
                 member=_text(batch["member"][i]),
                 size=int(batch["size"][i]),
                 mtime_ns=int(batch["mtime_ns"][i]),

@@ -24,7 +24,7 @@ from typing import Protocol
 
 from ..errors import ImageRewardError
 from . import deps
-from .items import Caption, Item, key_hash
+from .items import Caption, Item, as_text, key_hash
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".avif"})
 CAPTION_SUFFIXES = {".txt": "txt", ".json": "json"}
@@ -104,7 +104,7 @@ class FileSource:
                 st = found.stat() if isinstance(found, os.DirEntry) else os.stat(found)
             except OSError:
                 continue  # gone since it was listed
-            yield Item(key=path, path=path, size=st.st_size, mtime_ns=st.st_mtime_ns)
+            yield Item(key=as_text(path), path=path, size=st.st_size, mtime_ns=st.st_mtime_ns)
 
 
 def folder_source(paths: Sequence[str], *, recursive: bool = True, exclude: Sequence[str] = ()) -> FileSource:
@@ -125,7 +125,11 @@ def _stat_items(paths: Iterable[tuple[str, str | None]], part: int, parts: int) 
             st = None
         # A missing file is still an item: decoding it records the error, so it is reported and not lost silently.
         yield Item(
-            key=path, path=path, size=st.st_size if st else -1, mtime_ns=st.st_mtime_ns if st else -1, prompt=prompt
+            key=as_text(path),
+            path=path,
+            size=st.st_size if st else -1,
+            mtime_ns=st.st_mtime_ns if st else -1,
+            prompt=prompt,
         )
 
 
@@ -265,7 +269,7 @@ def shard_items(shard: str) -> Iterator[Item]:
 
 def _shard_item(shard: str, mtime_ns: int, key: str, image: tarfile.TarInfo, caption: Caption | None) -> Item:
     return Item(
-        key=f"{shard}#{key}",
+        key=f"{as_text(shard)}#{as_text(key)}",
         path=shard,
         size=image.size,
         mtime_ns=mtime_ns,

@@ -53,6 +53,7 @@ def arrow_schema() -> Any:
         "int64": pa.int64(),
         "float64": pa.float64(),
         "bool": pa.bool_(),
+        "binary": pa.binary(),
         "timestamp_us_utc": pa.timestamp("us", tz="UTC"),
     }
     return pa.schema([pa.field(name, types[kind]) for name, kind in COLUMNS])
