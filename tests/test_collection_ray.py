@@ -11,7 +11,7 @@ ray = pytest.importorskip("ray")
 
 from imagereward.collection.pipeline import score_collection  # noqa: E402
 from imagereward.collection.ray_job import run_ray  # noqa: E402
-from imagereward.collection.sources import FileSource, ParquetSource, ShardSource  # noqa: E402
+from imagereward.collection.sources import FileSource, ParquetSource, PathListSource, ShardSource  # noqa: E402
 from imagereward.collection.store import ResultStore  # noqa: E402
 from tests.collection_data import write_images, write_paths_parquet, write_shard  # noqa: E402
 
@@ -48,7 +48,9 @@ def test_ray_gives_the_single_process_scores(tmp_path: Path, local_ray, model_di
         "files": lambda: FileSource([str(imgs)]),
         "shards": lambda: ShardSource([str(tmp_path / "shards" / "*.tar")]),
         "parquet": lambda: ParquetSource(str(tmp_path / "in.parquet")),
+        "list": lambda: PathListSource(str(tmp_path / "list.txt")),
     }
+    (tmp_path / "list.txt").write_text("imgs/00001.png\nimgs/missing.png\nimgs/broken.png\n")
     for name, make in sources.items():
         local, distributed = tmp_path / f"{name}-local", tmp_path / f"{name}-ray"
         score_collection(make(), local, scorer=scorer, batch_size=4)
@@ -56,6 +58,7 @@ def test_ray_gives_the_single_process_scores(tmp_path: Path, local_ray, model_di
         same(rows(distributed), rows(local))
         assert summary.scored + summary.failed == len(rows(local))
     assert rows(tmp_path / "files-ray")[str(imgs / "broken.png")]["status"] == "error"
+    assert rows(tmp_path / "list-ray")[str(imgs / "missing.png")]["status"] == "error"
 
     # Resumable the same way: a second run scores nothing, and a local run over a Ray store finds it complete.
     again = run_ray(sources["shards"](), tmp_path / "shards-ray", models_dir=str(model_dir), offline=True, device="cpu")

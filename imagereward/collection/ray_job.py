@@ -50,14 +50,13 @@ def _items(batch: dict[str, Any], kind: str, cache: dict[str, int]) -> list[tupl
             out.append((item, bytes(data), None))
     elif kind == "parquet":
         prompts = batch.get("prompt", [None] * n)
-        for path, prompt in zip(batch["path"], prompts, strict=True):
-            path = str(path)
+        for path, value in zip(batch["path"], prompts, strict=True):
+            path, prompt = str(path), _text(value)
             try:
                 st = os.stat(path)
                 size, mtime = st.st_size, st.st_mtime_ns
             except OSError:
                 size, mtime = -1, -1
-            prompt = None if prompt is None else str(prompt)
             item = Item(key=as_text(path), path=path, size=size, mtime_ns=mtime, prompt=prompt)
             out.append((item, None, None))
     else:  # webdataset rows: __key__, path (the shard), one column per suffix
@@ -204,8 +203,11 @@ def _dataset(ray: Any, source: Any, plan: Plan) -> tuple[Any, str] | None:
             return batch
 
         return ds.map_batches(absolute, batch_format="numpy"), "parquet"
-    if isinstance(source, (FileSource, PathListSource)):
-        todo = [item.path for item in source.items() if plan.todo(item) is not None and item.size >= 0]
+    if isinstance(source, PathListSource):  # paths read in the CPU tasks, so a missing file becomes an error row
+        todo_rows = [{"path": item.path} for item in source.items() if plan.todo(item) is not None]
+        return (ray.data.from_items(todo_rows), "parquet") if todo_rows else None
+    if isinstance(source, FileSource):
+        todo = [item.path for item in source.items() if plan.todo(item) is not None]
         if not todo:
             return None
         return ray.data.read_binary_files(todo, include_paths=True), "files"
