@@ -180,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("paths", nargs="+", help="image files or folders")
+    parser.add_argument("paths", nargs="*", help="image files or folders; optional with --store")
     parser.add_argument("-p", "--prompt", help="the prompt for every image (default: each image's own WebUI prompt)")
     parser.add_argument("-r", "--recursive", action="store_true", help="look into sub-folders")
     parser.add_argument(
@@ -224,6 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress or summary on standard error")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    from .collection.cli import add_arguments as add_collection_arguments
+
+    add_collection_arguments(parser)  # imports neither pyarrow nor ray
     return parser
 
 
@@ -579,6 +582,14 @@ def _terminal_width() -> int | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .collection.cli import run as run_collection
+    from .collection.cli import wants_collection
+
+    if wants_collection(args):
+        return run_collection(args)
+    if not args.paths:
+        _say("error: give image files or folders (or --store DIR for a results store)")
+        return EXIT_USAGE
     started = time.perf_counter()
     try:
         return _run(args, started)
