@@ -14,7 +14,7 @@
     var INFOTEXT_KEY = "ImageReward";
     var OPTION_KEY = "imagereward_show_overlays";
     var MIN_SETTINGS = 3; // pairs a last line needs to be a settings line (the WebUI's rule)
-    var TABS = ["txt2img", "img2img"];
+    var TABS = ["txt2img", "img2img", "imagereward_collection"]; // the last: our folder tab's gallery
     var SCALE_MIN = -2;
     var SCALE_MAX = 2;
     var MINUS = "\u2212";

@@ -587,3 +587,36 @@ def test_score_endpoint_refuses_an_oversized_body_before_holding_it(world: World
     answer = client.post("/imagereward/v1/score", json={"prompt": "x", "images": ["A" * 3000]})
     assert answer.status_code == 422 and "2,000" in answer.json()["detail"]
     assert world.scorer.calls == []
+
+
+# ---------------------------------------------------------------------------------------------- the folder tab
+
+
+def test_folder_tab_is_registered(world: World) -> None:
+    (tabs,) = [callback() for callback in world.host.ui_tabs]
+    _blocks, title, elem_id = tabs[0]
+    assert title == "ImageReward" and elem_id == "imagereward_tab"
+
+
+def test_folder_tab_show_handler_for_an_unscored_and_a_missing_folder(world: World, tmp_path: Path) -> None:
+    from imagereward.webui import tab
+
+    built: dict[str, Any] = {}
+    original = tab.gr.Button
+
+    class Recording(original):  # type: ignore[misc,valid-type]
+        def __init__(self, label: str = "", *args: Any, **kwargs: Any) -> None:
+            super().__init__(label, *args, **kwargs)
+            built[label] = self
+
+    tab.gr.Button = Recording
+    try:
+        tab.build(str(tmp_path), lambda: world.scorer, lambda: None, world.host.queue_lock)
+    finally:
+        tab.gr.Button = original
+    show = built["Show"].handlers[0][0]
+    (tmp_path / "empty").mkdir()
+    items, _, line, page = show(str(tmp_path / "empty"), "", "", "", 1)
+    assert items == [] and "has not been scored yet" in line and page == 1
+    items, _, line, _ = show(str(tmp_path / "nowhere"), "", "", "", 1)
+    assert items == [] and "is not a folder" in line  # a sentence, not a traceback

@@ -148,6 +148,7 @@ class Host:
         self.models_path = root / "models"
         self.app_started: list[Any] = []
         self.ui_settings: list[Any] = []
+        self.ui_tabs: list[Any] = []
         self.gc_calls = 0
         self.saved_modules: dict[str, Any] = {}
 
@@ -189,6 +190,7 @@ class Host:
         callbacks = types.ModuleType("modules.script_callbacks")
         callbacks.on_ui_settings = self.ui_settings.append
         callbacks.on_app_started = self.app_started.append
+        callbacks.on_ui_tabs = self.ui_tabs.append
 
         paths = types.ModuleType("modules.paths")
         paths.models_path = str(self.models_path)
@@ -254,11 +256,16 @@ class _Component:
     def __exit__(self, *exc: Any) -> None:
         return None
 
+    def click(self, fn: Any, inputs: Any = None, outputs: Any = None, **kwargs: Any) -> None:
+        self.handlers = [*getattr(self, "handlers", []), (fn, inputs, outputs)]
+
 
 def _fake_gradio() -> types.ModuleType:
     gradio = types.ModuleType("gradio")
-    for name in ("Row", "Column", "Dropdown", "Slider", "Checkbox", "Textbox", "Number", "Accordion"):
+    names = ("Row", "Column", "Dropdown", "Slider", "Checkbox", "Textbox", "Number", "Accordion", "Blocks")
+    for name in (*names, "Markdown", "Button", "Gallery"):
         setattr(gradio, name, _Component)
+    gradio.Progress = lambda *args, **kwargs: lambda *a, **k: None
     return gradio
 
 

@@ -88,6 +88,11 @@ class ScorerRuntime:
                 finally:
                     scorer.to(self._home or "cpu", resolve_dtype_name(settings.dtype, self._home))
 
+    def scorer(self, settings: RuntimeSettings) -> ImageRewardScorer:
+        """The loaded scorer (loaded now if needed), for callers that drive it themselves (the folder tab)."""
+        with self._lock:
+            return self._get(settings)
+
     def scoring_done(self, settings: RuntimeSettings) -> None:
         """After one scoring pass: with --lowvram/--medvram the diffusion model needs the VRAM back at once."""
         if settings.offload_after_scoring:

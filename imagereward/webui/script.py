@@ -334,8 +334,28 @@ def _on_app_started(_demo: Any, app: Any) -> None:
     app.add_api_route(ROUTE, score_endpoint, methods=["POST"], tags=["ImageReward"], dependencies=dependencies)
 
 
+def _on_ui_tabs() -> list[tuple[Any, str, str]]:
+    import os
+
+    from modules.call_queue import queue_lock
+
+    from .tab import build
+
+    samples = str(getattr(shared.opts, "outdir_txt2img_samples", "") or "outputs/txt2img-images")
+    folder = str(getattr(shared.opts, "outdir_samples", "") or "") or os.path.dirname(samples.rstrip("/\\")) or "."
+
+    def get_scorer() -> Any:
+        return RUNTIME.scorer(current_settings())
+
+    def done() -> None:
+        RUNTIME.job_done(current_settings())
+
+    return [(build(os.path.abspath(folder), get_scorer, done, queue_lock), "ImageReward", "imagereward_tab")]
+
+
 def register_callbacks() -> None:
     """Called by scripts/imagereward.py each time the WebUI (re)loads its scripts."""
     install_save_hook()
     script_callbacks.on_ui_settings(_on_ui_settings)
+    script_callbacks.on_ui_tabs(_on_ui_tabs)
     script_callbacks.on_app_started(_on_app_started)

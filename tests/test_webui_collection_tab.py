@@ -1,0 +1,102 @@
+"""The WebUI's folder tab, through its plain functions: incremental scoring, paging best first, badges' info, copy and
+move (never overwriting, never deleting), the queue lock around each batch."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+from imagereward.errors import ImageRewardError
+from imagereward.infotext import read_score
+from imagereward.webui import collection_tab as tab
+from tests.collection_data import write_images
+
+pytest.importorskip("pyarrow")
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    out = tmp_path / "outputs"
+    write_images(out / "txt2img-images", 5)
+    write_images(out / "img2img-images", 3, start=5)
+    return out
+
+
+class CountingLock:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.entered = 0
+
+    def __enter__(self) -> None:
+        self.lock.acquire()
+        self.entered += 1
+
+    def __exit__(self, *exc: object) -> None:
+        self.lock.release()
+
+
+def test_score_browse_copy_move(folder: Path, scorer, tmp_path: Path) -> None:
+    lock = CountingLock()
+    seen: list[tuple[int, int]] = []
+    text = tab.score_folder(folder, tab.LockedScorer(scorer, lock), progress=lambda d, t, r: seen.append((d, t)))
+    assert "8 images, 8 scored, 0 already in the store" in text
+    assert lock.entered >= 1 and seen[-1] == (8, 8)  # every batch went through the WebUI's queue lock
+    assert "0 scored, 8 already in the store" in tab.score_folder(folder, scorer)  # incremental
+
+    items, info, status = tab.browse(folder, tab.View.of(None, None, "", 1), page_size=5)
+    assert len(items) == 5 and "8 image(s) match; page 1 of 2" in status
+    scores = [read_score(t) for t in json.loads(info)["infotexts"]]
+    assert scores == sorted(scores, reverse=True)  # best first; each badge's infotext carries the score
+    assert all(
+        caption.startswith(f"{s:.3f}".replace("-0.000", "0.000")) for (_, caption), s in zip(items, scores, strict=True)
+    )
+    second, _, status = tab.browse(folder, tab.View.of(None, None, "", 2), page_size=5)
+    assert len(second) == 3 and "page 2 of 2" in status
+
+    view = tab.View.of((scores[1] + scores[2]) / 2, None, "", 1)  # the 2 best
+    assert "2 copied" in tab.copy_or_move(folder, view, tmp_path / "best", move=False)
+    assert "0 copied, 2 already there" in tab.copy_or_move(folder, view, tmp_path / "best", move=False)
+    before = sorted(p.name for p in folder.rglob("*.png"))
+    assert "2 moved" in tab.copy_or_move(folder, view, tmp_path / "keep", move=True)
+    assert len(list(folder.rglob("*.png"))) == len(before) - 2 and len(list((tmp_path / "keep").iterdir())) == 2
+
+
+def test_stop_keeps_what_was_scored(folder: Path, scorer) -> None:
+    scan = tab.Scan.new()
+    scorer.batch_size = 2
+
+    def progress(done: int, total: int, rate: float) -> None:
+        scan.stop.set()
+
+    text = tab.score_folder(folder, scorer, progress=progress, scan=scan)
+    assert "Stopped" in text
+    assert "already in the store" in tab.score_folder(folder, scorer)
+
+
+def test_clear_messages(tmp_path: Path) -> None:
+    with pytest.raises(ImageRewardError, match="give a folder"):
+        tab.check_folder("  ")
+    with pytest.raises(ImageRewardError, match="is not a folder"):
+        tab.check_folder(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    items, _, status = tab.browse(tmp_path / "empty", tab.View.of("x", None, None, "0"))
+    assert items == [] and "has not been scored yet" in status
+    with pytest.raises(ImageRewardError, match="has not been scored yet"):
+        tab.copy_or_move(tmp_path / "empty", tab.View(), tmp_path / "t", move=False)
+
+
+def test_missing_pyarrow_is_a_sentence(monkeypatch) -> None:
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_pyarrow(name, *args, **kwargs):
+        if name == "pyarrow":
+            raise ImportError("no pyarrow")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_pyarrow)
+    assert "pip install pyarrow" in tab.needs_pyarrow()
