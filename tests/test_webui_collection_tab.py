@@ -99,4 +99,9 @@ def test_missing_pyarrow_is_a_sentence(monkeypatch) -> None:
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_pyarrow)
+    import numpy
+
+    monkeypatch.setattr(numpy, "__version__", "2.1.0")
     assert "pip install pyarrow" in tab.needs_pyarrow()
+    monkeypatch.setattr(numpy, "__version__", "1.26.2")  # A1111 1.10's NumPy: a pyarrow that still supports it
+    assert 'pip install "pyarrow<19"' in tab.needs_pyarrow()

@@ -41,10 +41,14 @@ def needs_pyarrow() -> str | None:
     """A sentence for the user when the store's library is missing (the WebUI's install does not bring it)."""
     try:
         import pyarrow  # noqa: F401
-    except ImportError:
+    except ImportError as exc:
+        import numpy
+
+        # pyarrow 19 and later need NumPy 2; A1111 1.10 pins NumPy 1.26 (pyarrow 18.1 checked with it).
+        spec = "pyarrow" if int(numpy.__version__.split(".")[0]) >= 2 else '"pyarrow<19"'
         return (
-            "Scoring a folder needs pyarrow, which the WebUI does not bring: run `pip install pyarrow` in the "
-            "WebUI's Python environment (for example `venv/bin/pip install pyarrow`), then restart the WebUI."
+            f"Scoring a folder needs pyarrow, which the WebUI does not bring ({exc}): run `pip install {spec}` in "
+            "the WebUI's Python environment (for example `venv/bin/pip install ...`), then restart the WebUI."
         )
     return None
 
@@ -190,7 +194,11 @@ def _info(rows: list[dict[str, Any]]) -> str:
     infotexts = []
     for row in rows:
         name = Path(str(row.get("path") or row.get("key") or "")).name
-        settings = {SCORE_KEY: format_score(row["score"]), "File": name, "Scored with": str(row.get("model") or "")}
+        settings = {
+            SCORE_KEY: format_score(row["score"]),
+            "File": name,
+            "Scorer": str(row.get("scorer") or "ImageReward"),
+        }
         infotexts.append(format_infotext(Infotext(prompt=str(row.get("prompt") or ""), settings=settings)))
     return json.dumps({"index_of_first_image": 0, "infotexts": infotexts})
 

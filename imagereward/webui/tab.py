@@ -57,7 +57,11 @@ def build(default_folder: str, get_scorer: Callable[[], Any], done: Callable[[],
             show_button = gr.Button("Show", variant="primary")
             previous_button = gr.Button("◀ Previous page")
             next_button = gr.Button("Next page ▶")
-        gallery_args: dict[str, Any] = {"label": "Best first", "elem_id": f"{logic.TAB_KEY}_gallery"}
+        gallery_args: dict[str, Any] = {
+            "label": "Best first",
+            "show_label": False,
+            "elem_id": f"{logic.TAB_KEY}_gallery",
+        }
         try:
             gallery = gr.Gallery(columns=6, **gallery_args)
         except TypeError:  # an older gradio without `columns`
