@@ -620,3 +620,20 @@ def test_folder_tab_show_handler_for_an_unscored_and_a_missing_folder(world: Wor
     assert items == [] and "has not been scored yet" in line and page == 1
     items, _, line, _ = show(str(tmp_path / "nowhere"), "", "", "", 1)
     assert items == [] and "is not a folder" in line  # a sentence, not a traceback
+
+
+def test_a_job_whose_loop_failed_has_its_held_back_saves_written_by_the_next_job(world: World) -> None:
+    def fail(p: P, n: int) -> None:
+        if n == 2:
+            raise RuntimeError("out of memory in the sampler")
+
+    p = world.p(TOP1, batch_size=1, n_iter=1, before_sampling=fail)
+    with pytest.raises(RuntimeError):
+        process_images(p)  # the WebUI's loop raises: no postprocess
+    assert world.host.disk.finals() == []  # held back
+    del p
+    import gc
+
+    gc.collect()
+    world.run(world.p(None, batch_size=1, n_iter=1))  # the next job, ImageReward off
+    assert sorted(f.seed for f in world.host.disk.finals()) == [1000, 1000, 1001]  # 1000, 1001: the failed job

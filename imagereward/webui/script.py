@@ -8,7 +8,6 @@ replays do nothing.
 from __future__ import annotations
 
 import logging
-import weakref
 from dataclasses import replace
 from typing import Any
 
@@ -45,7 +44,9 @@ def _free_memory() -> None:
 
 
 RUNTIME = ScorerRuntime(free_memory=_free_memory)
-_RUNNING: weakref.WeakSet[BestOfNJob] = weakref.WeakSet()  # jobs between `process` and `postprocess`
+# Jobs between `process` and `postprocess`, held strongly: a job whose WebUI loop failed still holds the saves it
+# captured, and the next job writes them (nothing lost).
+_RUNNING: set[BestOfNJob] = set()
 
 
 def _low_vram() -> bool:
