@@ -338,7 +338,6 @@ class P:
     extra_generation_params: dict[str, Any] = field(default_factory=dict)
     scripts: Any = None
     iteration: int = 0
-    batch_index: int = 0
     comments: list[str] = field(default_factory=list)
     all_prompts: list[str] = field(default_factory=list)
     all_negative_prompts: list[str] = field(default_factory=list)
@@ -354,6 +353,9 @@ class P:
     host: Any = None
     # Test controls: called as hook(p, n) before batch n is sampled (to interrupt or skip).
     before_sampling: Any = None
+
+    # No `batch_index` here: as in A1111, it exists only once the per-image loop has set it (hires fix's "save
+    # before" comes earlier).
 
     def save_samples(self) -> bool:
         opts, state = self.host.opts, self.host.state

@@ -171,7 +171,9 @@ class BestOfNJob:
         """A call of the WebUI's save function for this job's images: held back while candidates are made."""
         if not self.capturing or arguments.get("grid"):
             return False
-        self.saves.record(arguments, p.iteration, p.batch_index, p.batch_size)
+        # p.batch_index only exists once the WebUI's per-image loop has started: hires fix's "save before" comes
+        # earlier, for the first batch (the buffer numbers those saves itself).
+        self.saves.record(arguments, int(getattr(p, "iteration", 0)), int(getattr(p, "batch_index", 0)), p.batch_size)
         return True
 
     def note(self, message: str) -> None:

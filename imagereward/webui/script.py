@@ -76,11 +76,14 @@ def install_save_hook() -> None:
     original = images.save_image
 
     def save_image(*args: Any, **kwargs: Any) -> Any:
-        arguments = bind_arguments(original, args, kwargs)
-        p = arguments.get("p")
-        job = job_of(p) if p is not None else None
-        if job is not None and job.capture_save(p, arguments):
-            return None, None
+        try:
+            arguments = bind_arguments(original, args, kwargs)
+            p = arguments.get("p")
+            job = job_of(p) if p is not None else None
+            if job is not None and job.capture_save(p, arguments):
+                return None, None
+        except Exception:  # a problem of ours must never cost the user a file: save as the WebUI would
+            log.exception("ImageReward: could not hold back a save; the image is saved at once")
         return original(*args, **kwargs)
 
     setattr(save_image, WRAPPED_ATTR, original)
@@ -92,12 +95,17 @@ class WebUISaveHooks:
 
     def replay(self, p: Any, save: DeferredSave, arguments: dict[str, Any]) -> None:
         # Filename patterns ([generation_number], [batch_number]) read these at save time.
-        iteration, batch_index = p.iteration, p.batch_index
+        missing = object()
+        iteration, batch_index = getattr(p, "iteration", missing), getattr(p, "batch_index", missing)
         p.iteration, p.batch_index = save.iteration, save.batch_index
         try:
             call_with(_original_save_image(), arguments)
         finally:
-            p.iteration, p.batch_index = iteration, batch_index
+            for name, value in (("iteration", iteration), ("batch_index", batch_index)):
+                if value is missing:
+                    delattr(p, name)
+                else:
+                    setattr(p, name, value)
 
     def discarded_dir(self, p: Any) -> str:
         return settings.discarded_dir(shared.opts, p.outpath_samples)
