@@ -248,3 +248,11 @@ def test_auto_device_prefers_cuda_then_apple_gpu_then_cpu(monkeypatch: pytest.Mo
     assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
     monkeypatch.delattr(torch.backends, "mps")  # a torch build without the MPS backend
     assert resolve_device("auto") == torch.device("cpu")
+
+
+def test_a_prompt_with_a_lone_surrogate_is_scored_not_a_traceback(scorer) -> None:
+    from PIL import Image
+
+    image = Image.new("RGB", (32, 32), (10, 200, 30))
+    odd = scorer.score("a \ud800 cat", [image])[0]
+    assert odd == pytest.approx(scorer.score("a ? cat", [image])[0], abs=1e-6)
