@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -449,9 +449,6 @@ JOB_ATTR = "_imagereward_job"
 
 def job_of(p: Any) -> BestOfNJob | None:
     return getattr(p, JOB_ATTR, None)
-
-
-ScoreFn = Callable[[list[str], list[Any]], list[float]]
 
 
 def _at(values: Sequence[Any], index: int, default: Any) -> Any:
