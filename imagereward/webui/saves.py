@@ -12,12 +12,9 @@ images' calls are dropped (or their finished image goes to the discarded folder)
 from __future__ import annotations
 
 import inspect
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-
-log = logging.getLogger("imagereward")
 
 HIRES_SUFFIX = "-before-highres-fix"
 
