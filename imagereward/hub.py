@@ -74,13 +74,28 @@ class HubFile:
     filename: str  # path inside the hub repo
     relpath: str  # path under the models folder, with forward slashes
     required: bool = True
+    #: Files not on the hub (OpenAI's, Salesforce's, LAION's original addresses): the full URL, used instead of the
+    #: hub; no hub token is sent there.
+    url: str | None = None
+    #: Known SHA-256 of the content, checked after download (for `url` files, whose servers announce none).
+    sha256: str | None = None
+    #: Other files under the models folder that stand for this one when present (a safetensors conversion).
+    alternatives: tuple[str, ...] = ()
+    #: A PyTorch zip checkpoint: counts as present only when its zip directory is there (not cut off).
+    checkpoint: bool = False
 
     @property
     def repo_id(self) -> str:
-        return self.repo_ids[0]
+        return self.repo_ids[0] if self.repo_ids else ""
+
+    @property
+    def display_name(self) -> str:
+        return self.relpath.rsplit("/", 1)[-1]
 
 
-CHECKPOINT_FILE = HubFile((IMAGEREWARD_REPO_ID,), CHECKPOINT_NAME, CHECKPOINT_NAME)
+CHECKPOINT_FILE = HubFile(
+    (IMAGEREWARD_REPO_ID,), CHECKPOINT_NAME, CHECKPOINT_NAME, alternatives=(SAFETENSORS_NAME,), checkpoint=True
+)
 MED_CONFIG_FILE = HubFile((IMAGEREWARD_REPO_ID,), MED_CONFIG_NAME, MED_CONFIG_NAME)
 VOCAB_FILE = HubFile((BERT_REPO_ID, BERT_LEGACY_REPO_ID), "vocab.txt", f"{TOKENIZER_DIRNAME}/vocab.txt")
 TOKENIZER_CONFIG_FILE = HubFile(
@@ -111,6 +126,8 @@ def default_models_dir() -> Path:
 
 def hub_file_url(file: HubFile, endpoint: str | None = None, repo_id: str | None = None) -> str:
     """Direct download URL of ``file`` (what a user can open in a browser to fetch it by hand)."""
+    if file.url is not None:
+        return file.url
     base = _endpoint(endpoint)
     return f"{base}/{repo_id or file.repo_id}/resolve/{quote(REVISION, safe='')}/{quote(file.filename)}"
 
@@ -122,7 +139,7 @@ def resolve_model_files(
     progress: bool = True,
     endpoint: str | None = None,
 ) -> ModelFiles:
-    """Return the model file paths, downloading whatever required file is missing.
+    """Return ImageReward's file paths, downloading whatever required file is missing.
 
     ``offline=None`` follows the environment (``IMAGEREWARD_OFFLINE``, ``HF_HUB_OFFLINE``, ``TRANSFORMERS_OFFLINE``).
     ``endpoint`` overrides ``HF_ENDPOINT``. Raises ``ModelFileMissingError`` naming every missing file (its path and
@@ -130,25 +147,50 @@ def resolve_model_files(
     match what the hub announced. Nothing is created on disk before the hub has answered.
     """
     root = Path(models_dir).expanduser() if models_dir is not None else default_models_dir()
-    if not _missing_required(root):
-        return _model_files(root)  # fast path: no network, not even an import of huggingface_hub
+    resolve_files(root, HUB_FILES, offline=offline, progress=progress, endpoint=endpoint)
+    return _model_files(root)
+
+
+def resolve_files(
+    root: Path,
+    files: tuple[HubFile, ...],
+    *,
+    offline: bool | None = None,
+    progress: bool = True,
+    endpoint: str | None = None,
+    what: str = "ImageReward model files",
+) -> Path:
+    """Make sure every required file of `files` is under `root`, downloading the missing ones; returns `root`.
+
+    The same rules for every model: files already there are used without any network call; missing ones are all
+    named at once when downloads are off or the server cannot be reached; downloads resume, are checked (size, and
+    the hash the hub announces or the one pinned in `HubFile.sha256`) and renamed into place only when complete.
+    """
+    root = Path(root).expanduser()
+    if not _missing_required(root, files):
+        return root  # fast path: no network, not even an import of huggingface_hub
 
     offline_reason = _offline_reason(offline)
     if offline_reason is not None:
-        raise ModelFileMissingError(
-            _missing_message(root, _missing_required(root), f"downloads are disabled ({offline_reason})", endpoint)
-        )
+        reason = f"downloads are disabled ({offline_reason})"
+        raise ModelFileMissingError(_missing_message(root, _missing_required(root, files), reason, endpoint, what))
 
-    # Ask the hub about every missing file first: when it cannot be reached, the message names them all at once.
-    missing = _missing_required(root)
-    todo = [f for f in HUB_FILES if f in missing or (not f.required and not (root / f.relpath).exists())]
+    # Ask about every missing file first: when the server cannot be reached, the message names them all at once.
+    missing = _missing_required(root, files)
+    todo = [f for f in files if f in missing or (not f.required and not (root / f.relpath).exists())]
     answers: list[tuple[HubFile, tuple[str, Any]]] = []
     for file in todo:
         try:
             answer = _fetch_metadata(file, endpoint, root / file.relpath)
         except _NoAnswer as err:
             raise HubUnreachableError(
-                _missing_message(root, missing, f"the hub could not be reached: {err.detail}", endpoint)
+                _missing_message(
+                    root,
+                    missing,
+                    f"the {'server' if file.url else 'hub'} could not be reached: {err.detail}",
+                    endpoint,
+                    what,
+                )
             ) from err
         except DownloadError as err:
             if file.required:
@@ -163,13 +205,13 @@ def resolve_model_files(
         partial_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise DownloadError(
-            f"Cannot create the ImageReward models folder {root}: {err}. "
+            f"Cannot create the models folder {root}: {err}. "
             "Choose a writable folder (IMAGEREWARD_HOME or the models_dir argument) or fix its permissions."
         ) from err
 
     with _download_lock(partial_dir), _progress_bars(progress):
         # Another process may have finished the downloads while this one waited for the lock.
-        missing = _missing_required(root)
+        missing = _missing_required(root, files)
         for file, answer in answers:
             if file.required and file not in missing:
                 continue
@@ -180,18 +222,24 @@ def resolve_model_files(
                 if file.required:
                     raise
                 logger.info("Skipping optional file %s: %s", file.relpath, err)
-    return _model_files(root)
+    return root
 
 
 # --- what is on disk -------------------------------------------------------------------------------------------
 
 
 def _checkpoint_path(root: Path) -> Path | None:
-    converted = root / SAFETENSORS_NAME
-    if _looks_like_safetensors(converted):
-        return converted
-    original = root / CHECKPOINT_NAME
-    return original if _looks_complete(original) else None
+    return present_path(root, CHECKPOINT_FILE)
+
+
+def present_path(root: Path, file: HubFile) -> Path | None:
+    """The file on disk that stands for `file`: a valid safetensors alternative first, else the file itself when
+    it looks complete; None when neither is there."""
+    for alternative in file.alternatives:
+        if _looks_like_safetensors(root / alternative):
+            return root / alternative
+    path = root / file.relpath
+    return path if _looks_complete(path, zip_checkpoint=file.checkpoint) else None
 
 
 def _looks_like_safetensors(path: Path) -> bool:
@@ -213,7 +261,7 @@ _ZIP_END = b"PK\x05\x06"  # end-of-central-directory record, within the last 64 
 _ZIP_END_SPAN = 65536 + 22
 
 
-def _looks_complete(path: Path) -> bool:
+def _looks_complete(path: Path, *, zip_checkpoint: bool | None = None) -> bool:
     """A regular, non-empty file; a `torch.save` zip must also end with its directory (a cut-off copy does not).
 
     Cheap (reads at most 64 KiB at the end), so a file placed by hand is never hashed or parsed here.
@@ -224,7 +272,7 @@ def _looks_complete(path: Path) -> bool:
         size = path.stat().st_size
         if size == 0:
             return False
-        if path.name != CHECKPOINT_NAME:
+        if not (zip_checkpoint if zip_checkpoint is not None else path.name == CHECKPOINT_NAME):
             return True
         with path.open("rb") as fh:
             if fh.read(4) != _ZIP_HEAD:
@@ -235,18 +283,8 @@ def _looks_complete(path: Path) -> bool:
         return False
 
 
-def _missing_required(root: Path) -> list[HubFile]:
-    missing = []
-    for file in HUB_FILES:
-        if not file.required:
-            continue
-        if file is CHECKPOINT_FILE:
-            present = _checkpoint_path(root) is not None
-        else:
-            present = _looks_complete(root / file.relpath)
-        if not present:
-            missing.append(file)
-    return missing
+def _missing_required(root: Path, files: tuple[HubFile, ...] = HUB_FILES) -> list[HubFile]:
+    return [file for file in files if file.required and present_path(root, file) is None]
 
 
 def _incomplete_note(path: Path) -> str:
@@ -313,9 +351,11 @@ def _offline_reason(offline: bool | None) -> str | None:
     return None
 
 
-def _missing_message(root: Path, missing: list[HubFile], reason: str, endpoint: str | None) -> str:
+def _missing_message(
+    root: Path, missing: list[HubFile], reason: str, endpoint: str | None, what: str = "ImageReward model files"
+) -> str:
     """Every missing file with its full path and URL, and the two ways out; the same words for every front end."""
-    lines = [f"ImageReward model files are missing and cannot be downloaded now: {reason}."]
+    lines = [f"{what} are missing and cannot be downloaded now: {reason}."]
     if not root.exists():
         lines.append(f"  (the models folder {root.resolve()} does not exist: is its name right?)")
     for file in missing:
@@ -323,8 +363,8 @@ def _missing_message(root: Path, missing: list[HubFile], reason: str, endpoint: 
         note = _incomplete_note(dest)
         lines.append(f"  - missing: {dest.resolve()}{note}")
         lines.append(f"    download it from {hub_file_url(file, endpoint)} and save it under exactly that path")
-        if file is CHECKPOINT_FILE:
-            lines.append(f"    (a converted {SAFETENSORS_NAME} in the same folder also works)")
+        for alternative in file.alternatives:
+            lines.append(f"    (a converted {alternative} in the same folder also works)")
     lines.append(
         "Place the files there (nothing is downloaded then), or allow downloads: leave out --offline (offline=True "
         "in Python), unset " + "/".join(OFFLINE_ENV_VARS) + ", and check the network, proxy and HF_ENDPOINT."
@@ -405,6 +445,8 @@ def _manual_hint(file: HubFile, dest: Path, endpoint: str | None) -> str:
 
 def _fetch_metadata(file: HubFile, endpoint: str | None, dest: Path) -> tuple[str, Any] | None:
     """HEAD the file on the hub: ``(repo_id, metadata)``, or None if an optional file does not exist there."""
+    if file.url is not None:
+        return _fetch_url_metadata(file, dest)
     from huggingface_hub import get_hf_file_metadata
     from huggingface_hub.utils import EntryNotFoundError, RepositoryNotFoundError
 
@@ -445,6 +487,41 @@ def _fetch_metadata(file: HubFile, endpoint: str | None, dest: Path) -> tuple[st
     return None  # pragma: no cover - the loop returns or raises
 
 
+@dataclass(frozen=True)
+class _UrlAnswer:
+    """What a plain web server told about a file: its final address after redirects and its size. The pinned
+    SHA-256 stands in for the hub's etag, so the partial file is named after it and the download is checked
+    against it."""
+
+    etag: str | None
+    size: int | None
+    location: str
+
+
+def _fetch_url_metadata(file: HubFile, dest: Path) -> tuple[str, Any]:
+    """HEAD a file outside the hub, following redirects (huggingface_hub's HEAD follows only relative ones)."""
+    import urllib.error
+    import urllib.request
+
+    assert file.url is not None
+    request = urllib.request.Request(file.url, method="HEAD", headers={"User-Agent": "sd-webui-imagereward"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            length = response.headers.get("Content-Length")
+            size = int(length) if length and length.isdigit() else None
+            return "", _UrlAnswer(etag=file.sha256, size=size, location=response.geturl())
+    except urllib.error.HTTPError as err:
+        raise DownloadError(
+            f"{file.url} answered {err.code} {err.reason}. Download it yourself and save it as {dest}."
+        ) from err
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        raise _NoAnswer(
+            f"Could not reach {file.url}: {reason}. Download it yourself and save it as {dest}.",
+            detail=f"{urlparse(file.url).netloc} ({reason})",
+        ) from err
+
+
 def _download_file(file: HubFile, root: Path, endpoint: str | None, answer: tuple[str, Any]) -> None:
     """Download one file the hub described (`answer`, from `_fetch_metadata`), resuming and checking it."""
     dest = root / file.relpath
@@ -457,6 +534,8 @@ def _download_file(file: HubFile, root: Path, endpoint: str | None, answer: tupl
     partial = _partial_path(root, file, etag)
     _remove_stale_partials(file, partial)
     headers = _request_headers(url, location)
+    if file.url is not None:  # never send a hub token to another server
+        headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
     partial.touch()  # so that an empty file on the hub still yields a (verified) empty file here
 
     for attempt in range(1, _MAX_ATTEMPTS + 1):
@@ -481,7 +560,7 @@ def _download_file(file: HubFile, root: Path, endpoint: str | None, answer: tupl
                     resume_size=done,
                     headers=headers,
                     expected_size=expected_size,
-                    display_name=file.filename,
+                    display_name=file.display_name,
                 )
         except _network_errors() as err:
             now = partial.stat().st_size if partial.exists() else 0
@@ -574,7 +653,7 @@ def _verify_and_install(
     if expected_size is not None and size != expected_size:
         problem = f"it has {size} bytes, the hub announced {expected_size}"
     elif _is_hex(etag, 64) and sha256 != etag:
-        problem = f"its sha256 is {sha256}, the hub announced {etag}"
+        problem = f"its sha256 is {sha256}, {'the expected one is' if file.url else 'the hub announced'} {etag}"
     elif _is_hex(etag, 40) and git_sha1 != etag:
         problem = f"its git blob sha1 is {git_sha1}, the hub announced {etag}"
     elif not (_is_hex(etag, 64) or _is_hex(etag, 40)):

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import HeadConfig, ImageRewardConfig, TextConfig, VisionConfig
+from .scorers.base import ScoringModel
 
 # BERT's additive mask value for padding: (1 - mask) * -10000, as the released model was trained with.
 _PAD_MASK_VALUE = -10000.0
@@ -179,8 +180,11 @@ class RewardHead(nn.Module):
         return (x.squeeze(-1) - self.score_mean) / self.score_std
 
 
-class ImageRewardModel(nn.Module):
+class ImageRewardModel(ScoringModel):
     """Score = head(text_encoder(prompt, vision(image))[:, 0]), normalised."""
+
+    outputs = ("imagereward",)
+    fp32_modules = ("head",)
 
     def __init__(self, config: ImageRewardConfig) -> None:
         super().__init__()
@@ -189,8 +193,14 @@ class ImageRewardModel(nn.Module):
         self.text = TextEncoder(config.text, image_width=config.vision.width)
         self.head = RewardHead(config.text.hidden_size, config.head)
 
-    def forward(self, pixels: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """pixels (B, 3, H, W) normalised; input_ids/attention_mask (B, L). Returns (B,) scores in the head's dtype."""
+    def forward(  # type: ignore[override]
+        self, pixels: torch.Tensor, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None
+    ) -> dict[str, torch.Tensor]:
+        """pixels (B, 3, H, W) normalised; input_ids/attention_mask (B, L). Returns {"imagereward": (B,) scores}."""
+        return {"imagereward": self.reward(pixels, input_ids, attention_mask)}
+
+    def reward(self, pixels: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B,) scores in the head's dtype."""
         image_tokens = self.vision(pixels.to(self.vision.patch_embed.weight.dtype))
         text_tokens = self.text(input_ids, attention_mask, image_tokens)
         return self.head(text_tokens[:, 0, :])

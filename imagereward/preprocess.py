@@ -107,8 +107,11 @@ def to_8bit(image: Image.Image) -> Image.Image:
     return Image.fromarray(values.astype(np.uint8), "L")
 
 
-def pil_resize_crop(image: Image.Image, size: int = IMAGE_SIZE) -> Image.Image:
-    """Resize (bicubic, short side) and centre-crop with PIL, then convert to RGB: the reference's order."""
+def pil_resize_crop(image: Image.Image, size: int = IMAGE_SIZE, *, rgb_first: bool = False) -> Image.Image:
+    """Resize (bicubic, short side) and centre-crop with PIL, then convert to RGB: the reference's order.
+    `rgb_first` converts before resizing instead, as transformers' CLIP image processor does."""
+    if rgb_first:
+        image = image.convert("RGB")
     height, width = image.height, image.width
     if height < 1 or width < 1:
         raise ImageInputError(f"the image has no pixels (size {width}x{height})")
@@ -121,22 +124,36 @@ def pil_resize_crop(image: Image.Image, size: int = IMAGE_SIZE) -> Image.Image:
     return image.convert("RGB")
 
 
-def _normalise(pixels: torch.Tensor) -> torch.Tensor:
-    """[0, 1] pixels (..., 3, H, W) -> CLIP-normalised."""
-    mean = torch.tensor(CLIP_MEAN, dtype=pixels.dtype, device=pixels.device).view(3, 1, 1)
-    std = torch.tensor(CLIP_STD, dtype=pixels.dtype, device=pixels.device).view(3, 1, 1)
+Normalisation = tuple[tuple[float, float, float], tuple[float, float, float]]
+CLIP_NORMALISATION: Normalisation = (CLIP_MEAN, CLIP_STD)
+
+
+def _normalise(pixels: torch.Tensor, normalisation: Normalisation = CLIP_NORMALISATION) -> torch.Tensor:
+    """[0, 1] pixels (..., 3, H, W) -> normalised with the model's mean and std (CLIP's by default)."""
+    mean = torch.tensor(normalisation[0], dtype=pixels.dtype, device=pixels.device).view(3, 1, 1)
+    std = torch.tensor(normalisation[1], dtype=pixels.dtype, device=pixels.device).view(3, 1, 1)
     return (pixels - mean) / std
 
 
-def pil_to_uint8(image: Image.Image, size: int = IMAGE_SIZE) -> np.ndarray:
+def pil_to_uint8(image: Image.Image, size: int = IMAGE_SIZE, *, rgb_first: bool = False) -> np.ndarray:
     """The reference's pixels before scaling: (size, size, 3) uint8 (16-bit and float images scaled to 8 bits)."""
-    return np.asarray(pil_resize_crop(to_8bit(image), size), dtype=np.uint8)
+    return np.asarray(pil_resize_crop(to_8bit(image), size, rgb_first=rgb_first), dtype=np.uint8)
 
 
-def pil_to_pixels(image: Image.Image, size: int = IMAGE_SIZE) -> torch.Tensor:
+def uint8_to_pixels(array: np.ndarray, normalisation: Normalisation = CLIP_NORMALISATION) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (3, H, W) float32 normalised."""
+    return _normalise(torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0), normalisation)
+
+
+def pil_to_pixels(
+    image: Image.Image,
+    size: int = IMAGE_SIZE,
+    *,
+    normalisation: Normalisation = CLIP_NORMALISATION,
+    rgb_first: bool = False,
+) -> torch.Tensor:
     """(3, size, size) float32, identical to the reference's preprocessing for 8-bit images."""
-    array = torch.from_numpy(pil_to_uint8(image, size).copy()).permute(2, 0, 1).float().div_(255.0)
-    return _normalise(array)
+    return uint8_to_pixels(pil_to_uint8(image, size, rgb_first=rgb_first), normalisation)
 
 
 def load_pil(item: ImageInput, *, exif_orientation: bool = True) -> Image.Image:
@@ -263,7 +280,12 @@ def _resize_with_alpha(batch: torch.Tensor, height: int, width: int) -> torch.Te
 
 
 def tensor_to_pixels(
-    image: torch.Tensor | np.ndarray, size: int = IMAGE_SIZE, device: torch.device | str | None = None
+    image: torch.Tensor | np.ndarray,
+    size: int = IMAGE_SIZE,
+    device: torch.device | str | None = None,
+    *,
+    normalisation: Normalisation = CLIP_NORMALISATION,
+    rgb_first: bool = False,
 ) -> torch.Tensor:
     """(B, 3, size, size) float32 on `device` (default: the tensor's own), from CHW/BCHW tensors or HxWxC arrays.
 
@@ -278,6 +300,8 @@ def tensor_to_pixels(
     height, width = batch.shape[-2:]
     limits.check_size(int(width), int(height), "an image tensor")
     new_h, new_w = resized_size(height, width, size)
+    if rgb_first and batch.shape[1] in (2, 4):
+        batch = batch[:, :-1]  # converted before resizing: alpha dropped first, no premultiplication
     channels = batch.shape[1]
     if (new_h, new_w) != (height, width):
         if channels in (2, 4):
@@ -290,4 +314,4 @@ def tensor_to_pixels(
     batch = batch[:, :, top : top + size, left : left + size]
     if batch.shape[1] == 1:
         batch = batch.expand(-1, 3, -1, -1)
-    return _normalise(batch)
+    return _normalise(batch, normalisation)

@@ -50,7 +50,7 @@ class PromptTokenizer:
         self.max_length = max_length
 
     def __call__(self, prompts: Sequence[str], *, clean: bool = False) -> EncodedPrompts:
-        texts = [_encodable(clean_prompt(p) if clean else p) for p in prompts]
+        texts = [encodable(clean_prompt(p) if clean else p) for p in prompts]
         full = self._tokenizer(texts, add_special_tokens=True, truncation=False)["input_ids"]
         encoded = self._tokenizer(
             texts, padding="longest", truncation=True, max_length=self.max_length, return_tensors="pt"
@@ -63,11 +63,11 @@ class PromptTokenizer:
 
     def count_tokens(self, prompt: str, *, clean: bool = False) -> int:
         """Word pieces of the prompt, [CLS] and [SEP] included, before truncation."""
-        text = _encodable(clean_prompt(prompt) if clean else prompt)
+        text = encodable(clean_prompt(prompt) if clean else prompt)
         return len(self._tokenizer(text, add_special_tokens=True, truncation=False)["input_ids"])
 
 
-def _encodable(text: str) -> str:
+def encodable(text: str) -> str:
     """The text with lone surrogates (from undecodable bytes, e.g. a file name's) replaced by "?": the tokenizer
     refuses them with an unhelpful TypeError. Valid text is returned unchanged."""
     try:
