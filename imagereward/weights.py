@@ -20,7 +20,7 @@ import struct
 import tempfile
 import time
 import zipfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -277,7 +277,15 @@ def read_safetensors(path: Path, device: torch.device | str = "cpu") -> tuple[di
 # ---------------------------------------------------------------------------------------------------------- writing
 
 #: safetensors names of our dtypes; the conversion holds floating-point weights only (checked before writing).
-_ST_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64"}
+_ST_DTYPES = {
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.float64: "F64",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.uint8: "U8",
+}
 #: Every tensor of the conversion starts on a 64-byte boundary of the file (and so of its memory map), as in a
 #: `torch.save` zip. safetensors itself aligns to 8 bytes only; misaligned weights make AVX-512 kernels round
 #: differently, so the same image scored 0.66703796 from the `.pt` and 0.66703808 from the conversion. Aligning
@@ -461,6 +469,38 @@ def load_state(
         stripped = _strip_prefix(state)
         check_state(stripped, text_config)  # validate first: a refused checkpoint is never converted
         write_safetensors_cache(stripped, cache, path)
+    return state, path
+
+
+def load_with_cache(
+    source: str | Path,
+    *,
+    read: Callable[[Path], dict[str, torch.Tensor]] = read_torch_checkpoint,
+    check: Callable[[Mapping[str, torch.Tensor]], object] | None = None,
+    convert: bool = True,
+) -> tuple[dict[str, torch.Tensor], Path]:
+    """Any model's release checkpoint through the same safetensors cache as ImageReward's.
+
+    A `<stem>.safetensors` beside `source` that was converted from it as it is now is read instead; otherwise
+    `source` is read with `read` (by default `torch.load` restricted to tensors), validated with `check` (which
+    raises `CheckpointError` on anything but the expected checkpoint), and, with `convert`, written beside it so the
+    next load needs no unpickling. Returns the state dict and the file actually read.
+    """
+    path = Path(source)
+    if path.suffix == ".safetensors":
+        if not path.exists():
+            raise CheckpointError(f"checkpoint not found: {path}")
+        return read_safetensors(path)[0], path
+    cache = path.with_name(path.stem + ".safetensors")
+    if cache.exists() and _cache_matches(cache, path):
+        return read_safetensors(cache)[0], cache
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    state = read(path)
+    if check is not None:
+        check(state)  # a refused checkpoint is never converted
+    if convert:
+        write_safetensors_cache(state, cache, path)
     return state, path
 
 

@@ -13,7 +13,7 @@ Everything else is shared and lives elsewhere: batching, devices and dtypes, the
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -105,37 +105,3 @@ class ModelFamily:
     load: Loader
     backbone: str = ""  # for the documentation: "OpenAI CLIP ViT-L/14", ...
     size_mb: int = 0  # download size, for the README and the WebUI's setting description
-
-
-@dataclass(frozen=True)
-class ScoreScale:
-    """The range a scorer's values usually fall in, for the WebUI's threshold slider and for display."""
-
-    minimum: float
-    maximum: float
-    step: float
-    default_threshold: float
-    decimals: int = 3
-
-
-@dataclass(frozen=True)
-class Standardisation:
-    """Mean and standard deviation used to put a scorer on a common scale for the ensemble, with their source."""
-
-    mean: float
-    std: float
-    source: str
-
-
-@dataclass(frozen=True)
-class ScorerSpec:
-    name: str  # what the user types: "imagereward", "pickscore", ...
-    label: str  # what the user reads: "ImageReward", "PickScore", ...
-    infotext_key: str  # key in the image's parameters: "ImageReward", "PickScore", ...
-    family: str  # ModelFamily.key
-    needs_prompt: bool
-    scale: ScoreScale
-    standardisation: Standardisation
-    summary: str  # one line: what it measures
-    licence: str = ""
-    published: dict[str, float] = field(default_factory=dict)  # preference accuracy (%) by benchmark

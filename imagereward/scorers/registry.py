@@ -1,0 +1,158 @@
+"""From scorer names to loaded models: which family computes which scorer, where its files live, and loading
+several scorers so that each family's model is loaded (and each image encoded by it) once.
+
+    scorers = load_scorers(["pickscore", "aesthetic"], "models/ImageReward")
+    table = scorers.score("a cat", ["a.png", "b.png"])      # {"pickscore": [...], "aesthetic": [...]}
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+from ..engine import Scorer, resolve_device, resolve_dtype
+from ..errors import ImageRewardError
+from ..preprocess import ImageInput
+from .base import ModelFamily
+from .specs import ENSEMBLE, SCORERS, canonical_name
+
+log = logging.getLogger("imagereward")
+
+#: Family key -> module defining `FAMILY`. Imported on first use: a family's code is only loaded when asked for.
+FAMILY_MODULES: dict[str, str] = {
+    "": "imagereward.scorers.imagereward_family",
+    "openai-clip-vit-l-14": "imagereward.scorers.openai_clip",  # clip, aesthetic
+    "blip-large": "imagereward.scorers.blip_score",
+    "pickscore-v1": "imagereward.scorers.pickscore",
+    "hpsv2.1": "imagereward.scorers.hpsv2",
+}
+
+
+class UnknownScorerError(ImageRewardError):
+    """A scorer name that is not in the table."""
+
+
+def resolve_names(names: Sequence[str]) -> list[str]:
+    """Canonical names, in the order given, without repeats; unknown names are refused with the list of known ones."""
+    result: list[str] = []
+    for name in names:
+        canonical = canonical_name(name)
+        if canonical is None:
+            known = ", ".join([*SCORERS, ENSEMBLE])
+            raise UnknownScorerError(f"unknown scorer {name!r}; choose from {known}")
+        if canonical not in result:
+            result.append(canonical)
+    return result
+
+
+def get_family(key: str) -> ModelFamily:
+    try:
+        module = FAMILY_MODULES[key]
+    except KeyError:
+        raise UnknownScorerError(f"no model family {key!r}") from None
+    return importlib.import_module(module).FAMILY
+
+
+def family_folder(models_dir: Path, family: ModelFamily) -> Path:
+    """ImageReward's own files sit at the root of the models folder; every other family in a subfolder."""
+    return models_dir / family.key if family.key else models_dir
+
+
+def load_family(
+    key: str,
+    outputs: Sequence[str],
+    models_dir: str | Path | None = None,
+    *,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    batch_size: int = 16,
+    offline: bool | None = None,
+    progress: bool = True,
+) -> Scorer:
+    """One family's model with the outputs asked for, its files downloaded on first use."""
+    from ..hub import default_models_dir, resolve_files
+
+    family = get_family(key)
+    root = Path(models_dir).expanduser() if models_dir is not None else default_models_dir()
+    folder = family_folder(root, family)
+    labels = "/".join(SCORERS[name].label for name in outputs)
+    resolve_files(folder, family.files, offline=offline, progress=progress, what=f"{labels} model files")
+    target = resolve_device(device)
+    weight_dtype = resolve_dtype(dtype, target)
+    # Loading must not happen under an inference-mode context (the WebUI generates under one): parameters made
+    # there could not be moved between devices later.
+    with torch.inference_mode(False), torch.no_grad():
+        loaded = family.load(folder, frozenset(outputs), target, weight_dtype)
+    log.info("%s loaded from %s on %s (%s)", labels, folder, target, str(weight_dtype).replace("torch.", ""))
+    return Scorer(loaded.model, loaded.encoder, batch_size=batch_size)
+
+
+class ScorerSet:
+    """Several scorers over the same images: one model per family, every output from one pass of that model."""
+
+    def __init__(self, names: Sequence[str], scorers: Sequence[Scorer]) -> None:
+        self.names = list(names)
+        self.scorers = list(scorers)
+
+    @property
+    def needs_prompt(self) -> bool:
+        return any(s.needs_prompt for s in self.scorers)
+
+    def score(
+        self,
+        prompts: str | Sequence[str] | None,
+        images: ImageInput | Sequence[ImageInput],
+        *,
+        clean_prompts: bool = True,
+        exif_orientation: bool = True,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> dict[str, list[float]]:
+        """`{name: [score per image]}` for every name asked for, in that order."""
+        table: dict[str, list[float]] = {}
+        for scorer in self.scorers:
+            table.update(
+                scorer.score_outputs(
+                    prompts, images, clean_prompts=clean_prompts, exif_orientation=exif_orientation, progress=progress
+                )
+            )
+        return {name: table[name] for name in self.names if name in table}
+
+    def to(self, device: str | torch.device, dtype: str | torch.dtype | None = None) -> ScorerSet:
+        for scorer in self.scorers:
+            scorer.to(device, dtype)
+        return self
+
+
+def load_scorers(
+    names: Sequence[str],
+    models_dir: str | Path | None = None,
+    *,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    batch_size: int = 16,
+    offline: bool | None = None,
+    progress: bool = True,
+) -> ScorerSet:
+    """The scorers named (canonical names or aliases), grouped by family so each model loads once."""
+    wanted = [n for n in resolve_names(names) if n != ENSEMBLE]
+    by_family: dict[str, list[str]] = {}
+    for name in wanted:
+        by_family.setdefault(SCORERS[name].family, []).append(name)
+    scorers = [
+        load_family(
+            key,
+            outputs,
+            models_dir,
+            device=device,
+            dtype=dtype,
+            batch_size=batch_size,
+            offline=offline,
+            progress=progress,
+        )
+        for key, outputs in by_family.items()
+    ]
+    return ScorerSet(wanted, scorers)
