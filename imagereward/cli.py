@@ -2,6 +2,7 @@
 
     imagereward outputs/txt2img-images                  # prompts from each PNG's WebUI infotext
     imagereward *.png --prompt "a cat" --top-k 3 --copy-to best/
+    imagereward DIR --scorer pickscore --scorer aesthetic      # one column per scorer; ranks by the first
 
 Scores are comparable only between images of the same prompt, so ranks, top-k and thresholds apply within groups
 of images that share a prompt. Originals are never moved, changed or deleted, and no existing file is overwritten
@@ -23,7 +24,7 @@ import shutil
 import sys
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,21 @@ examples:
   imagereward -r outputs -k 1 --copy-to best      copy the best image of each prompt into best/
   imagereward *.jpg -p "a red fox in snow" -t 0   keep images scoring at least 0
   imagereward outputs -o scores.csv               write a CSV (the format follows the suffix: .csv .json .txt)
+  imagereward outputs --scorer pickscore --scorer aesthetic
+                                                  two scorers, one column each; ranks, -k and -t use the first
+  imagereward outputs --scorer ensemble --weights imagereward=1,pickscore=2
+                                                  rank by the weighted mean of standardised scores
+  imagereward photos --scorer aesthetic           the aesthetic score needs no prompt
+
+scorers (--scorer, repeatable; default imagereward):
+  imagereward  human preference given the prompt (ImageReward v1.0)
+  pickscore    human preference given the prompt (PickScore v1, CLIP ViT-H/14)
+  hpsv2.1      human preference given the prompt (HPSv2.1, OpenCLIP ViT-H/14)
+  clip         prompt-image agreement (cosine of OpenAI CLIP ViT-L/14 embeddings)
+  blip         prompt-image agreement (cosine of BLIP features)
+  aesthetic    how good the image looks, without the prompt (LAION aesthetic predictor)
+  ensemble     weighted mean of the other scorers named (default: imagereward, pickscore, hpsv2.1), each
+               standardised first; --weights name=w,... sets the weights (default 1 each)
 
 what a score means:
   ImageReward predicts how much people would prefer an image for its prompt. Scores are normalised like a
@@ -76,6 +92,7 @@ class Row:
     kept: bool = False
     error: str | None = None
     truncated: bool = False
+    scores: dict[str, float] = field(default_factory=dict)  # every scorer's value; `score` is the ranking one's
 
 
 # ------------------------------------------------------------------------------------------------ text for output
@@ -144,8 +161,9 @@ def find_images(paths: Iterable[str], recursive: bool, exclude: Path | None = No
     return list(dict.fromkeys(found)), problems
 
 
-def prompt_of(path: Path, fixed: str | None) -> tuple[str | None, str | None]:
-    """(prompt, error): the --prompt, else the positive prompt of the file's WebUI infotext.
+def prompt_of(path: Path, fixed: str | None, needed: bool = True) -> tuple[str | None, str | None]:
+    """(prompt, error): the --prompt, else the positive prompt of the file's WebUI infotext. When no scorer reads
+    the prompt (`needed` False), a file without one is no error; its prompt, if any, still groups the ranking.
 
     Bytes of an argument that are not UTF-8 (kept by Python as lone surrogates, which the tokenizer refuses) are
     read as backslash escapes, as in the output."""
@@ -156,6 +174,8 @@ def prompt_of(path: Path, fixed: str | None) -> tuple[str | None, str | None]:
     except ImageRewardError as exc:
         return None, _without_path(str(exc), str(path))
     if text is None:
+        if not needed:
+            return None, None
         return None, "no prompt: the file has no WebUI generation parameters; pass --prompt"
     return parse_infotext(text).prompt, None
 
@@ -212,6 +232,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--models-dir",
         help="where the model lives or is downloaded to (default: ~/.cache/imagereward or $IMAGEREWARD_HOME); "
         "it must exist",
+    )
+    parser.add_argument(
+        "-s",
+        "--scorer",
+        action="append",
+        metavar="NAME",
+        help="scorer to use; repeat for several (one column each, ranks follow the first): imagereward (default), "
+        "pickscore, hpsv2.1, clip, blip, aesthetic, ensemble",
+    )
+    parser.add_argument(
+        "--weights",
+        metavar="NAME=W,...",
+        help="with --scorer ensemble: each member's weight, e.g. imagereward=1,pickscore=2 (default 1 each)",
     )
     parser.add_argument("--offline", action="store_true", help="never download; fail if model files are missing")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
@@ -338,23 +371,58 @@ def _same_file(a: Path, b: Path) -> bool:
 # ------------------------------------------------------------------------------------------------------- scoring
 
 
-def _load_scorer(args: argparse.Namespace) -> Any:
-    from .scorer import ImageRewardScorer
+def scorer_names(args: argparse.Namespace) -> list[str]:
+    """The canonical scorer names asked for (default: imagereward), in order; unknown names are a usage error."""
+    from .scorers.specs import ENSEMBLE, SCORERS, canonical_name
+
+    names: list[str] = []
+    for given in args.scorer or ["imagereward"]:
+        for part in given.split(","):
+            if not part.strip():
+                continue
+            name = canonical_name(part)
+            if name is None:
+                raise UsageError(f"--scorer {part.strip()}: unknown; choose from {', '.join([*SCORERS, ENSEMBLE])}")
+            if name not in names:
+                names.append(name)
+    if not names:
+        raise UsageError("--scorer needs a name")
+    if args.weights and ENSEMBLE not in names:
+        raise UsageError("--weights only applies with --scorer ensemble")
+    return names
+
+
+def prompt_needed(names: Sequence[str], weights: str | None) -> bool:
+    """Whether any scorer asked for (ensemble members included) reads the prompt."""
+    from .ensemble import make_ensemble
+    from .scorers.specs import ENSEMBLE, SCORERS
+
+    members = list(names)
+    if ENSEMBLE in names:
+        members += make_ensemble(names, weights).members
+    return any(SCORERS[n].needs_prompt for n in members if n != ENSEMBLE)
+
+
+def _load_scorer(args: argparse.Namespace, names: Sequence[str]) -> Any:
+    from .scorers.registry import load_scorers
 
     if not args.quiet:
         where = args.models_dir or "the model cache"
-        _say(f"loading the model from {where} (a few seconds; the first run downloads 1.8 GB)…")
+        _say(f"loading {', '.join(names)} from {where} (a few seconds; the first run downloads the model)…")
     start = time.perf_counter()
-    scorer = ImageRewardScorer.load(
+    scorer = load_scorers(
+        names,
         args.models_dir,
         device=args.device,
         dtype=args.dtype,
         batch_size=args.batch_size,
         offline=args.offline or None,
         progress=not args.quiet,
+        weights=args.weights,
     )
     if not args.quiet:
-        _say(f"model loaded on {scorer.device} in {time.perf_counter() - start:.1f} s")
+        what = "model" if len(scorer.scorers) == 1 else f"{len(scorer.scorers)} models"
+        _say(f"{what} loaded on {scorer.device} in {time.perf_counter() - start:.1f} s")
     return scorer
 
 
@@ -390,7 +458,8 @@ def _score_part(rows: list[Row], images: list[Any], scorer: Any, clean: bool) ->
     if not rows:
         return
     try:
-        scores = scorer.score([r.prompt for r in rows], images, clean_prompts=clean)
+        prompts = [r.prompt or "" for r in rows] if scorer.needs_prompt else None
+        table = scorer.score(prompts, images, clean_prompts=clean)
     except ImageInputError:
         if len(rows) == 1:
             raise
@@ -400,15 +469,17 @@ def _score_part(rows: list[Row], images: list[Any], scorer: Any, clean: bool) ->
             except ImageInputError as exc:
                 row.error = _without_path(str(exc), row.path)
         return
-    for row, value in zip(rows, scores, strict=True):
-        row.score = value
+    ranking = scorer.names[0]
+    for i, row in enumerate(rows):
+        row.scores = {name: values[i] for name, values in table.items()}
+        row.score = row.scores[ranking]
 
 
 def mark_truncated(rows: list[Row], scorer: Any, clean: bool) -> int:
     """Flag rows whose prompt is longer than the model reads; returns how many prompts (distinct) that is."""
     scored = [row for row in rows if row.score is not None and row.prompt is not None]
     prompts = list(dict.fromkeys(row.prompt for row in scored if row.prompt is not None))
-    if not prompts or not hasattr(scorer, "truncated"):
+    if not prompts or not scorer.needs_prompt:
         return 0
     cut = {p for p, flag in zip(prompts, scorer.truncated(prompts, clean=clean), strict=True) if flag}
     for row in scored:
@@ -519,42 +590,69 @@ def _record(row: Row) -> dict[str, Any]:
         "kept": row.kept,
         "error": None if row.error is None else shown(row.error),
         "truncated": row.truncated,
+        "scores": dict(row.scores),
     }
 
 
-def render(rows: Sequence[Row], fmt: str, filtering: bool, width: int | None = None) -> str:
-    """The results as a table, CSV or JSON. `width`: the terminal's columns (the table fits them), or None."""
+def _value(value: float | None, decimals: int) -> str:
+    if value is None:
+        return ""
+    return "nan" if math.isnan(value) else f"{value:.{decimals}f}"
+
+
+def render(
+    rows: Sequence[Row], fmt: str, filtering: bool, width: int | None = None, columns: Sequence[str] = ()
+) -> str:
+    """The results as a table, CSV or JSON. `width`: the terminal's columns (the table fits them), or None.
+    `columns`: the scorers shown one column each (several scorers, or another than ImageReward); CSV appends one
+    column per scorer, named after it; the table shows them in place of the single score column."""
     if fmt == "json":
         return json.dumps([_record(r) for r in rows], indent=2, ensure_ascii=False) + "\n"
     if fmt == "csv":
         buffer = io.StringIO()
         writer = csv.writer(buffer)
-        writer.writerow(["path", "score", "rank", "group", "kept", "prompt", "error", "truncated"])
+        writer.writerow(["path", "score", "rank", "group", "kept", "prompt", "error", "truncated", *columns])
         for r in rows:
             score = "" if r.score is None else f"{r.score:.4f}"
             group = "" if r.group is None else r.group
             prompt, error = shown(r.prompt), shown(r.error)
-            writer.writerow([shown(r.path), score, r.rank or "", group, int(r.kept), prompt, error, int(r.truncated)])
+            extra = [_value(r.scores.get(c), 4) for c in columns]
+            writer.writerow(
+                [shown(r.path), score, r.rank or "", group, int(r.kept), prompt, error, int(r.truncated), *extra]
+            )
         return buffer.getvalue()
+    heads = [("score", 7, 3, None)]
+    if columns:
+        from .scorers.specs import ENSEMBLE, SCORERS
+
+        heads = []
+        for name in columns:
+            label = "ensemble" if name == ENSEMBLE else SCORERS[name].label
+            decimals = 3 if name == ENSEMBLE else SCORERS[name].scale.decimals
+            heads.append((label, max(7, len(label)), decimals, name))
+    score_width = sum(w + 2 for _, w, _, _ in heads) - 2
     paths = [shown(r.path) for r in rows]
     file_width = min(40, max([4, *(len(p) for p in paths)]))
     rest = None
     if width is not None:  # the prompt gets at least 20 columns, the file name what is left (12 to 40)
-        available = width - (4 + 2 + 7 + 2 + (4 + 2 if filtering else 0)) - 2 - 1
+        available = width - (4 + 2 + score_width + 2 + (4 + 2 if filtering else 0)) - 2 - 1
         file_width = max(12, min(file_width, available - 20))
         rest = max(10, available - file_width)
     kept_head = f"{'kept':<4}  " if filtering else ""
-    lines = [f"{'rank':>4}  {'score':>7}  {kept_head}{'file':<{file_width}}  prompt"]
+    score_head = "  ".join(f"{label:>{w}}" for label, w, _, _ in heads)
+    lines = [f"{'rank':>4}  {score_head}  {kept_head}{'file':<{file_width}}  prompt"]
     for r, path in zip(rows, paths, strict=True):
         name = f"{_short_path(path, file_width):<{file_width}}"
         if r.score is None:
             blank = f"{'':<4}  " if filtering else ""
-            lines.append(f"{'-':>4}  {'error':>7}  {blank}{name}  {_short(r.error, rest)}")
+            lines.append(f"{'-':>4}  {'error':>{score_width}}  {blank}{name}  {_short(r.error, rest)}")
             continue
-        score = "nan" if math.isnan(r.score) else f"{r.score:.3f}"
+        values = "  ".join(
+            f"{_value(r.score if key is None else r.scores.get(key), decimals):>{w}}" for _, w, decimals, key in heads
+        )
         kept = f"{'yes' if r.kept else 'no':<4}  " if filtering else ""
         prompt = _short(r.prompt, rest) + (" [cut]" if r.truncated else "")
-        lines.append(f"{r.rank:>4}  {score:>7}  {kept}{name}  {prompt}")
+        lines.append(f"{r.rank:>4}  {values}  {kept}{name}  {prompt}")
     return "\n".join(lines) + "\n"
 
 
@@ -586,6 +684,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .collection.cli import wants_collection
 
     if wants_collection(args):
+        asked = {n.strip().lower() for n in ",".join(args.scorer or []).split(",")} - {"imagereward", ""}
+        if asked:
+            _say("error: --store, --shards, --paths-file and --parquet-in score with ImageReward only; drop --scorer")
+            return EXIT_USAGE
         return run_collection(args)
     if not args.paths:
         _say("error: give image files or folders (or --store DIR for a results store)")
@@ -620,10 +722,12 @@ def _run(args: argparse.Namespace, started: float) -> int:
         check_copy_target(args.copy_to)
     check_models_dir(args.models_dir)
     check_device(args.device)
+    names = scorer_names(args)
+    needed = prompt_needed(names, args.weights)
 
     rows = []
     for path in files:
-        prompt, error = prompt_of(path, args.prompt)
+        prompt, error = prompt_of(path, args.prompt, needed)
         rows.append(Row(path=str(path), prompt=prompt, error=error))
     if all(row.error for row in rows):
         for row in rows:
@@ -631,12 +735,13 @@ def _run(args: argparse.Namespace, started: float) -> int:
         _say("no image could be scored")
         return EXIT_NOTHING_SCORED
 
-    scorer = _load_scorer(args)
+    scorer = _load_scorer(args, names)
     score_rows(rows, scorer, args.clean_prompt, progress=not args.quiet and sys.stderr.isatty())
     cut = mark_truncated(rows, scorer, args.clean_prompt)
     ordered, message = rank_rows(rows, settings)
     filtering = settings.mode is not Mode.SORT
-    output = render(ordered, fmt, filtering, None if args.output else _terminal_width())
+    columns = [] if scorer.names == ["imagereward"] else scorer.names
+    output = render(ordered, fmt, filtering, None if args.output else _terminal_width(), columns)
     if args.output:
         write_output(output, args.output)
     else:
@@ -649,8 +754,13 @@ def _run(args: argparse.Namespace, started: float) -> int:
     if message and not args.quiet:
         _say(message)
     if cut and not args.quiet:
+        limit = (
+            "the model reads (33 word pieces)"
+            if scorer.names == ["imagereward"]
+            else "a model reads (ImageReward and BLIP: 33 word pieces; the CLIP-based scorers: 75 tokens)"
+        )
         _say(
-            f"{cut} prompt(s) are longer than the model reads (33 word pieces): only their beginning was scored "
+            f"{cut} prompt(s) are longer than {limit}: only their beginning was scored "
             '(marked [cut] in the table, "truncated" in CSV and JSON)'
         )
     copy_note = ""

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import importlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
 
 from ..engine import Scorer, resolve_device, resolve_dtype
+from ..ensemble import Ensemble, make_ensemble
 from ..errors import ImageRewardError
 from ..preprocess import ImageInput
 from .base import ModelFamily
@@ -94,13 +95,29 @@ def load_family(
 class ScorerSet:
     """Several scorers over the same images: one model per family, every output from one pass of that model."""
 
-    def __init__(self, names: Sequence[str], scorers: Sequence[Scorer]) -> None:
+    def __init__(self, names: Sequence[str], scorers: Sequence[Scorer], ensemble: Ensemble | None = None) -> None:
         self.names = list(names)
         self.scorers = list(scorers)
+        self.ensemble = ensemble
 
     @property
     def needs_prompt(self) -> bool:
         return any(s.needs_prompt for s in self.scorers)
+
+    @property
+    def batch_size(self) -> int:
+        return min((s.batch_size for s in self.scorers), default=1)
+
+    @property
+    def device(self) -> torch.device:
+        return self.scorers[0].device
+
+    def truncated(self, prompts: Sequence[str], *, clean: bool = True) -> list[bool]:
+        """Whether each prompt is longer than some scorer of the set reads (each model has its own limit)."""
+        flags = [False] * len(prompts)
+        for scorer in self.scorers:
+            flags = [a or b for a, b in zip(flags, scorer.truncated(prompts, clean=clean), strict=True)]
+        return flags
 
     def score(
         self,
@@ -119,6 +136,8 @@ class ScorerSet:
                     prompts, images, clean_prompts=clean_prompts, exif_orientation=exif_orientation, progress=progress
                 )
             )
+        if self.ensemble is not None:
+            table[ENSEMBLE] = self.ensemble.combine(table)
         return {name: table[name] for name in self.names if name in table}
 
     def to(self, device: str | torch.device, dtype: str | torch.dtype | None = None) -> ScorerSet:
@@ -136,11 +155,19 @@ def load_scorers(
     batch_size: int = 16,
     offline: bool | None = None,
     progress: bool = True,
+    weights: str | Mapping[str, float] | None = None,
 ) -> ScorerSet:
-    """The scorers named (canonical names or aliases), grouped by family so each model loads once."""
-    wanted = [n for n in resolve_names(names) if n != ENSEMBLE]
+    """The scorers named (canonical names or aliases), grouped by family so each model loads once. With `ensemble`
+    among them, its members (the other names, or those in `weights`, or `ensemble.DEFAULT_MEMBERS`) are loaded too,
+    and the set's table has an `ensemble` column."""
+    wanted = resolve_names(names)
+    ensemble = make_ensemble(wanted, weights) if ENSEMBLE in wanted else None
+    to_load = [n for n in wanted if n != ENSEMBLE]
+    if ensemble is not None:
+        to_load += [m for m in ensemble.members if m not in to_load]
+        wanted += [m for m in ensemble.members if m not in wanted]
     by_family: dict[str, list[str]] = {}
-    for name in wanted:
+    for name in to_load:
         by_family.setdefault(SCORERS[name].family, []).append(name)
     scorers = [
         load_family(
@@ -155,4 +182,4 @@ def load_scorers(
         )
         for key, outputs in by_family.items()
     ]
-    return ScorerSet(wanted, scorers)
+    return ScorerSet(wanted, scorers, ensemble)
