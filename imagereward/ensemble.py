@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from .errors import ImageRewardError
 from .scorers.specs import ENSEMBLE, SCORERS, canonical_name
 
-#: The members when the user names none besides `ensemble`: the three preference models.
-DEFAULT_MEMBERS = ("imagereward", "pickscore", "hpsv2.1")
+#: The members when the user names none besides `ensemble`: the preference models whose standardisation is known.
+DEFAULT_MEMBERS = ("imagereward", "hpsv2.1")
 
 
 class EnsembleError(ImageRewardError):
@@ -50,6 +50,7 @@ def standardise(name: str, value: float) -> float:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return math.nan
     scale = SCORERS[name].standardisation
+    assert scale.mean is not None and scale.std is not None  # members are checked by make_ensemble
     return (float(value) - scale.mean) / scale.std
 
 
@@ -89,6 +90,12 @@ def make_ensemble(named: Sequence[str], weights: str | Mapping[str, float] | Non
     for name in parsed:
         if name not in members:
             members.append(name)
+    unknown = [SCORERS[name].label for name in members if not SCORERS[name].standardisation.known]
+    if unknown:
+        raise EnsembleError(
+            f"{', '.join(unknown)} cannot join the ensemble: no published mean and standard deviation to standardise "
+            "it with (see the README's scorer table); rank by it alone, or choose other members"
+        )
     chosen = tuple(members)
     values = tuple(parsed.get(name, 1.0) for name in chosen)
     if sum(values) <= 0:

@@ -207,10 +207,10 @@ def _remove_entry(line: str, match: re.Match[str]) -> str:
     return before[:-1] if before.endswith(",") else before
 
 
-def format_score(score: float) -> str:
-    """A score as written in infotext: three decimals, no negative zero."""
-    text = f"{float(score):.3f}"
-    return "0.000" if text == "-0.000" else text
+def format_score(score: float, decimals: int = 3) -> str:
+    """A score as written in infotext: three decimals (or the scorer's own), no negative zero."""
+    text = f"{float(score):.{decimals}f}"
+    return text[1:] if text.startswith("-") and float(text) == 0 else text
 
 
 def read_score(text: str) -> float | None:

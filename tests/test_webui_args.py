@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from imagereward.selection import Mode
-from imagereward.webui.args import FIELD_NAMES, ArgumentError, JobArgs, from_script_args
+from imagereward.webui.args import FIELD_NAMES, PASTE_FIELDS, ArgumentError, JobArgs, from_script_args, validate
 
 
 def test_positional_args_in_ui_order() -> None:
@@ -44,7 +44,7 @@ def test_bad_values_get_clear_messages(values: dict, message: str) -> None:
 
 
 def test_too_many_positional_args() -> None:
-    with pytest.raises(ArgumentError, match="at most 8 arguments"):
+    with pytest.raises(ArgumentError, match=f"at most {len(FIELD_NAMES)} arguments"):
         from_script_args(tuple(range(len(FIELD_NAMES) + 1)))
 
 
@@ -55,3 +55,29 @@ def test_infotext_params_name_only_what_the_mode_uses() -> None:
     }
     params = JobArgs(mode=Mode.TOP_K_ABOVE_THRESHOLD, candidates=4, k=2, threshold=0.25).infotext_params()
     assert params["ImageReward k"] == "2" and params["ImageReward threshold"] == "0.25"
+
+
+def test_scorer_and_weights_are_validated_and_made_canonical() -> None:
+    args = validate({"enabled": True, "scorer": "PickScore"})
+    assert args.scorer == "pickscore" and args.score_key == "PickScore"
+    assert validate({"scorer": "hpsv2"}).scorer == "hpsv2.1"
+    ensemble = validate({"scorer": "Ensemble", "weights": {"PickScore": 2, "image-reward": "1"}})
+    assert ensemble.scorer == "ensemble" and ensemble.weights == "pickscore=2,imagereward=1"
+    assert ensemble.score_key == "Ensemble"
+    with pytest.raises(ArgumentError, match="scorer must be one of"):
+        validate({"scorer": "dalle-judge"})
+    with pytest.raises(ArgumentError, match="unknown scorer"):
+        validate({"scorer": "ensemble", "weights": "pickscore=1,nonsense=2"})
+    with pytest.raises(ArgumentError, match=">= 0"):
+        validate({"scorer": "ensemble", "weights": "pickscore=-1"})
+
+
+def test_scorer_choice_is_written_and_pasted_back() -> None:
+    params = JobArgs(enabled=True, scorer="ensemble", weights="imagereward=1,pickscore=2").infotext_params()
+    assert params["ImageReward scorer"] == "Ensemble" and params["ImageReward weights"] == "imagereward=1,pickscore=2"
+    assert "ImageReward scorer" not in JobArgs(enabled=True).infotext_params()  # the default is not written
+    fields = dict(PASTE_FIELDS)
+    assert validate({"scorer": fields["scorer"](params)}).scorer == "ensemble"
+    assert validate({"weights": fields["weights"](params)}).weights == "imagereward=1,pickscore=2"
+    older = {"ImageReward mode": "sort"}  # an image made before scorers could be chosen
+    assert validate({"scorer": fields["scorer"](older)}).scorer == "imagereward"

@@ -8,7 +8,7 @@ import importlib
 import logging
 from copy import copy
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from PIL import Image
@@ -390,7 +390,13 @@ def test_paste_back_restores_every_setting() -> None:
     assert pasted["enabled"] is True and pasted["mode"] == "top-k" and pasted["candidates"] == "4"
     assert pasted["by_prompt"] is False and pasted["clean_prompt"] is False
     defaults = {name: key({}) for name, key in PASTE_FIELDS if callable(key)}
-    assert defaults == {"enabled": False, "by_prompt": True, "clean_prompt": True}
+    assert defaults == {
+        "enabled": False,
+        "by_prompt": True,
+        "clean_prompt": True,
+        "scorer": "ImageReward",  # images from before the scorer choice paste back ImageReward
+        "weights": "",
+    }
 
 
 def test_truncated_prompts_get_one_note_with_one_limit(world: World) -> None:
@@ -543,9 +549,28 @@ def test_score_endpoint_answers_503_not_500_when_scoring_fails(world: World) -> 
 GENERATION_INFO = Path(__file__).parent / "fixtures" / "generation_info.json"
 
 
-def _generation_info(world: World) -> dict[str, Any]:
+class TableScorer(FakeScorer):
+    """A stand-in `ScorerSet`: one column per scorer name, each a different function of the same pixels."""
+
+    OFFSETS: ClassVar[dict[str, tuple[float, float]]] = {
+        "pickscore": (21.0, 1.5),
+        "imagereward": (0.0, 1.0),
+        "hpsv2.1": (0.27, 0.02),
+        "ensemble": (0.0, 0.9),
+    }
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        super().__init__()
+        self.names = names
+
+    def score(self, prompts: list[str], images: list[Any], clean_prompts: bool = False) -> dict[str, list[float]]:
+        base = super().score(prompts, images, clean_prompts)
+        return {name: [self.OFFSETS[name][0] + self.OFFSETS[name][1] * v for v in base] for name in self.names}
+
+
+def _generation_info(world: World, scorer: dict[str, Any] | None = None) -> dict[str, Any]:
     """What the WebUI's Processed.js() gives the front end, for a fixed best-of-4 job (batch 2 x count 2)."""
-    processed = world.run(world.p(TOP1, batch_size=2, n_iter=2))
+    processed = world.run(world.p({**TOP1, **(scorer or {})}, batch_size=2, n_iter=2))
     return {
         "index_of_first_image": processed.index_of_first_image,
         "infotexts": processed.infotexts,
@@ -577,6 +602,56 @@ def test_details_json_matches_the_fixture_the_javascript_tests_read(world: World
     assert _same(info, json.loads(GENERATION_INFO.read_text()))
     for entry in info["extra_generation_params"][DETAILS_KEY]["images"]:  # details agree with the infotexts
         assert entry["score"] == pytest.approx(read_score(info["infotexts"][entry["index"]]), abs=6e-4)
+
+
+SCORER_JOBS = {
+    "pickscore": ({"scorer": "pickscore"}, ("pickscore",), "PickScore"),
+    "ensemble": (
+        {"scorer": "ensemble", "weights": "imagereward=1,hpsv2.1=2"},
+        ("ensemble", "imagereward", "hpsv2.1"),
+        "Ensemble",
+    ),
+}
+
+
+@pytest.mark.parametrize("job", sorted(SCORER_JOBS))
+def test_other_scorers_write_their_own_key_and_the_fixture_the_javascript_tests_read(world: World, job: str) -> None:
+    import json
+    import os
+
+    from imagereward.infotext import parse_infotext
+
+    args, names, key = SCORER_JOBS[job]
+    world.scorer = TableScorer(names)
+    info = json.loads(json.dumps(_generation_info(world, args)))
+    fixture = GENERATION_INFO.with_name(f"generation_info_{job}.json")
+    if os.environ.get("IMAGEREWARD_WRITE_FIXTURES"):
+        fixture.write_text(json.dumps(info, indent=1) + "\n")
+    assert _same(info, json.loads(fixture.read_text()))
+    details = info["extra_generation_params"][DETAILS_KEY]
+    assert details["summary"]["scorer"] == names[0] and details["summary"]["score_key"] == key
+    for entry in details["images"]:
+        settings = parse_infotext(info["infotexts"][entry["index"]]).settings
+        assert "ImageReward" not in settings or job == "ensemble"  # ImageReward's key only as an ensemble member
+        assert float(settings[key]) == pytest.approx(entry["score"], abs=6e-4)
+        assert settings["ImageReward scorer"] == key  # pastes back the choice
+        for member in names[1:]:  # the ensemble's members are written beside it
+            assert {"imagereward": "ImageReward", "hpsv2.1": "HPSv2-1"}[member] in settings
+    scores = [entry["score"] for entry in details["images"]]
+    assert len(scores) == 4 and all(isinstance(s, float) for s in scores)  # one kept per requested image
+
+
+def test_the_scorer_table_fixture_the_javascript_tests_read_is_current() -> None:
+    import json
+    import os
+
+    from imagereward.scorers.specs import front_end_table
+
+    fixture = GENERATION_INFO.with_name("scorers.json")
+    table = front_end_table()
+    if os.environ.get("IMAGEREWARD_WRITE_FIXTURES"):
+        fixture.write_text(json.dumps(table, indent=1) + "\n")
+    assert table == json.loads(fixture.read_text())
 
 
 def test_score_endpoint_refuses_an_oversized_body_before_holding_it(world: World, monkeypatch) -> None:

@@ -18,15 +18,24 @@ class ScoreScale:
     step: float
     default_threshold: float
     decimals: int = 3
+    #: the badge colour goes from red at the first value to green at the second (a display choice: the values
+    #: bracket what the scorer usually gives generated images)
+    colours: tuple[float, float] = (-2.0, 2.0)
 
 
 @dataclass(frozen=True)
 class Standardisation:
-    """Mean and standard deviation that put a scorer on a common scale for the ensemble, and their source."""
+    """Mean and standard deviation that put a scorer on a common scale for the ensemble, and their source.
+    None where no published figure exists: such a scorer cannot join the ensemble (see `ensemble.py`)."""
 
-    mean: float
-    std: float
+    mean: float | None
+    std: float | None
     source: str
+    approximate: bool = False  # derived from published aggregates rather than per-image scores
+
+    @property
+    def known(self) -> bool:
+        return self.mean is not None and self.std is not None and self.std > 0
 
 
 @dataclass(frozen=True)
@@ -51,17 +60,17 @@ IMAGEREWARD = ScorerSpec(
     infotext_key="ImageReward",
     family="",
     needs_prompt=True,
-    scale=ScoreScale(-3.0, 3.0, 0.05, 0.0),
+    scale=ScoreScale(-3.0, 3.0, 0.05, 0.0, colours=(-2.0, 2.0)),
     standardisation=Standardisation(
-        0.0, 1.0, "built in: the model reports (reward - mean) / std of its training set's rewards (ImageReward paper)"
+        0.0,
+        1.0,
+        "built in: the model already reports (reward - 0.1672) / 1.0333, the mean and std of its rewards on the "
+        "ImageReward test set (THUDM/ImageReward, ImageReward.py; the authors in its issue #7)",
     ),
     summary="human preference for an image given its prompt (137k expert comparisons)",
     licence="Apache-2.0 (code); model card of THUDM/ImageReward",
-    published=(65.1, 61.1, 74.0),
+    published=(65.1, 61.1, 74.0),  # HPSv3 paper's table; the ImageReward paper: 65.14 on its test set
 )
-
-# The values below marked "to confirm" are first estimates; each scorer's author replaces them from its reference.
-_TO_CONFIRM = Standardisation(0.0, 1.0, "to confirm")
 
 CLIP = ScorerSpec(
     name="clip",
@@ -69,8 +78,14 @@ CLIP = ScorerSpec(
     infotext_key="CLIP score",
     family="openai-clip-vit-l-14",
     needs_prompt=True,
-    scale=ScoreScale(0.0, 0.5, 0.005, 0.2),  # to confirm: cosine of text and image embeddings
-    standardisation=_TO_CONFIRM,
+    scale=ScoreScale(0.0, 0.5, 0.005, 0.2, decimals=4, colours=(0.15, 0.35)),  # to confirm: a cosine
+    standardisation=Standardisation(
+        0.2584,
+        0.0487,
+        "per-image CLIP scores of the ImageReward paper's benchmark (100 DiffusionDB prompts x 10 images x 6 "
+        "generators, 6,000 images), computed with the reference package; their per-generator means equal the "
+        "paper's Table 1 CLIP column",
+    ),
     summary="how well the image matches the prompt (cosine of OpenAI CLIP ViT-L/14 embeddings)",
     licence="MIT (OpenAI CLIP)",
 )
@@ -81,8 +96,15 @@ AESTHETIC = ScorerSpec(
     infotext_key="Aesthetic score",
     family="openai-clip-vit-l-14",
     needs_prompt=False,
-    scale=ScoreScale(1.0, 10.0, 0.05, 5.0),  # to confirm
-    standardisation=_TO_CONFIRM,
+    scale=ScoreScale(1.0, 10.0, 0.05, 5.0, colours=(4.0, 7.0)),  # to confirm
+    standardisation=Standardisation(
+        4.5,
+        0.7,
+        "LAION-Aesthetics v2 subset sizes on the 2.37 B English images of LAION-5B (LAION blog 'LAION-Aesthetics'): "
+        "50.6 % score 4.5 or more (median 4.5); the sizes of the 5+, 6+, 6.5+ subsets imply a std of 0.52 to 0.90 "
+        "(0.7 taken); web photos rather than generated images",
+        approximate=True,
+    ),
     summary="how good the image looks, ignoring the prompt (LAION aesthetic predictor on CLIP ViT-L/14)",
     licence="Apache-2.0 (LAION improved aesthetic predictor); MIT (OpenAI CLIP)",
 )
@@ -93,8 +115,8 @@ BLIP = ScorerSpec(
     infotext_key="BLIP score",
     family="blip-large",
     needs_prompt=True,
-    scale=ScoreScale(0.0, 1.0, 0.005, 0.4),  # to confirm
-    standardisation=_TO_CONFIRM,
+    scale=ScoreScale(0.0, 1.0, 0.005, 0.4, decimals=4, colours=(0.25, 0.55)),  # to confirm
+    standardisation=Standardisation(None, None, "no published mean or std of the BLIP score was found"),
     summary="how well the image matches the prompt (cosine of BLIP ViT-L image and text features)",
     licence="BSD-3-Clause (Salesforce BLIP)",
 )
@@ -105,24 +127,31 @@ PICKSCORE = ScorerSpec(
     infotext_key="PickScore",
     family="pickscore-v1",
     needs_prompt=True,
-    scale=ScoreScale(0.0, 30.0, 0.1, 20.0),  # to confirm: logit scale x cosine
-    standardisation=_TO_CONFIRM,
+    scale=ScoreScale(0.0, 30.0, 0.1, 20.0, colours=(18.0, 24.0)),  # to confirm: logit scale x cosine
+    standardisation=Standardisation(None, None, "no published per-image mean or std of PickScore was found"),
     summary="human preference for an image given its prompt (CLIP ViT-H/14 fine-tuned on Pick-a-Pic)",
     licence="MIT (PickScore code); model card of yuvalkirstain/PickScore_v1",
-    published=(61.6, 70.5, 79.8),
+    published=(61.6, 70.5, 79.8),  # HPSv3 paper, preference accuracy table
 )
 
 HPSV21 = ScorerSpec(
     name="hpsv2.1",
     label="HPSv2.1",
-    infotext_key="HPSv2.1",
+    infotext_key="HPSv2-1",  # the WebUI's infotext keys cannot hold a "."
     family="hpsv2.1",
     needs_prompt=True,
-    scale=ScoreScale(0.0, 0.5, 0.005, 0.25),  # to confirm
-    standardisation=_TO_CONFIRM,
+    scale=ScoreScale(0.0, 0.5, 0.005, 0.25, decimals=4, colours=(0.2, 0.32)),  # to confirm
+    standardisation=Standardisation(
+        0.25,
+        0.045,
+        "HPSv2 README, HPSv2.1 benchmark table: mean and spread of the 22 generators' average scores over the "
+        "3,200 HPD v2 benchmark prompts (25.00 and 4.51 on its x100 scale); a spread between generators, not "
+        "between images",
+        approximate=True,
+    ),
     summary="human preference for an image given its prompt (OpenCLIP ViT-H/14 fine-tuned on HPDv2)",
     licence="Apache-2.0 (HPSv2 code and weights)",
-    published=(66.8, None, 84.1),
+    published=(66.8, None, 84.1),  # HPSv2 README (HPSv3's table has no HPSv2.1 row)
 )
 
 SCORERS: dict[str, ScorerSpec] = {spec.name: spec for spec in (IMAGEREWARD, CLIP, AESTHETIC, BLIP, PICKSCORE, HPSV21)}
@@ -145,6 +174,29 @@ ALIASES: dict[str, str] = {
 }
 
 ENSEMBLE = "ensemble"
+ENSEMBLE_KEY = "Ensemble"  # infotext key and label of the ensemble's score
+#: The ensemble's scale: a weighted mean of z-scores.
+ENSEMBLE_SCALE = ScoreScale(-3.0, 3.0, 0.05, 0.0, colours=(-2.0, 2.0))
+
+
+def front_end_table() -> dict[str, dict[str, object]]:
+    """What the gallery's JavaScript knows of each scorer, by label (the value of the "ImageReward scorer" infotext
+    entry): its infotext key, name, decimals and colour range. tests/fixtures/scorers.json holds it for the JS tests."""
+    table: dict[str, dict[str, object]] = {}
+    for spec in SCORERS.values():
+        table[spec.label] = {
+            "name": spec.name,
+            "key": spec.infotext_key,
+            "digits": spec.scale.decimals,
+            "colours": list(spec.scale.colours),
+        }
+    table[ENSEMBLE_KEY] = {
+        "name": ENSEMBLE,
+        "key": ENSEMBLE_KEY,
+        "digits": ENSEMBLE_SCALE.decimals,
+        "colours": list(ENSEMBLE_SCALE.colours),
+    }
+    return table
 
 
 def canonical_name(name: str) -> str | None:

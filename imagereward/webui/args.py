@@ -7,8 +7,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
+from ..ensemble import EnsembleError, parse_weights
 from ..errors import ImageRewardError
+from ..scorers.specs import ENSEMBLE, ENSEMBLE_KEY, ENSEMBLE_SCALE, SCORERS, ScoreScale, canonical_name
 from ..selection import Mode, SelectionSettings
+
+ENSEMBLE_LABEL = ENSEMBLE_KEY
 
 MAX_CANDIDATES = 64  # the UI's slider goes as far; the API accepts the same
 
@@ -29,6 +33,13 @@ class JobArgs:
     by_prompt: bool = True  # rank only within groups of the same prompt
     clean_prompt: bool = True  # strip WebUI prompt syntax before scoring
     keep_discarded: bool = False  # save discarded images into a separate folder
+    scorer: str = "imagereward"  # a name of scorers.specs.SCORERS, or "ensemble"
+    weights: str = ""  # ensemble only: "imagereward=1,pickscore=2" (empty: the default members, 1 each)
+
+    @property
+    def score_key(self) -> str:
+        """The infotext key the ranking score is written under ("ImageReward", "PickScore", "Ensemble", ...)."""
+        return score_key(self.scorer)
 
     def selection(self, keep_best_if_none: bool = True, per_group: bool = True) -> SelectionSettings:
         return SelectionSettings(
@@ -53,7 +64,49 @@ class JobArgs:
             params["ImageReward by prompt"] = "False"
         if not self.clean_prompt:
             params["ImageReward clean prompt"] = "False"
+        if self.scorer != "imagereward":
+            params["ImageReward scorer"] = scorer_label(self.scorer)
+        if self.scorer == ENSEMBLE and self.weights:
+            params["ImageReward weights"] = self.weights
         return params
+
+
+def score_key(name: str) -> str:
+    return ENSEMBLE_KEY if name == ENSEMBLE else SCORERS[name].infotext_key
+
+
+def score_scale(name: str) -> ScoreScale:
+    return ENSEMBLE_SCALE if name == ENSEMBLE else SCORERS[name].scale
+
+
+def score_decimals(name: str) -> int:
+    return score_scale(name).decimals
+
+
+def scorer_label(name: str) -> str:
+    return ENSEMBLE_LABEL if name == ENSEMBLE else SCORERS[name].label
+
+
+def parse_scorer(value: Any) -> str:
+    """A scorer's canonical name from a name, an alias or a label ("PickScore", "hpsv2", "Ensemble")."""
+    name = canonical_name(str(value)) if isinstance(value, str) else None
+    if name is None:
+        choices = ", ".join([*SCORERS, ENSEMBLE])
+        raise ArgumentError(f"ImageReward: scorer must be one of {choices}, got {value!r}")
+    return name
+
+
+def parse_weights_arg(value: Any) -> str:
+    """Ensemble weights as the canonical text `name=w,...` (from that text or a mapping); "" for none."""
+    if value is None or value == "":
+        return ""
+    if not isinstance(value, (str, Mapping)):
+        raise ArgumentError(f"ImageReward: weights must be text like 'imagereward=1,pickscore=2', got {value!r}")
+    try:
+        parsed = parse_weights(value)
+    except EnsembleError as exc:
+        raise ArgumentError(f"ImageReward: {exc}") from None
+    return ",".join(f"{name}={weight:g}" for name, weight in parsed.items())
 
 
 FIELD_NAMES = tuple(f.name for f in fields(JobArgs))
@@ -125,6 +178,8 @@ def validate(values: Mapping[str, Any]) -> JobArgs:
         by_prompt=_bool("by_prompt", get("by_prompt")),
         clean_prompt=_bool("clean_prompt", get("clean_prompt")),
         keep_discarded=_bool("keep_discarded", get("keep_discarded")),
+        scorer=parse_scorer(get("scorer")),
+        weights=parse_weights_arg(get("weights")),
     )
 
 
@@ -154,4 +209,7 @@ PASTE_FIELDS: tuple[tuple[str, Any], ...] = (
     ("threshold", "ImageReward threshold"),
     ("by_prompt", _pasted_flag("ImageReward by prompt")),
     ("clean_prompt", _pasted_flag("ImageReward clean prompt")),
+    # Written only when not ImageReward: a missing key pastes back the default (older images, ImageReward jobs).
+    ("scorer", lambda params: params.get("ImageReward scorer", "ImageReward")),
+    ("weights", lambda params: params.get("ImageReward weights", "")),
 )

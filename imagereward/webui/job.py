@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..config import MAX_TEXT_LENGTH
-from ..infotext import SCORE_KEY, format_score, with_setting
+from ..infotext import format_score, with_setting
 from ..selection import Mode, Selection, select, summary
-from .args import JobArgs
+from .args import JobArgs, score_decimals, score_key
 from .plan import CandidatePlan, PlanError, apply_plan
 from .saves import DeferredSave, SaveBuffer
 
@@ -45,12 +45,16 @@ TRUNCATION_NOTE = (
     f"a prompt is longer than ImageReward reads ({MAX_TEXT_LENGTH - 2} word pieces, {MAX_TEXT_LENGTH} tokens with "
     "its start and end markers); only its beginning was scored"
 )
+TRUNCATION_NOTE_OTHER = (
+    "a prompt is longer than the scorer reads (ImageReward and BLIP: 33 word pieces; the CLIP-based scorers: 75 "
+    "tokens); only its beginning was scored"
+)
 
 
 class Scoring(Protocol):
     """What the job needs to score: the glue passes the WebUI's scorer runtime."""
 
-    def score(self, prompts: list[str], images: list[Any]) -> list[float]: ...
+    def score(self, prompts: list[str], images: list[Any]) -> dict[str, list[float]] | list[float]: ...
     def truncated(self, prompts: list[str]) -> list[bool]: ...
 
 
@@ -84,7 +88,8 @@ class BestOfNJob:
         self.plan: CandidatePlan | None = None
         self.unplanned: str | None = None  # why the job keeps every image in generation order
         self.failure: str | None = None
-        self.scores: dict[int, float] = {}
+        self.scores: dict[int, float] = {}  # the ranking score (the chosen scorer's, or the ensemble's)
+        self.member_scores: dict[int, dict[str, float]] = {}  # the ensemble's members, by scorer name
         self.finals: dict[int, Any] = {}  # generated index -> final image
         self.prompts: dict[int, str] = {}
         self.batch_counts: dict[int, int] = {}
@@ -99,6 +104,17 @@ class BestOfNJob:
     @property
     def candidates(self) -> int:
         return self.args.candidates
+
+    @property
+    def score_key(self) -> str:
+        return self.args.score_key
+
+    def _score_keys(self) -> list[str]:
+        """Every infotext key the job writes a score under (the ranking one first)."""
+        return [self.score_key, *(score_key(name) for name in self._members())]
+
+    def _members(self) -> list[str]:
+        return sorted({name for values in self.member_scores.values() for name in values})
 
     def owns(self, p: Any) -> bool:
         return p is self.owner
@@ -157,15 +173,20 @@ class BestOfNJob:
             return
         prompts = [self.prompts[i] for i in pending]
         try:
-            scores = self.scoring.score(prompts, [self.finals[i] for i in pending])
+            result = self.scoring.score(prompts, [self.finals[i] for i in pending])
+            table = result if isinstance(result, dict) else {self.args.scorer: list(result)}
+            scores = table[self.args.scorer]
             if any(self.scoring.truncated(prompts)):
-                self.note(TRUNCATION_NOTE)
+                self.note(TRUNCATION_NOTE if self.args.scorer == "imagereward" else TRUNCATION_NOTE_OTHER)
         except Exception as exc:  # never lose the user's images over a scoring problem: keep them all
             self.failure = str(exc) or type(exc).__name__
             log.error("ImageReward: %s; the job keeps every image unscored", self.failure, exc_info=True)
             return
-        for index, score in zip(pending, scores, strict=True):
+        for position, (index, score) in enumerate(zip(pending, scores, strict=True)):
             self.scores[index] = float(score)
+            members = {name: float(values[position]) for name, values in table.items() if name != self.args.scorer}
+            if members:
+                self.member_scores[index] = members
 
     def capture_save(self, p: Any, arguments: dict[str, Any]) -> bool:
         """A call of the WebUI's save function for this job's images: held back while candidates are made."""
@@ -183,7 +204,12 @@ class BestOfNJob:
 
     def score_text(self, index: int) -> str | None:
         score = self.scores.get(index)
-        return None if score is None or math.isnan(score) else format_score(score)
+        return None if score is None or math.isnan(score) else format_score(score, score_decimals(self.args.scorer))
+
+    def without_scores(self, text: str) -> str:
+        for key in self._score_keys():
+            text = with_setting(text, key, None)
+        return text
 
     # ----------------------------------------------------------------------------------------------- finish
 
@@ -289,7 +315,10 @@ class BestOfNJob:
         return list(by_key.values()), names
 
     def final_infotext(self, candidate: Candidate) -> str:
-        text = with_setting(candidate.infotext, SCORE_KEY, self.score_text(candidate.index))
+        text = with_setting(candidate.infotext, self.score_key, self.score_text(candidate.index))
+        for name, value in sorted(self.member_scores.get(candidate.index, {}).items()):
+            shown = None if math.isnan(value) else format_score(value, score_decimals(name))
+            text = with_setting(text, score_key(name), shown)
         if self.failure is not None:
             text = with_setting(text, ERROR_KEY, "scoring failed, nothing was filtered")
         return text
@@ -322,7 +351,7 @@ class BestOfNJob:
         all_seeds, all_subseeds = pick(processed.all_seeds, -1), pick(processed.all_subseeds, -1)
         first = 0
         grid = None
-        grid_text = with_setting(texts[0], SCORE_KEY, None) if texts else ""
+        grid_text = self.without_scores(texts[0]) if texts else ""
         show_grid = save_grid = False
         if chosen:
             show_grid, save_grid = hooks.grid_wanted(p, len(chosen))
@@ -337,7 +366,7 @@ class BestOfNJob:
         processed.all_seeds, processed.all_subseeds = all_seeds, all_subseeds
         processed.images = gallery_images + extras
         if not gallery_texts:  # nothing kept: the WebUI's info panel still needs one text
-            gallery_texts = [with_setting(candidates[0].infotext, SCORE_KEY, None)]
+            gallery_texts = [self.without_scores(candidates[0].infotext)]
         processed.infotexts = gallery_texts
         processed.index_of_first_image = first
         processed.info = gallery_texts[0]
@@ -354,7 +383,7 @@ class BestOfNJob:
             shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
             self._comment(processed, f"ImageReward: some files could not be written ({shown}).")
 
-        params = {k: v for k, v in job_params.items() if k != SCORE_KEY}
+        params = {k: v for k, v in job_params.items() if k not in self._score_keys()}
         params[SCORES_KEY] = [_round(scores[i]) for i in kept]
         params[DETAILS_KEY] = self._details(selection, kept, scores, first, texts)
         if self.failure is not None:
@@ -428,6 +457,8 @@ class BestOfNJob:
             }
         stats = {key: _round(value) if isinstance(value, float) else value for key, value in stats.items()}
         stats.update(
+            scorer=self.args.scorer,
+            score_key=self.score_key,
             mode=self.args.mode.value,
             candidates=self.candidates,
             threshold=self.args.threshold if self.args.mode in (Mode.THRESHOLD, Mode.TOP_K_ABOVE_THRESHOLD) else None,
