@@ -16,7 +16,7 @@ def b64_png(color: tuple[int, int, int] = (255, 0, 0), mode: str = "RGB") -> str
 
 
 def recording_scorer(calls: list):
-    def score(prompts, images, clean):
+    def score(prompts, images, clean, **choice):
         calls.append((list(prompts), [im.size for im in images], clean))
         return [0.1234567 * (i + 1) for i in range(len(images))]
 

@@ -712,3 +712,50 @@ def test_a_job_whose_loop_failed_has_its_held_back_saves_written_by_the_next_job
     gc.collect()
     world.run(world.p(None, batch_size=1, n_iter=1))  # the next job, ImageReward off
     assert sorted(f.seed for f in world.host.disk.finals()) == [1000, 1000, 1001]  # 1000, 1001: the failed job
+
+
+# ------------------------------------------------------------------------------------------- the scorer choice
+
+
+def test_the_accordion_offers_the_scorers_and_the_threshold_follows_the_choice(world: World) -> None:
+    from imagereward.webui.args import FIELD_NAMES
+
+    world.host.opts.imagereward_scorers = ["PickScore", "Ensemble"]  # ImageReward is always offered
+    script = world.script.ImageRewardScript()
+    controls = script.ui(False)
+    assert len(controls) == len(FIELD_NAMES)
+    scorer = controls[FIELD_NAMES.index("scorer")]
+    assert scorer.kwargs["choices"] == ["ImageReward", "PickScore", "Ensemble"]
+    threshold, weights = controls[FIELD_NAMES.index("threshold")], controls[FIELD_NAMES.index("weights")]
+    ((changed, inputs, outputs),) = scorer.handlers
+    assert inputs == [scorer, threshold] and outputs == [threshold, weights]
+    slider, box = changed("PickScore", 0.0)  # PickScore's range, the weights box hidden
+    assert (slider["minimum"], slider["maximum"]) == (0.0, 30.0) and box == {"visible": False}
+    slider, _ = changed("PickScore", 21.5)  # a pasted PickScore threshold is kept
+    assert slider["value"] == 21.5
+    slider, _ = changed("ImageReward", 21.5)  # out of ImageReward's range: its default
+    assert slider["value"] == 0.0 and slider["maximum"] == 3.0
+    slider, box = changed("Ensemble", 0.5)
+    assert slider["value"] == 0.5 and box == {"visible": True}
+    pasted = dict(script.infotext_fields)
+    assert pasted[scorer]({"ImageReward scorer": "PickScore"}) == "PickScore"
+
+
+def test_the_score_endpoint_takes_a_scorer(world: World) -> None:
+    import base64
+    import io
+
+    world.scorer = TableScorer(("ensemble", "imagereward", "hpsv2.1"))
+    _, client = _client(world)
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32), "red").save(buffer, format="PNG")
+    image = base64.b64encode(buffer.getvalue()).decode()
+    body = {"prompt": "a red square", "images": [image], "scorer": "ensemble", "weights": "imagereward=1,hpsv2.1=1"}
+    answer = client.post("/imagereward/v1/score", json=body)
+    assert answer.status_code == 200, answer.text
+    data = answer.json()
+    assert data["scorer"] == "ensemble" and set(data["members"]) == {"imagereward", "hpsv2.1"}
+    refused = client.post("/imagereward/v1/score", json={**body, "scorer": "ensemble", "weights": "pickscore=1"})
+    assert refused.status_code == 422 and "cannot join the ensemble" in refused.json()["detail"]
+    unknown = client.post("/imagereward/v1/score", json={**body, "scorer": "judge"})
+    assert unknown.status_code == 422 and "scorer must be one of" in unknown.json()["detail"]

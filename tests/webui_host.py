@@ -259,6 +259,12 @@ class _Component:
     def click(self, fn: Any, inputs: Any = None, outputs: Any = None, **kwargs: Any) -> None:
         self.handlers = [*getattr(self, "handlers", []), (fn, inputs, outputs)]
 
+    change = click
+
+
+def _update(**kwargs: Any) -> dict[str, Any]:
+    return kwargs
+
 
 def _fake_gradio() -> types.ModuleType:
     gradio = types.ModuleType("gradio")
@@ -266,6 +272,7 @@ def _fake_gradio() -> types.ModuleType:
     for name in (*names, "Markdown", "Button", "Gallery"):
         setattr(gradio, name, _Component)
     gradio.Progress = lambda *args, **kwargs: lambda *a, **k: None
+    gradio.update = _update
     return gradio
 
 

@@ -49,6 +49,8 @@ class ScorerSpec:
     standardisation: Standardisation
     summary: str  # one line: what it measures
     licence: str = ""
+    #: the model converts images to RGB before resizing (transformers' CLIP processor) rather than after the crop
+    rgb_first: bool = False
     #: preference accuracy (%) on ImageReward-test / Pick-a-Pic / HPDv2, HPSv3 paper's table (None: not reported)
     published: tuple[float | None, float | None, float | None] = (None, None, None)
     extra: dict[str, str] = field(default_factory=dict)
@@ -127,6 +129,7 @@ PICKSCORE = ScorerSpec(
     infotext_key="PickScore",
     family="pickscore-v1",
     needs_prompt=True,
+    rgb_first=True,
     scale=ScoreScale(0.0, 30.0, 0.1, 20.0, colours=(18.0, 24.0)),  # to confirm: logit scale x cosine
     standardisation=Standardisation(None, None, "no published per-image mean or std of PickScore was found"),
     summary="human preference for an image given its prompt (CLIP ViT-H/14 fine-tuned on Pick-a-Pic)",

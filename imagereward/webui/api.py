@@ -15,7 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from PIL import Image
@@ -30,7 +30,8 @@ MAX_REQUEST_CHARS = 100 * 1024 * 1024
 #: The largest HTTP body worth reading for this route: the images plus generous room for prompts and JSON.
 MAX_BODY_BYTES = MAX_REQUEST_CHARS + 8 * 1024 * 1024
 
-ScoreFn = Callable[[Sequence[str], Sequence[Image.Image], bool], list[float]]
+#: (prompts, images, clean_prompt, scorer=name, weights=text) -> the ranking scores, or `{name: scores}` per scorer.
+ScoreFn = Callable[..., "list[float] | dict[str, list[float]]"]
 
 
 class ApiError(ImageRewardError):
@@ -69,15 +70,16 @@ async def read_json_body(request: Any) -> Any:
         raise ApiError(f"the body is not valid JSON: {exc}") from None
 
 
-def _reduce(image: Image.Image) -> Image.Image:
+def _reduce(image: Image.Image, rgb_first: bool = False) -> Image.Image:
     """The 224 x 224 RGB square the scorer would cut from `image` (EXIF orientation, 8-bit scaling, resize, crop,
-    as `imagereward.preprocess` does them); scoring it gives the same score as scoring `image`."""
+    as `imagereward.preprocess` does them, RGB conversion where the scorer does it); scoring it gives the same
+    score as scoring `image`."""
     from ..preprocess import load_pil, pil_to_uint8
 
-    return Image.fromarray(pil_to_uint8(load_pil(image)), "RGB")
+    return Image.fromarray(pil_to_uint8(load_pil(image), rgb_first=rgb_first), "RGB")
 
 
-def decode_image(data: Any, position: int) -> Image.Image:
+def decode_image(data: Any, position: int, rgb_first: bool = False) -> Image.Image:
     """A base64 string (optionally a data URL) -> the decoded image reduced to what the model sees."""
     if not isinstance(data, str) or not data:
         raise ApiError(f"images[{position}] must be a base64-encoded image string")
@@ -90,7 +92,7 @@ def decode_image(data: Any, position: int) -> Image.Image:
     try:
         image = limits.open_image(raw, name=f"images[{position}]")
         del raw
-        return _reduce(image)
+        return _reduce(image, rgb_first)
     except ImageRewardError as exc:
         raise ApiError(str(exc)) from None
 
@@ -106,18 +108,53 @@ def _check_sizes(images: list[Any]) -> None:
         )
 
 
+FIELDS = ("prompt", "prompts", "images", "clean_prompt", "scorer", "weights")
+
+
+def _scorer_choice(payload: Mapping[str, Any]) -> tuple[str, str]:
+    from .args import ArgumentError, parse_scorer, parse_weights_arg
+
+    try:
+        scorer = parse_scorer(payload.get("scorer", "imagereward"))
+        weights = parse_weights_arg(payload.get("weights"))
+    except ArgumentError as exc:
+        raise ApiError(str(exc).removeprefix("ImageReward: ")) from None
+    if weights and scorer != "ensemble":
+        raise ApiError('\'weights\' only applies with "scorer": "ensemble"')
+    if scorer == "ensemble":
+        from ..ensemble import EnsembleError, make_ensemble
+
+        try:
+            make_ensemble([scorer], weights)
+        except EnsembleError as exc:
+            raise ApiError(str(exc)) from None
+    return scorer, weights
+
+
+def _needs_prompt(scorer: str, weights: str) -> bool:
+    from ..ensemble import make_ensemble
+    from ..scorers.specs import ENSEMBLE, SCORERS
+
+    members = make_ensemble([scorer], weights).members if scorer == ENSEMBLE else (scorer,)
+    return any(SCORERS[name].needs_prompt for name in members)
+
+
 def score_request(payload: Any, score: ScoreFn) -> dict[str, Any]:
     """Validate the request body and score. Body: {"prompt": str} or {"prompts": [str, ...]} (one per image),
-    "images": [base64, ...], optional "clean_prompt": bool (default true)."""
+    "images": [base64, ...], optional "clean_prompt": bool (default true), "scorer": a scorer's name (default
+    "imagereward"; "aesthetic" needs no prompt), "weights": "name=w,..." with "scorer": "ensemble"."""
     if not isinstance(payload, Mapping):
         raise ApiError("the body must be a JSON object with 'images' and 'prompt' (or 'prompts')")
-    unknown = sorted(set(payload) - {"prompt", "prompts", "images", "clean_prompt"})
+    unknown = sorted(set(payload) - set(FIELDS))
     if unknown:
-        raise ApiError(f"unknown field(s) {unknown}; expected images, prompt or prompts, clean_prompt")
+        raise ApiError(f"unknown field(s) {unknown}; expected {', '.join(FIELDS)}")
+    scorer, weights = _scorer_choice(payload)
     images = payload.get("images")
     if not isinstance(images, list) or not images:
         raise ApiError("'images' must be a non-empty list of base64-encoded images")
     _check_sizes(images)
+    if "prompt" not in payload and "prompts" not in payload and not _needs_prompt(scorer, weights):
+        payload = {**payload, "prompt": ""}
     if ("prompt" in payload) == ("prompts" in payload):
         raise ApiError("give either 'prompt' (one for all images) or 'prompts' (one per image)")
     if "prompt" in payload:
@@ -133,6 +170,20 @@ def score_request(payload: Any, score: ScoreFn) -> dict[str, Any]:
     clean = payload.get("clean_prompt", True)
     if not isinstance(clean, bool):
         raise ApiError("'clean_prompt' must be true or false")
-    decoded = [decode_image(item, i) for i, item in enumerate(images)]
-    scores = score(prompts, decoded, clean)
-    return {"scores": [round(s, 6) for s in scores], "model": "ImageReward v1.0"}
+    from ..scorers.specs import SCORERS
+
+    rgb_first = scorer in SCORERS and SCORERS[scorer].rgb_first
+    decoded = [decode_image(item, i, rgb_first) for i, item in enumerate(images)]
+    result = score(prompts, decoded, clean, scorer=scorer, weights=weights)
+    table = result if isinstance(result, dict) else {scorer: list(result)}
+    answer: dict[str, Any] = {"scores": [round(s, 6) for s in table[scorer]], "scorer": scorer}
+    answer["model"] = "ImageReward v1.0" if scorer == "imagereward" else _label(scorer)
+    if len(table) > 1:  # the ensemble's members
+        answer["members"] = {name: [round(s, 6) for s in values] for name, values in table.items() if name != scorer}
+    return answer
+
+
+def _label(name: str) -> str:
+    from .args import scorer_label
+
+    return scorer_label(name)

@@ -87,6 +87,22 @@ def scorer_label(name: str) -> str:
     return ENSEMBLE_LABEL if name == ENSEMBLE else SCORERS[name].label
 
 
+def threshold_update(label: str, threshold: Any) -> dict[str, Any]:
+    """The threshold slider's range for the scorer chosen by `label`; its value is kept when it lies in that range
+    (a pasted threshold arrives with its scorer), else it becomes the scorer's default threshold."""
+    try:
+        scale = score_scale(parse_scorer(label))
+    except ArgumentError:
+        scale = score_scale("imagereward")
+    try:
+        value = float(threshold)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not scale.minimum <= value <= scale.maximum:
+        value = scale.default_threshold
+    return {"minimum": scale.minimum, "maximum": scale.maximum, "step": scale.step, "value": value}
+
+
 def parse_scorer(value: Any) -> str:
     """A scorer's canonical name from a name, an alias or a label ("PickScore", "hpsv2", "Ensemble")."""
     name = canonical_name(str(value)) if isinstance(value, str) else None

@@ -18,7 +18,16 @@ from ..selection import Mode
 from . import settings
 from .access import allowed, endpoint_enabled, parse_api_auth
 from .api import ROUTE, ApiError, read_json_body, score_request
-from .args import FIELD_NAMES, PASTE_FIELDS, ArgumentError, JobArgs, from_script_args
+from .args import (
+    ENSEMBLE_LABEL,
+    FIELD_NAMES,
+    PASTE_FIELDS,
+    ArgumentError,
+    JobArgs,
+    from_script_args,
+    scorer_label,
+    threshold_update,
+)
 from .job import JOB_ATTR, BestOfNJob, job_of
 from .runtime import JobScoring, ScorerRuntime
 from .saves import DeferredSave, bind_arguments, call_with
@@ -138,6 +147,12 @@ class WebUISaveHooks:
         )
 
 
+def scorer_changed(label: str, threshold: float) -> tuple[Any, Any]:
+    """The threshold slider takes the chosen scorer's range (keeping a value that fits it, as a pasted one does);
+    the weights box shows for the ensemble only."""
+    return gr.update(**threshold_update(label, threshold)), gr.update(visible=label == ENSEMBLE_LABEL)
+
+
 def _replayed(p: Any) -> bool:
     """A hook called on a copy of a job's `p` (ADetailer re-runs every script's hooks on `copy(p)`)."""
     job = job_of(p)
@@ -185,12 +200,29 @@ class ImageRewardScript(scripts.Script):
                     elem_id=self.elem_id("imagereward_k"),
                 )
                 threshold = gr.Slider(
-                    label="Threshold (threshold modes)",
+                    label="Threshold (threshold modes, on the scorer's scale)",
                     minimum=-3.0,
                     maximum=3.0,
                     step=0.05,
                     value=defaults.threshold,
                     elem_id=self.elem_id("imagereward_threshold"),
+                )
+            with gr.Row():
+                scorer = gr.Dropdown(
+                    label="Scorer",
+                    info="ImageReward, PickScore and HPSv2.1 predict human preference; CLIP and BLIP prompt "
+                    "agreement; Aesthetic ignores the prompt; Ensemble averages standardised scores",
+                    choices=settings.offered_scorers(shared.opts),
+                    value=scorer_label(defaults.scorer),
+                    elem_id=self.elem_id("imagereward_scorer"),
+                )
+                weights = gr.Textbox(
+                    label="Ensemble members and weights",
+                    info="name=weight, comma-separated; empty: imagereward=1,hpsv2.1=1",
+                    placeholder="imagereward=1,hpsv2.1=1",
+                    value=defaults.weights,
+                    visible=defaults.scorer == "ensemble",
+                    elem_id=self.elem_id("imagereward_weights"),
                 )
             with gr.Row():
                 by_prompt = gr.Checkbox(
@@ -208,7 +240,10 @@ class ImageRewardScript(scripts.Script):
                     value=defaults.keep_discarded,
                     elem_id=self.elem_id("imagereward_keep_discarded"),
                 )
+        scorer.change(fn=scorer_changed, inputs=[scorer, threshold], outputs=[threshold, weights], show_progress=False)
         controls = {
+            "scorer": scorer,
+            "weights": weights,
             "enabled": enabled,
             "mode": mode,
             "candidates": candidates,
@@ -245,7 +280,13 @@ class ImageRewardScript(scripts.Script):
         if getattr(p, "firstpass_image", None) is not None:  # the gallery's "upscale" of one chosen image
             job_args = replace(job_args, candidates=1, mode=Mode.SORT)
         keep_best, per_group = settings.below_threshold_rule(shared.opts)
-        scoring = JobScoring(RUNTIME, current_settings, clean_prompts=job_args.clean_prompt)
+        scoring = JobScoring(
+            RUNTIME,
+            current_settings,
+            clean_prompts=job_args.clean_prompt,
+            scorer=job_args.scorer,
+            weights=job_args.weights,
+        )
         job = BestOfNJob(job_args, scoring, keep_best_if_none=keep_best, per_group=per_group)
         job.start(p)
         setattr(p, JOB_ATTR, job)
@@ -317,13 +358,15 @@ def _on_app_started(_demo: Any, app: Any) -> None:
 
         dependencies.append(Depends(authenticate))
 
-    def score(prompts: Any, pictures: Any, clean: bool) -> list[float]:
+    def score(
+        prompts: Any, pictures: Any, clean: bool, scorer: str = "imagereward", weights: str = ""
+    ) -> dict[str, list[float]]:
         from modules.call_queue import queue_lock
 
-        settings_now = current_settings()
+        settings_now = replace(current_settings(), scorers=(scorer,), weights=weights)
         with queue_lock:  # never on the GPU in the middle of a generation
             try:
-                return RUNTIME.score(settings_now, prompts, pictures, clean_prompts=clean)
+                return RUNTIME.score_table(settings_now, prompts, pictures, clean_prompts=clean)
             finally:
                 RUNTIME.job_done(settings_now)
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..scorers.specs import ENSEMBLE_KEY, SCORERS
 from .runtime import RuntimeSettings
 
 SECTION = ("imagereward", "ImageReward")
@@ -18,12 +19,16 @@ BELOW_THRESHOLD = (
 )
 
 
+#: Every choice of the accordion's "Scorer" dropdown, by label, in the order shown.
+SCORER_LABELS = (*(spec.label for spec in SCORERS.values()), ENSEMBLE_KEY)
+
+
 @dataclass(frozen=True)
 class Option:
     key: str
     default: Any
     label: str
-    kind: str = "text"  # text, dropdown, slider, checkbox
+    kind: str = "text"  # text, dropdown, slider, checkbox, checkboxes
     choices: tuple[Any, ...] = ()
     minimum: int = 0
     maximum: int = 0
@@ -68,6 +73,20 @@ OPTIONS = (
         "output folder)",
     ),
     Option("imagereward_show_overlays", True, "Show scores on the gallery's thumbnails", "checkbox"),
+    Option(
+        "imagereward_scorers",
+        list(SCORER_LABELS),
+        "Scorers offered in the txt2img/img2img accordion (each downloads its model on first use; reload the UI "
+        "to apply). ImageReward is always offered",
+        "checkboxes",
+        SCORER_LABELS,
+    ),
+    Option(
+        "imagereward_keep_scorers",
+        False,
+        "Keep a scorer loaded when a job picks another (several models in memory at once); off: one at a time",
+        "checkbox",
+    ),
 )
 
 
@@ -81,6 +100,8 @@ def register(shared: Any, option_info: type, gradio: Any) -> None:
             component, component_args = gradio.Slider, {"minimum": option.minimum, "maximum": option.maximum, "step": 1}
         elif option.kind == "checkbox":
             component = gradio.Checkbox
+        elif option.kind == "checkboxes":
+            component, component_args = gradio.CheckboxGroup, {"choices": list(option.choices)}
         shared.opts.add_option(
             option.key,
             option_info(option.default, option.label, component, component_args, section=SECTION),
@@ -105,7 +126,16 @@ def runtime_settings(opts: Any, webui_models_path: str | os.PathLike, low_vram: 
         batch_size=max(1, int(get(opts, "imagereward_batch_size") or 16)),
         keep_on_device=bool(get(opts, "imagereward_keep_on_gpu")) and not low_vram,
         offload_after_scoring=low_vram,
+        keep_other_scorers=bool(get(opts, "imagereward_keep_scorers")) and not low_vram,
     )
+
+
+def offered_scorers(opts: Any) -> list[str]:
+    """The labels the accordion's dropdown offers: the setting's, in the table's order, ImageReward always first."""
+    chosen = get(opts, "imagereward_scorers")
+    if not isinstance(chosen, (list, tuple)):
+        chosen = list(SCORER_LABELS)
+    return [label for label in SCORER_LABELS if label in chosen or label == SCORER_LABELS[0]]
 
 
 def below_threshold_rule(opts: Any) -> tuple[bool, bool]:

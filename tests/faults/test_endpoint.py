@@ -21,7 +21,7 @@ def b64(data: bytes) -> str:
 
 
 def recorder(seen: list):
-    def score(prompts, images, clean):
+    def score(prompts, images, clean, **choice):
         seen.extend((image.size, image.mode) for image in images)
         return [0.0] * len(images)
 
@@ -103,7 +103,7 @@ def test_reducing_first_leaves_the_scores_unchanged(scorer) -> None:
     direct = scorer.score(PROMPT, [Image.open(io.BytesIO(base64.b64decode(e))) for e in encoded])
     result = score_request(
         {"prompt": PROMPT, "images": encoded},
-        lambda prompts, images, clean: scorer.score(list(prompts), list(images), clean_prompts=clean),
+        lambda prompts, images, clean, **choice: scorer.score(list(prompts), list(images), clean_prompts=clean),
     )
     assert result["scores"] == pytest.approx(direct, abs=1e-5)
 
