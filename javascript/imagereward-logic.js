@@ -3,26 +3,49 @@
  * numbers, colours and texts. The WebUI loads every file of javascript/ in name order, so this one comes before
  * imagereward.js, which draws the badges with it. Global: window.imageRewardLogic; under Node, module.exports.
  *
- * The badge's score is always the "ImageReward: <num>" pair on the last line of the image's infotext (the one
- * parser of infotexts here); extra_generation_params["ImageReward details"] adds rank and group where it agrees.
+ * The badge's score is always the one written on the last line of the image's infotext (the one parser of
+ * infotexts here), under the key of the infotext's scorer: "ImageReward scorer: <label>" names it (absent: ImageReward,
+ * as in every infotext written before there was a choice), SCORERS gives its key ("PickScore: 21.312"). An ensemble's
+ * infotext also holds each member's score under the member's own key. extra_generation_params["ImageReward details"]
+ * adds rank and group where its score agrees.
  */
 (function () {
     "use strict";
 
 
     var DETAILS_KEY = "ImageReward details";
-    var INFOTEXT_KEY = "ImageReward";
+    var INFOTEXT_KEY = "ImageReward"; // ImageReward's score key (and the default scorer's label)
+    var SCORER_KEY = "ImageReward scorer"; // the job's scorer, by label; written only when not ImageReward
+    var WEIGHTS_KEY = "ImageReward weights"; // the ensemble's weights: "imagereward=1,hpsv2.1=2"
+    var DEFAULT_SCORER = "ImageReward";
+    var ENSEMBLE = "Ensemble";
     var OPTION_KEY = "imagereward_show_overlays";
     var MIN_SETTINGS = 3; // pairs a last line needs to be a settings line (the WebUI's rule)
     var TABS = ["txt2img", "img2img", "imagereward_collection"]; // the last: our folder tab's gallery
-    var SCALE_MIN = -2;
+    var SCALE_MIN = -2; // ImageReward's colour range (SCORERS.ImageReward.colours)
     var SCALE_MAX = 2;
     var MINUS = "\u2212";
     var STAR = "\u2605";
     var ELLIPSIS = "\u2026";
     var DASH = "\u2014";
-    var SCORE_DIGITS = 3; // the infotext's precision
-    var AGREEMENT = 0.0006; // infotext (3 decimals) against details (4 decimals) of the same score
+    var SCORE_DIGITS = 3; // ImageReward's precision in the infotext (each scorer has its own: SCORERS)
+    var DETAILS_DIGITS = 4; // the details object's precision, whatever the scorer
+
+    /**
+     * The scorers the Python side offers, by label (the value of the "ImageReward scorer" entry): the infotext key of
+     * the score, the scorer's name (the details' summary.scorer), the decimals written, and the colour range [value
+     * shown red, value shown green]. Must equal imagereward/scorers/specs.py front_end_table(), which
+     * tests/fixtures/scorers.json holds; a JS test compares the two.
+     */
+    var SCORERS = {
+        "ImageReward": {name: "imagereward", key: "ImageReward", digits: 3, colours: [-2, 2]},
+        "CLIP": {name: "clip", key: "CLIP score", digits: 4, colours: [0.15, 0.35]},
+        "Aesthetic": {name: "aesthetic", key: "Aesthetic score", digits: 3, colours: [4, 7]},
+        "BLIP": {name: "blip", key: "BLIP score", digits: 4, colours: [0.25, 0.55]},
+        "PickScore": {name: "pickscore", key: "PickScore", digits: 3, colours: [18, 24]},
+        "HPSv2.1": {name: "hpsv2.1", key: "HPSv2-1", digits: 4, colours: [0.2, 0.32]},
+        "Ensemble": {name: "ensemble", key: "Ensemble", digits: 3, colours: [-2, 2]},
+    };
 
     var CLS_BADGE = "imagereward-badge";
     var CLS_SUMMARY = "imagereward-summary";
@@ -129,40 +152,170 @@
         return pairs;
     }
 
-    /**
-     * The ImageReward score written on an infotext's settings line, or null. As in the WebUI's own parser (and our
-     * Python reader), the last line counts as the settings line only when it holds at least 3 "Key: value" pairs;
-     * a key given twice takes its last value.
-     */
-    function parseInfotextScore(infotext) {
+    /** The "Key: value" pairs of an infotext's settings line, or null when its last line is not one. */
+    function settingsPairs(infotext) {
         var pairs = splitSettingsLine(settingsLine(infotext));
-        if (pairs.length < MIN_SETTINGS) {
-            return null;
-        }
+        return pairs.length >= MIN_SETTINGS ? pairs : null;
+    }
+
+    /** The value of a key among settings pairs (the last one where given twice), unquoted; null when absent. */
+    function settingValue(pairs, key) {
         var raw = null;
         for (var i = 0; i < pairs.length; i++) {
-            if (pairs[i][0] === INFOTEXT_KEY) {
+            if (pairs[i][0] === key) {
                 raw = pairs[i][1];
             }
         }
-        if (raw === null) {
-            return null;
-        }
-        if (raw.length >= 2 && raw.charAt(0) === "\"" && raw.charAt(raw.length - 1) === "\"") {
+        if (raw !== null && raw.length >= 2 && raw.charAt(0) === "\"" && raw.charAt(raw.length - 1) === "\"") {
             raw = raw.slice(1, -1);
         }
-        return toFiniteNumber(raw);
+        return raw;
     }
+
+    // ------------------------------------------------------------------------------------------------------------
+    // Scorers
+    // ------------------------------------------------------------------------------------------------------------
+
+    function scorerInfo(label) {
+        var spec = SCORERS[label];
+        return {label: label, name: spec.name, key: spec.key, digits: spec.digits, colours: spec.colours.slice()};
+    }
+
+    /**
+     * A scorer of SCORERS, {label, name, key, digits, colours}, from its label ("PickScore") or, as a fallback, its
+     * label or name in any case ("pickscore", "hpsv2.1"); null for anything else.
+     */
+    function scorerSpec(value) {
+        if (typeof value !== "string") {
+            return null;
+        }
+        var text = value.trim();
+        if (Object.prototype.hasOwnProperty.call(SCORERS, text)) {
+            return scorerInfo(text);
+        }
+        var lower = text.toLowerCase();
+        for (var label in SCORERS) {
+            if (Object.prototype.hasOwnProperty.call(SCORERS, label) &&
+                (label.toLowerCase() === lower || SCORERS[label].name === lower)) {
+                return scorerInfo(label);
+            }
+        }
+        return null;
+    }
+
+    /** The ensemble's members named by its weights text ("imagereward=1,hpsv2.1=2"), in that order, as scorers. */
+    function weightedMembers(text) {
+        var members = [];
+        if (typeof text !== "string") {
+            return members;
+        }
+        text.split(",").forEach(function (part) {
+            var spec = scorerSpec(part.split("=")[0]);
+            if (spec && spec.label !== ENSEMBLE && members.indexOf(spec.label) < 0) {
+                members.push(spec.label);
+            }
+        });
+        return members;
+    }
+
+    /**
+     * What an infotext's settings line says of its score: {score, scorer (label), digits, members}, or null.
+     * The scorer is the "ImageReward scorer" entry's (absent: ImageReward); the score is the value under that scorer's
+     * key. An unknown scorer gives null: better no badge than another key's number. members: for an ensemble, each
+     * member's score written beside it, [{scorer, score, digits}], in the order of its weights, then the table's;
+     * empty otherwise. As in the WebUI's own parser (and our Python reader), the last line counts as the settings
+     * line only when it holds at least 3 "Key: value" pairs; a key given twice takes its last value.
+     */
+    function readInfotext(infotext) {
+        var pairs = settingsPairs(infotext);
+        if (!pairs) {
+            return null;
+        }
+        var label = settingValue(pairs, SCORER_KEY);
+        var spec = label === null ? scorerInfo(DEFAULT_SCORER) : scorerSpec(label);
+        if (!spec) {
+            return null;
+        }
+        var score = toFiniteNumber(settingValue(pairs, spec.key));
+        if (score === null) {
+            return null;
+        }
+        var members = [];
+        if (spec.label === ENSEMBLE) {
+            var order = weightedMembers(settingValue(pairs, WEIGHTS_KEY));
+            for (var other in SCORERS) {
+                var listed = order.indexOf(other) >= 0;
+                if (Object.prototype.hasOwnProperty.call(SCORERS, other) && other !== ENSEMBLE && !listed) {
+                    order.push(other);
+                }
+            }
+            order.forEach(function (member) {
+                var value = toFiniteNumber(settingValue(pairs, SCORERS[member].key));
+                if (value !== null) {
+                    members.push({scorer: member, score: value, digits: SCORERS[member].digits});
+                }
+            });
+        }
+        return {score: score, scorer: spec.label, digits: spec.digits, members: members};
+    }
+
+    /** The score written on an infotext's settings line under its scorer's key (see readInfotext), or null. */
+    function parseInfotextScore(infotext) {
+        var read = readInfotext(infotext);
+        return read ? read.score : null;
+    }
+
+    /**
+     * How far apart the infotext's and the details' numbers for the same score can be: half a unit of the last digit
+     * written in the infotext plus half a unit of the details' (4 decimals), and a hair for binary fractions.
+     */
+    function agreementTolerance(digits) {
+        var places = typeof digits === "number" && digits >= 0 ? digits : SCORE_DIGITS;
+        return 0.5 * Math.pow(10, -places) + 0.5 * Math.pow(10, -DETAILS_DIGITS) + 1e-9;
+    }
+
+    /** Whether a details score and an infotext score (written with `digits` decimals) are the same number. */
+    function scoresAgree(detailsScore, infotextScore, digits) {
+        var slack = 1e-12 * Math.max(1, Math.abs(detailsScore), Math.abs(infotextScore));
+        return Math.abs(detailsScore - infotextScore) <= agreementTolerance(digits) + slack;
+    }
+
+    var AGREEMENT = agreementTolerance(SCORE_DIGITS); // ImageReward's (3 decimals against 4)
 
     // ------------------------------------------------------------------------------------------------------------
     // Generation info parsing
     // ------------------------------------------------------------------------------------------------------------
+
+    /**
+     * The scorer a details summary declares: its summary.scorer (a name, "pickscore") or else its score_key
+     * ("PickScore"). Returns {declared, spec, text}: declared false for details written before there was a choice (then
+     * spec is ImageReward's); spec null for a scorer this table does not know; text: what it said.
+     */
+    function detailsScorer(rawSummary) {
+        var name = isObject(rawSummary) && typeof rawSummary.scorer === "string" && rawSummary.scorer.trim()
+            ? rawSummary.scorer.trim() : null;
+        var key = isObject(rawSummary) && typeof rawSummary.score_key === "string" && rawSummary.score_key.trim()
+            ? rawSummary.score_key.trim() : null;
+        if (name === null && key === null) {
+            return {declared: false, spec: scorerInfo(DEFAULT_SCORER), text: null};
+        }
+        var spec = name !== null ? scorerSpec(name) : null;
+        if (!spec && name === null) {
+            for (var label in SCORERS) {
+                if (Object.prototype.hasOwnProperty.call(SCORERS, label) && SCORERS[label].key === key) {
+                    spec = scorerInfo(label);
+                }
+            }
+        }
+        return {declared: true, spec: spec, text: name !== null ? name : key};
+    }
 
     function sanitizeSummary(raw) {
         if (!isObject(raw)) {
             return null;
         }
         var threshold = toFiniteNumber(raw.threshold);
+        var scorer = detailsScorer(raw);
         return {
             scored: toInteger(raw.scored, 0),
             kept: toInteger(raw.kept, 0),
@@ -172,10 +325,14 @@
             mode: typeof raw.mode === "string" && raw.mode ? raw.mode : null,
             threshold: threshold,
             fallback: raw.fallback === true,
+            // the scorer's label (a name this table does not know stays as written); digits: null when unknown
+            scorer: scorer.spec ? scorer.spec.label : scorer.text,
+            digits: scorer.spec ? scorer.spec.digits : null,
         };
     }
 
-    function entryFromDetails(item) {
+    /** A details entry as a badge entry, with the scorer `spec` (details alone carry no member scores). */
+    function entryFromDetails(item, spec) {
         var score = toFiniteNumber(item.score);
         if (score === null) {
             return null;
@@ -186,6 +343,7 @@
             groupSize = null; // inconsistent data: keep the rank, drop the size
         }
         var best = typeof item.best === "boolean" ? item.best : rank === 1;
+        var scorer = spec || scorerInfo(DEFAULT_SCORER);
         return {
             score: score,
             rank: rank,
@@ -193,15 +351,20 @@
             group: toInteger(item.group, 0),
             best: best,
             source: "details",
+            scorer: scorer.label,
+            digits: scorer.digits,
+            members: [],
         };
     }
 
     /**
      * Parses the generation info (a Processed.js() JSON string, or the already parsed object).
      *
-     * Returns null when it holds no ImageReward data (or is not valid JSON). Otherwise
-     *   { firstIndex, images: {<gallery index>: {score, rank, groupSize, group, best, source}}, count,
-     *     summary: {scored, kept, discarded, min, max, mode, threshold, fallback} | null, hasDetails }
+     * Returns null when it holds no score (or is not valid JSON). Otherwise
+     *   { firstIndex, images: {<gallery index>: entry}, count,
+     *     summary: {scored, kept, discarded, min, max, mode, threshold, fallback, scorer, digits} | null, hasDetails }
+     * where entry = {score, rank, groupSize, group, best, source ("details" | "infotext"), scorer (label), digits,
+     * members ([{scorer, score, digits}], an ensemble's)}.
      * Gallery indices below index_of_first_image (the grid image) never get an entry.
      */
     function parseGenerationInfo(input) {
@@ -239,10 +402,13 @@
         if (!isObject(details)) {
             details = null;
         }
+        // The details' scorer: declared in its summary since there is a choice; before, always ImageReward.
+        var fromScorer = detailsScorer(details ? details.summary : null);
 
         // The score is always the one written in the image's infotext (what its file says). The details object only
-        // adds rank and group, and only where its score agrees with that infotext: after the gallery's Upscale or in
-        // an X/Y/Z grid, the details can belong to another job than the image shown.
+        // adds rank and group, and only where its score agrees with that infotext (and its scorer, where declared, is
+        // the infotext's): after the gallery's Upscale or in an X/Y/Z grid, the details can belong to another job
+        // than the image shown.
         var fromDetails = {};
         if (details && Array.isArray(details.images)) {
             details.images.forEach(function (item) {
@@ -254,7 +420,7 @@
                 if (index === null || index < firstIndex || Object.prototype.hasOwnProperty.call(fromDetails, index)) {
                     return;
                 }
-                var entry = entryFromDetails(item);
+                var entry = entryFromDetails(item, fromScorer.spec);
                 if (entry) {
                     fromDetails[index] = entry;
                 }
@@ -263,20 +429,27 @@
         var infotexts = Array.isArray(info.infotexts) ? info.infotexts : null;
         if (infotexts) {
             for (var k = firstIndex; k < infotexts.length; k++) {
-                var score = parseInfotextScore(infotexts[k]);
-                if (score === null) {
+                var read = readInfotext(infotexts[k]);
+                if (read === null) {
                     continue;
                 }
                 var known = fromDetails[k];
-                if (known && Math.abs(known.score - score) <= AGREEMENT) {
-                    known.score = score;
-                    images[k] = known;
+                var sameScorer = !fromScorer.declared || (fromScorer.spec && fromScorer.spec.label === read.scorer);
+                var entry;
+                if (known && sameScorer && scoresAgree(known.score, read.score, read.digits)) {
+                    entry = known;
+                    entry.source = "details";
                 } else {
-                    images[k] = {score: score, rank: null, groupSize: null, group: null, best: false, source: "infotext"};
+                    entry = {score: 0, rank: null, groupSize: null, group: null, best: false, source: "infotext"};
                 }
+                entry.score = read.score;
+                entry.scorer = read.scorer;
+                entry.digits = read.digits;
+                entry.members = read.members;
+                images[k] = entry;
                 count++;
             }
-        } else {
+        } else if (fromScorer.spec) {
             Object.keys(fromDetails).forEach(function (key) {
                 images[key] = fromDetails[key];
                 count++;
@@ -298,13 +471,20 @@
         var min = null;
         var max = null;
         var n = 0;
+        var scorer = null;
+        var digits = null;
         Object.keys(images).forEach(function (key) {
             var score = images[key].score;
             min = min === null ? score : Math.min(min, score);
             max = max === null ? score : Math.max(max, score);
+            if (n === 0 && typeof images[key].scorer === "string") {
+                scorer = images[key].scorer;
+                digits = typeof images[key].digits === "number" ? images[key].digits : null;
+            }
             n++;
         });
-        return {scored: null, kept: n, discarded: null, min: min, max: max, mode: null, threshold: null, fallback: false};
+        return {scored: null, kept: n, discarded: null, min: min, max: max, mode: null, threshold: null, fallback: false,
+            scorer: scorer, digits: digits};
     }
 
     // ------------------------------------------------------------------------------------------------------------
@@ -322,19 +502,39 @@
         return (negative ? MINUS : "") + text;
     }
 
-    /** Hue on the fixed scale: -2 (or lower) -> 0 (red), 0 -> 40 (amber), +2 (or higher) -> 120 (green). */
-    function scoreHue(score) {
+    /** The colour range [red at, green at] of a scorer given by label, or given as such a pair; ImageReward's else. */
+    function colourRange(scorer) {
+        if (Array.isArray(scorer) && scorer.length === 2) {
+            var red = toFiniteNumber(scorer[0]);
+            var green = toFiniteNumber(scorer[1]);
+            if (red !== null && green !== null && red < green) {
+                return [red, green];
+            }
+        }
+        var spec = scorerSpec(scorer);
+        return spec ? spec.colours : [SCALE_MIN, SCALE_MAX];
+    }
+
+    /**
+     * Hue on the scorer's fixed range [red at, green at] (ImageReward's when none is given: -2, 2): red (0) at or below
+     * the first value, amber (40) halfway, green (120) at or above the second.
+     */
+    function scoreHue(score, scorer) {
         if (typeof score !== "number" || !isFinite(score)) {
             return null;
         }
-        var t = Math.min(SCALE_MAX, Math.max(SCALE_MIN, score));
-        var hue = t <= 0 ? 40 * (t - SCALE_MIN) / -SCALE_MIN : 40 + 80 * t / SCALE_MAX;
+        var range = colourRange(scorer);
+        var low = range[0];
+        var high = range[1];
+        var middle = (low + high) / 2;
+        var t = Math.min(high, Math.max(low, score));
+        var hue = t <= middle ? 40 * (t - low) / (middle - low) : 40 + 80 * (t - middle) / (high - middle);
         return Math.round(hue * 10) / 10;
     }
 
-    /** CSS colour for a score on the fixed scale (tuned to sit on the badge's dark background); grey for none. */
-    function scoreColor(score) {
-        var hue = scoreHue(score);
+    /** CSS colour for a score on its scorer's fixed range (tuned for the badge's dark background); grey for none. */
+    function scoreColor(score, scorer) {
+        var hue = scoreHue(score, scorer);
         if (hue === null) {
             return "hsl(0, 0%, 62%)";
         }
@@ -346,12 +546,36 @@
         return !!entry && entry.best === true && entry.groupSize !== 1;
     }
 
-    /** Tooltip / accessible description: "ImageReward score 0.812 — rank 1 of 4 in its group — best". */
+    /** The decimals an entry's score is shown with: its scorer's (ImageReward's 3 when it names none). */
+    function entryDigits(entry) {
+        return entry && typeof entry.digits === "number" && entry.digits >= 0 ? entry.digits : SCORE_DIGITS;
+    }
+
+    /**
+     * The score as the tooltip names it: "ImageReward score 0.812" (as always), "PickScore 21.312", and for an
+     * ensemble its members: "Ensemble 0.812 (ImageReward 0.410, HPSv2.1 0.2714)".
+     */
+    function scoreDescription(entry) {
+        var label = entry.scorer && typeof entry.scorer === "string" ? entry.scorer : DEFAULT_SCORER;
+        var text = label === DEFAULT_SCORER ? DEFAULT_SCORER + " score " : label + " ";
+        text += formatScore(entry.score, entryDigits(entry));
+        if (Array.isArray(entry.members) && entry.members.length) {
+            text += " (" + entry.members.map(function (member) {
+                return member.scorer + " " + formatScore(member.score, entryDigits(member));
+            }).join(", ") + ")";
+        }
+        return text;
+    }
+
+    /**
+     * Tooltip / accessible description: "ImageReward score 0.812 \u2014 rank 1 of 4 in its group \u2014 best",
+     * "PickScore 21.312 \u2014 ...".
+     */
     function badgeTooltip(entry) {
         if (!entry) {
             return "";
         }
-        var text = "ImageReward score " + formatScore(entry.score, 3);
+        var text = scoreDescription(entry);
         if (entry.groupSize === 1) {
             return text + " " + DASH + " the only candidate in its group";
         }
@@ -375,13 +599,17 @@
     }
 
     /**
-     * "ImageReward: 16 candidates scored, 4 kept, 12 discarded · scores −1.23 … 0.81" (+ fallback note).
-     * Parts whose numbers are missing are left out. "" for no summary.
+     * "ImageReward: 16 candidates scored, 4 kept, 12 discarded · scores −1.23 … 0.81" (+ fallback note); another
+     * scorer is named after the extension: "ImageReward · PickScore: ...". The range has one decimal fewer than the
+     * scorer writes (ImageReward: 2). Parts whose numbers are missing are left out. "" for no summary.
      */
     function summaryText(summary) {
         if (!isObject(summary)) {
             return "";
         }
+        var spec = scorerSpec(summary.scorer);
+        var named = spec ? spec.label : typeof summary.scorer === "string" ? summary.scorer.trim() : "";
+        var digits = (spec ? spec.digits : SCORE_DIGITS) - 1;
         var counts = [];
         var kept = toInteger(summary.kept, 0);
         var scored = toInteger(summary.scored, 0);
@@ -405,22 +633,29 @@
         var min = toFiniteNumber(summary.min);
         var max = toFiniteNumber(summary.max);
         if (min !== null && max !== null) {
-            parts.push(min === max ? "score " + formatScore(min) : "scores " + formatScore(min) + " " + ELLIPSIS + " " + formatScore(max));
+            parts.push(min === max ? "score " + formatScore(min, digits)
+                : "scores " + formatScore(min, digits) + " " + ELLIPSIS + " " + formatScore(max, digits));
         }
         if (summary.fallback === true) {
             var threshold = toFiniteNumber(summary.threshold);
-            parts.push("no candidate reached the threshold" + (threshold !== null ? " (" + formatScore(threshold) + ")" : "") +
+            parts.push("no candidate reached the threshold" + (threshold !== null ? " (" + formatScore(threshold, digits) + ")" : "") +
                 ", so the best was kept anyway");
         }
         if (!parts.length) {
             return "";
         }
-        return "ImageReward: " + parts.join(" \u00b7 ");
+        var head = named && named !== DEFAULT_SCORER ? DEFAULT_SCORER + " \u00b7 " + named : DEFAULT_SCORER;
+        return head + ": " + parts.join(" \u00b7 ");
     }
 
     var logic = {
         DETAILS_KEY: DETAILS_KEY,
         INFOTEXT_KEY: INFOTEXT_KEY,
+        SCORER_KEY: SCORER_KEY,
+        WEIGHTS_KEY: WEIGHTS_KEY,
+        DEFAULT_SCORER: DEFAULT_SCORER,
+        ENSEMBLE: ENSEMBLE,
+        SCORERS: SCORERS,
         OPTION_KEY: OPTION_KEY,
         MIN_SETTINGS: MIN_SETTINGS,
         TABS: TABS,
@@ -431,6 +666,7 @@
         ELLIPSIS: ELLIPSIS,
         DASH: DASH,
         SCORE_DIGITS: SCORE_DIGITS,
+        DETAILS_DIGITS: DETAILS_DIGITS,
         AGREEMENT: AGREEMENT,
         CLS_BADGE: CLS_BADGE,
         CLS_SUMMARY: CLS_SUMMARY,
@@ -441,15 +677,26 @@
         toInteger: toInteger,
         settingsLine: settingsLine,
         splitSettingsLine: splitSettingsLine,
+        settingsPairs: settingsPairs,
+        settingValue: settingValue,
+        scorerSpec: scorerSpec,
+        weightedMembers: weightedMembers,
+        readInfotext: readInfotext,
         parseInfotextScore: parseInfotextScore,
+        agreementTolerance: agreementTolerance,
+        scoresAgree: scoresAgree,
+        detailsScorer: detailsScorer,
         sanitizeSummary: sanitizeSummary,
         entryFromDetails: entryFromDetails,
         parseGenerationInfo: parseGenerationInfo,
         summaryFromImages: summaryFromImages,
         formatScore: formatScore,
+        colourRange: colourRange,
         scoreHue: scoreHue,
         scoreColor: scoreColor,
         showsBest: showsBest,
+        entryDigits: entryDigits,
+        scoreDescription: scoreDescription,
         badgeTooltip: badgeTooltip,
         plural: plural,
         summaryText: summaryText,

@@ -2,8 +2,9 @@
  * sd-webui-imagereward: score badges on the txt2img / img2img output galleries.
  *
  * Data source: the hidden generation-info textbox (#generation_info_<tab> textarea), which holds the WebUI's
- * Processed.js() JSON. Each badge shows the "ImageReward: <num>" pair of its image's infotext (what the saved file
- * says); extra_generation_params["ImageReward details"] adds rank and group where its score agrees.
+ * Processed.js() JSON. Each badge shows the score its image's infotext writes under the key of the infotext's scorer
+ * ("ImageReward: 0.812", "PickScore: 21.312"; what the saved file says), with that scorer's decimals and colour range;
+ * extra_generation_params["ImageReward details"] adds rank and group where its score agrees.
  * Nothing is ever read back from the page's rendered HTML.
  *
  * Layout: the pure helpers live in imagereward-logic.js; here the DOM helpers that work on a given gallery element
@@ -26,17 +27,18 @@
     }
     var splitSettingsLine = L.splitSettingsLine;
     var parseInfotextScore = L.parseInfotextScore;
+    var readInfotext = L.readInfotext;
     var parseGenerationInfo = L.parseGenerationInfo;
     var formatScore = L.formatScore;
     var scoreHue = L.scoreHue;
     var scoreColor = L.scoreColor;
     var showsBest = L.showsBest;
+    var entryDigits = L.entryDigits;
     var badgeTooltip = L.badgeTooltip;
     var summaryText = L.summaryText;
     var OPTION_KEY = L.OPTION_KEY;
     var TABS = L.TABS;
     var STAR = L.STAR;
-    var SCORE_DIGITS = L.SCORE_DIGITS;
     var CLS_BADGE = L.CLS_BADGE;
     var CLS_SUMMARY = L.CLS_SUMMARY;
     var ID_PREFIX = L.ID_PREFIX;
@@ -147,9 +149,9 @@
     }
 
     function badgeText(entry, variant) {
-        var text = formatScore(entry.score, SCORE_DIGITS);
+        var text = formatScore(entry.score, entryDigits(entry));
         if (variant === "small") {
-            // The strip's thumbnails are about 36px wide: the same three decimals without the leading zero fit.
+            // The strip's thumbnails are about 36px wide: the same decimals without the leading zero fit.
             text = text.replace(/^(\u2212?)0\./, "$1.");
         }
         if (variant === "preview" && entry.rank !== null && entry.groupSize !== null && entry.groupSize > 1) {
@@ -159,8 +161,8 @@
     }
 
     function badgeSignature(entry, variant, id) {
-        return [variant, id, formatScore(entry.score, SCORE_DIGITS), showsBest(entry) ? 1 : 0, badgeText(entry, variant), badgeTooltip(entry),
-            scoreColor(entry.score)].join("|");
+        return [variant, id, formatScore(entry.score, entryDigits(entry)), showsBest(entry) ? 1 : 0, badgeText(entry, variant),
+            badgeTooltip(entry), scoreColor(entry.score, entry.scorer)].join("|");
     }
 
     function fillBadge(doc, badge, entry, variant, id, signature) {
@@ -169,7 +171,7 @@
         badge.id = id;
         badge.title = badgeTooltip(entry);
         badge.setAttribute("data-imagereward-sig", signature);
-        badge.style.setProperty("--imagereward-color", scoreColor(entry.score));
+        badge.style.setProperty("--imagereward-color", scoreColor(entry.score, entry.scorer));
         while (badge.firstChild) {
             badge.removeChild(badge.firstChild);
         }
@@ -531,6 +533,7 @@
         logic: L,
         parseGenerationInfo: parseGenerationInfo,
         parseInfotextScore: parseInfotextScore,
+        readInfotext: readInfotext,
         splitSettingsLine: splitSettingsLine,
         formatScore: formatScore,
         scoreHue: scoreHue,

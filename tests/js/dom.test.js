@@ -248,3 +248,88 @@ test("robust against odd input: missing gallery, empty gallery, gradio-like elem
     const { gallery, parsed } = setup({ count: 0, info: makeInfo({ images: FOUR }) });
     assert.equal(ir.applyBadges(gallery, parsed).badges, 0);
 });
+
+// ---------------------------------------------------------------------------------------------------------------
+// Scorers other than ImageReward
+// ---------------------------------------------------------------------------------------------------------------
+
+const DASH = "\u2014";
+const PICK = [
+    { score: 26.1638, rank: 1, groupSize: 4, group: 0 },
+    { score: 21.6517, rank: 4, groupSize: 4, group: 0 },
+];
+const PICK_SUMMARY = { scored: 16, kept: 2, discarded: 14, min: 17.5, max: 26.1638, mode: "top-k", threshold: null, fallback: false,
+    scorer: "pickscore", score_key: "PickScore" };
+
+test("a PickScore job: badges with its digits and colour range, tooltip and summary name it", () => {
+    const info = makeInfo({ images: PICK, scorer: "PickScore", summary: PICK_SUMMARY });
+    const { gallery, parsed } = setup({ count: 2, selected: 1, info });
+    ir.applyBadges(gallery, parsed);
+    ir.applySummary(gallery, parsed);
+    const thumbs = gallery.querySelectorAll(".grid-wrap .thumbnail-item");
+    const best = badgeOf(thumbs[0]);
+    assert.equal(visibleText(best), `${STAR}26.164`);
+    assert.equal(visibleText(badgeOf(thumbs[1])), "21.652");
+    assert.equal(best.title, `PickScore 26.164 ${DASH} rank 1 of 4 in its group ${DASH} best`);
+    assert.equal(best.querySelector(".imagereward-sr").textContent, best.title);
+    // green on PickScore's range (18 .. 24), where ImageReward's range would not tell 21.65 from 26.16
+    assert.equal(best.style.getPropertyValue("--imagereward-color"), "hsl(120, 90%, 55%)");
+    assert.equal(badgeOf(thumbs[1]).style.getPropertyValue("--imagereward-color"), ir.scoreColor(21.652, "PickScore"));
+    assert.notEqual(badgeOf(thumbs[1]).style.getPropertyValue("--imagereward-color"), ir.scoreColor(21.652));
+    // the strip and the preview
+    const strip = gallery.querySelectorAll(".thumbnails .thumbnail-item");
+    assert.equal(visibleText(badgeOf(strip[1])), "21.652");
+    assert.equal(visibleText(badgeOf(gallery.querySelector(".preview"))), "21.652 \u00b7 rank 4/4");
+    assert.equal(gallery.nextElementSibling.textContent,
+        "ImageReward \u00b7 PickScore: 16 candidates scored, 2 kept, 14 discarded \u00b7 scores 17.50 \u2026 26.16");
+});
+
+test("a 4-decimal scorer (HPSv2.1): four decimals on the badge; the strip drops the leading zero", () => {
+    const info = makeInfo({ images: [{ score: 0.27144, rank: 1, groupSize: 2 }, { score: -0.0123, rank: 2, groupSize: 2 }], scorer: "HPSv2.1" });
+    const { gallery, parsed } = setup({ count: 2, selected: 0, info });
+    ir.applyBadges(gallery, parsed);
+    const grid = gallery.querySelectorAll(".grid-wrap .thumbnail-item");
+    const strip = gallery.querySelectorAll(".thumbnails .thumbnail-item");
+    assert.equal(visibleText(badgeOf(grid[0])), `${STAR}0.2714`);
+    assert.equal(visibleText(badgeOf(strip[0])), `${STAR}.2714`);
+    assert.equal(visibleText(badgeOf(strip[1])), `${MINUS}.0123`);
+    assert.equal(badgeOf(grid[0]).title, `HPSv2.1 0.2714 ${DASH} rank 1 of 2 in its group ${DASH} best`);
+    assert.equal(badgeOf(grid[0]).style.getPropertyValue("--imagereward-color"), ir.scoreColor(0.2714, "HPSv2.1"));
+});
+
+test("an ensemble job: the ensemble's score on the badge, its members in the tooltip and screen-reader text", () => {
+    const info = makeInfo({
+        images: [{ score: 0.8123, rank: 1, groupSize: 4, members: { "ImageReward": 0.41, "HPSv2.1": 0.27144 } }],
+        scorer: "Ensemble", weights: "imagereward=1,hpsv2.1=2",
+    });
+    const { gallery, parsed } = setup({ count: 1, info });
+    ir.applyBadges(gallery, parsed);
+    ir.applySummary(gallery, parsed);
+    const badge = badgeOf(gallery.querySelector(".grid-wrap .thumbnail-item"));
+    assert.equal(visibleText(badge), `${STAR}0.812`);
+    const expected = `Ensemble 0.812 (ImageReward 0.410, HPSv2.1 0.2714) ${DASH} rank 1 of 4 in its group ${DASH} best`;
+    assert.equal(badge.title, expected);
+    assert.equal(badge.querySelector(".imagereward-sr").textContent, expected);
+    assert.match(gallery.nextElementSibling.textContent, /^ImageReward \u00b7 Ensemble: 16 candidates scored/);
+});
+
+test("the same number from another scorer updates the badge in place (tooltip, colour)", () => {
+    const { gallery, parsed } = setup({ count: 1, info: makeInfo({ images: [{ score: 20.5, rank: 1, groupSize: 4 }] }) });
+    ir.applyBadges(gallery, parsed);
+    const badge = badgeOf(gallery.querySelector(".grid-wrap .thumbnail-item"));
+    assert.equal(badge.title, `ImageReward score 20.500 ${DASH} rank 1 of 4 in its group ${DASH} best`);
+    const pick = ir.parseGenerationInfo(makeInfo({ images: [{ score: 20.5, rank: 1, groupSize: 4 }], scorer: "PickScore" }));
+    assert.equal(ir.applyBadges(gallery, pick).changed, 1);
+    assert.equal(badgeOf(gallery.querySelector(".grid-wrap .thumbnail-item")), badge);
+    assert.equal(badge.title, `PickScore 20.500 ${DASH} rank 1 of 4 in its group ${DASH} best`);
+    assert.equal(badge.style.getPropertyValue("--imagereward-color"), ir.scoreColor(20.5, "PickScore"));
+    assert.equal(ir.applyBadges(gallery, pick).changed, 0, "and then nothing more");
+});
+
+test("an infotext naming an unknown scorer gets no badge (not the ImageReward key's number)", () => {
+    const info = makeInfo({ images: FOUR });
+    info.infotexts[1] = info.infotexts[1] + ", ImageReward scorer: SomethingNew";
+    const { gallery, parsed } = setup({ count: 4, info });
+    assert.equal(ir.applyBadges(gallery, parsed).badges, 3);
+    assert.equal(badgeOf(gallery.querySelectorAll(".grid-wrap .thumbnail-item")[1]), null);
+});

@@ -126,16 +126,33 @@ function loadScriptInPage(page, { helpers = true, opts = {} } = {}) {
     return { callbacks, errors, addedGlobals: added, api: w.imageRewardOverlay };
 }
 
-/** Processed.js()-like info. images: [{score, rank, group, groupSize, best}] for gallery indices first..first+n-1. */
-function makeInfo({ images, grid = false, details = true, infotextScores = true, summary } = {}) {
+// The scorers' table as the Python side writes it (imagereward/scorers/specs.py front_end_table()).
+const SCORERS_FIXTURE = path.resolve(__dirname, "..", "fixtures", "scorers.json");
+const SCORERS = JSON.parse(fs.readFileSync(SCORERS_FIXTURE, "utf8"));
+
+/**
+ * Processed.js()-like info. images: [{score, rank, group, groupSize, best, members}] for gallery indices
+ * first..first+n-1. scorer: a label of SCORERS, written as the Python side does ("ImageReward scorer: <label>" unless
+ * ImageReward, the score under the scorer's key with its digits, an ensemble's members ({label: score}) under theirs,
+ * summary.scorer / score_key); left out: an infotext as written before there was a choice (ImageReward, no scorer).
+ */
+function makeInfo({ images, grid = false, details = true, infotextScores = true, summary, scorer, weights } = {}) {
     const first = grid ? 1 : 0;
     const infotexts = [];
     const seeds = [];
+    const spec = SCORERS[scorer || "ImageReward"];
     images.forEach((img, i) => {
         const seed = 1000 + i;
         seeds.push(seed);
         const settings = [`Steps: 20`, `Sampler: Euler a`, `CFG scale: 7`, `Seed: ${seed}`, `Size: 512x512`, `Model: test`];
-        if (infotextScores && img.score !== undefined) settings.push(`ImageReward: ${img.score.toFixed(3)}`);
+        if (scorer && scorer !== "ImageReward") settings.push(`ImageReward scorer: ${scorer}`);
+        if (weights) settings.push(`ImageReward weights: "${weights}"`);
+        if (infotextScores && img.score !== undefined) {
+            settings.push(`${spec.key}: ${img.score.toFixed(spec.digits)}`);
+            for (const [label, value] of Object.entries(img.members || {}).sort()) {
+                settings.push(`${SCORERS[label].key}: ${value.toFixed(SCORERS[label].digits)}`);
+            }
+        }
         infotexts.push(`a photo of a cat\nNegative prompt: blurry\n${settings.join(", ")}`);
     });
     if (grid) infotexts.unshift(infotexts[0]);
@@ -155,6 +172,7 @@ function makeInfo({ images, grid = false, details = true, infotextScores = true,
                 scored: 16, kept: images.length, discarded: 16 - images.length,
                 min: -1.234, max: Math.max(...images.map((x) => x.score)),
                 mode: "top-k", threshold: null, fallback: false,
+                ...(scorer ? { scorer: spec.name, score_key: spec.key } : {}),
             },
         };
     }
@@ -195,6 +213,6 @@ function recordMutations(window, root) {
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 module.exports = {
-    SCRIPT_PATH, SCRIPT_SOURCE, FOUR,
+    SCRIPT_PATH, SCRIPT_SOURCE, FOUR, SCORERS, SCORERS_FIXTURE,
     makePage, renderGallery, selectInGallery, loadScriptInPage, makeInfo, recordMutations, sleep,
 };

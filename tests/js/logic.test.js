@@ -7,6 +7,8 @@ const { makeInfo, FOUR, SCRIPT_PATH } = require("./helpers");
 
 const ir = require(SCRIPT_PATH);
 const MINUS = "\u2212";
+// what every entry of an ImageReward job (or an infotext without the scorer entry) carries besides its numbers
+const IR = { scorer: "ImageReward", digits: 3, members: [] };
 
 test("loads under Node without a browser: exports the API and registers nothing", () => {
     for (const name of ["parseGenerationInfo", "parseInfotextScore", "formatScore", "scoreColor", "scoreHue",
@@ -25,7 +27,7 @@ test("parseGenerationInfo: details object maps gallery index -> score, rank, gro
     assert.equal(parsed.count, 4);
     assert.equal(parsed.hasDetails, true);
     assert.deepEqual(Object.keys(parsed.images).map(Number), [0, 1, 2, 3]);
-    assert.deepEqual(parsed.images[0], { score: 0.812, rank: 1, groupSize: 4, group: 0, best: true, source: "details" });
+    assert.deepEqual(parsed.images[0], { score: 0.812, rank: 1, groupSize: 4, group: 0, best: true, source: "details", ...IR });
     assert.equal(parsed.images[1].score, -0.422); // the infotext's value: what the file says
     assert.equal(parsed.images[1].best, false);
     assert.equal(parsed.images[2].best, true);
@@ -64,7 +66,7 @@ test("parseGenerationInfo: infotext fallback when the details object is absent (
     assert.equal(parsed.hasDetails, false);
     assert.equal(parsed.summary, null);
     assert.deepEqual(Object.keys(parsed.images).map(Number), [1, 2, 3, 4]);
-    assert.deepEqual(parsed.images[1], { score: 0.812, rank: null, groupSize: null, group: null, best: false, source: "infotext" });
+    assert.deepEqual(parsed.images[1], { score: 0.812, rank: null, groupSize: null, group: null, best: false, source: "infotext", ...IR });
     assert.equal(parsed.images[2].score, -0.422);
     assert.equal(parsed.images[4].score, -2.5);
 });
@@ -91,7 +93,7 @@ test("parseGenerationInfo: missing keys in details entries are tolerated", () =>
         ],
     };
     const parsed = ir.parseGenerationInfo(info);
-    assert.deepEqual(parsed.images[0], { score: 0.812, rank: null, groupSize: null, group: null, best: false, source: "details" });
+    assert.deepEqual(parsed.images[0], { score: 0.812, rank: null, groupSize: null, group: null, best: false, source: "details", ...IR });
     assert.equal(parsed.images[1].score, -0.422);
     assert.equal(parsed.images[1].best, true);
     assert.equal(parsed.images[2].source, "infotext");
@@ -107,7 +109,7 @@ test("the badge always shows the infotext's score; details that disagree (Upscal
     // X/Y/Z copies the first cell's details; after Upscale the details are the old job's
     info.extra_generation_params["ImageReward details"].images[0].score = -0.5;
     const parsed = ir.parseGenerationInfo(info);
-    assert.deepEqual(parsed.images[0], { score: 0.812, rank: null, groupSize: null, group: null, best: false, source: "infotext" });
+    assert.deepEqual(parsed.images[0], { score: 0.812, rank: null, groupSize: null, group: null, best: false, source: "infotext", ...IR });
     assert.equal(parsed.images[1].source, "details");
     // an image whose infotext has no score gets no badge, whatever the details say
     const bare = makeInfo({ images: FOUR, infotextScores: false });
@@ -258,4 +260,209 @@ test("style.css only styles our own namespaced classes", () => {
             assert.ok(cls === ".dark" || cls.startsWith(".imagereward-"), `${selector}: ${cls}`);
         }
     }
+});
+
+// ---------------------------------------------------------------------------------------------------------------
+// Scorers: the infotext's scorer picks the key, the digits, the colour range and the names shown
+// ---------------------------------------------------------------------------------------------------------------
+
+const { SCORERS } = require("./helpers");
+const DASH = "\u2014";
+const S = "Steps: 20, Sampler: Euler a, Seed: 5";
+
+test("SCORERS equals the Python side's table (tests/fixtures/scorers.json, from specs.py front_end_table())", () => {
+    assert.deepEqual(ir.logic.SCORERS, SCORERS);
+    assert.ok(Object.keys(SCORERS).length >= 7);
+});
+
+test("the infotext's scorer picks the key: 'ImageReward scorer: <label>' -> that scorer's key; absent -> ImageReward", () => {
+    // an old infotext (no scorer entry) keeps working
+    assert.deepEqual(ir.readInfotext(`cat\n${S}, ImageReward: 0.812`), { score: 0.812, scorer: "ImageReward", digits: 3, members: [] });
+    assert.deepEqual(ir.readInfotext(`cat\n${S}, ImageReward scorer: PickScore, PickScore: 21.312`),
+        { score: 21.312, scorer: "PickScore", digits: 3, members: [] });
+    assert.deepEqual(ir.readInfotext(`cat\n${S}, ImageReward scorer: HPSv2.1, HPSv2-1: 0.2714`),
+        { score: 0.2714, scorer: "HPSv2.1", digits: 4, members: [] });
+    assert.equal(ir.parseInfotextScore(`cat\n${S}, ImageReward scorer: CLIP, CLIP score: 0.2791`), 0.2791);
+    assert.equal(ir.parseInfotextScore(`cat\n${S}, ImageReward scorer: Aesthetic, Aesthetic score: 5.812`), 5.812);
+    assert.equal(ir.parseInfotextScore(`cat\n${S}, ImageReward scorer: BLIP, BLIP score: 0.4412`), 0.4412);
+    // another key's number is never taken for the scorer's: an ImageReward value beside a PickScore job
+    assert.equal(ir.parseInfotextScore(`cat\n${S}, ImageReward scorer: PickScore, ImageReward: 0.5`), null);
+    assert.equal(ir.parseInfotextScore(`cat\n${S}, ImageReward: 0.5, ImageReward scorer: PickScore, PickScore: 22.5`), 22.5);
+    // a scorer written some other way: the label quoted, or its name
+    assert.equal(ir.parseInfotextScore(`cat\n${S}, ImageReward scorer: "PickScore", PickScore: 20.000`), 20);
+    assert.equal(ir.parseInfotextScore(`cat\n${S}, ImageReward scorer: hpsv2.1, HPSv2-1: 0.3000`), 0.3);
+    // ImageReward named explicitly
+    assert.equal(ir.parseInfotextScore(`cat\n${S}, ImageReward scorer: ImageReward, ImageReward: 0.25`), 0.25);
+});
+
+test("an unknown scorer label gives no score (no badge), not the ImageReward key's number", () => {
+    assert.equal(ir.readInfotext(`cat\n${S}, ImageReward scorer: HPSv3, ImageReward: 0.5, HPSv3: 9.1`), null);
+    assert.equal(ir.parseInfotextScore(`cat\n${S}, ImageReward scorer: , ImageReward: 0.5`), null);
+    const info = ir.parseGenerationInfo({
+        index_of_first_image: 0,
+        infotexts: [`cat\n${S}, ImageReward scorer: FutureScore, FutureScore: 3.2, ImageReward: 0.5`],
+    });
+    assert.equal(info, null);
+});
+
+test("an ensemble's infotext: its own score, and each member's in the order of its weights", () => {
+    const line = `cat\n${S}, ImageReward scorer: Ensemble, ImageReward weights: "imagereward=1,hpsv2.1=2", ` +
+        "Ensemble: 3.098, HPSv2-1: 0.3389, ImageReward: 3.443";
+    assert.deepEqual(ir.readInfotext(line), {
+        score: 3.098, scorer: "Ensemble", digits: 3,
+        members: [{ scorer: "ImageReward", score: 3.443, digits: 3 }, { scorer: "HPSv2.1", score: 0.3389, digits: 4 }],
+    });
+    assert.equal(ir.parseInfotextScore(line), 3.098, "the ensemble's score, not its ImageReward member's");
+    // the weights in another order; no weights at all: the table's order
+    const swapped = line.replace("imagereward=1,hpsv2.1=2", "hpsv2.1=2,imagereward=1");
+    assert.deepEqual(ir.readInfotext(swapped).members.map((m) => m.scorer), ["HPSv2.1", "ImageReward"]);
+    const bare = `cat\n${S}, ImageReward scorer: Ensemble, PickScore: 21.000, Ensemble: 0.100, ImageReward: 0.410`;
+    assert.deepEqual(ir.readInfotext(bare).members.map((m) => m.scorer), ["ImageReward", "PickScore"]);
+    // a member without a number is left out
+    assert.deepEqual(ir.readInfotext(line.replace("HPSv2-1: 0.3389", "HPSv2-1: n/a")).members.map((m) => m.scorer), ["ImageReward"]);
+    // a single scorer has no members, whatever else the line holds
+    assert.deepEqual(ir.readInfotext(`cat\n${S}, ImageReward scorer: PickScore, PickScore: 21.0, ImageReward: 1`).members, []);
+});
+
+test("parseGenerationInfo: entries carry the scorer's label and digits; details add rank where they agree", () => {
+    const images = [
+        { score: 26.1638, rank: 1, groupSize: 4 },
+        { score: 21.6517, rank: 4, groupSize: 4 },
+    ];
+    const parsed = ir.parseGenerationInfo(makeInfo({ images, scorer: "PickScore" }));
+    assert.deepEqual(parsed.images[0], {
+        score: 26.164, rank: 1, groupSize: 4, group: 0, best: true, source: "details",
+        scorer: "PickScore", digits: 3, members: [],
+    });
+    assert.equal(parsed.images[1].score, 21.652);
+    assert.equal(parsed.summary.scorer, "PickScore");
+    assert.equal(parsed.summary.digits, 3);
+
+    const hps = ir.parseGenerationInfo(makeInfo({ images: [{ score: 0.27144, rank: 1, groupSize: 2 }], scorer: "HPSv2.1" }));
+    assert.equal(hps.images[0].score, 0.2714);
+    assert.equal(hps.images[0].digits, 4);
+    assert.equal(hps.images[0].source, "details");
+
+    const ens = ir.parseGenerationInfo(makeInfo({
+        images: [{ score: 0.8123, rank: 1, groupSize: 4, members: { "ImageReward": 0.41, "HPSv2.1": 0.27144 } }],
+        scorer: "Ensemble", weights: "imagereward=1,hpsv2.1=2",
+    }));
+    assert.deepEqual(ens.images[0].members, [
+        { scorer: "ImageReward", score: 0.41, digits: 3 }, { scorer: "HPSv2.1", score: 0.2714, digits: 4 },
+    ]);
+    assert.equal(ens.images[0].score, 0.812);
+    assert.equal(ens.images[0].rank, 1);
+});
+
+test("agreement follows the digits: half a unit of the infotext's last digit plus the details' rounding", () => {
+    assert.ok(Math.abs(ir.logic.agreementTolerance(3) - 0.00055) < 1e-8);
+    assert.ok(Math.abs(ir.logic.agreementTolerance(4) - 0.0001) < 1e-8);
+    const agrees = (scorer, details, written) => {
+        const info = makeInfo({ images: [{ score: written, rank: 1, groupSize: 4 }], scorer });
+        info.extra_generation_params["ImageReward details"].images[0].score = details;
+        return ir.parseGenerationInfo(info).images[0].source === "details";
+    };
+    // 3 decimals written (ImageReward, PickScore): 0.0005 apart is the same score, 0.0007 is not
+    assert.equal(agrees("ImageReward", 0.8125, 0.812), true);
+    assert.equal(agrees("ImageReward", 0.8127, 0.812), false);
+    assert.equal(agrees("PickScore", 26.1645, 26.164), true);
+    assert.equal(agrees("PickScore", 26.1647, 26.164), false);
+    // 4 decimals written (HPSv2.1, CLIP, BLIP): 0.0006 apart is another score (ImageReward's 0.0006 would accept it)
+    assert.equal(agrees("HPSv2.1", 0.2714, 0.2714), true);
+    assert.equal(agrees("HPSv2.1", 0.2715, 0.2714), true);
+    assert.equal(agrees("HPSv2.1", 0.2717, 0.2714), false);
+    assert.equal(agrees("HPSv2.1", 0.2720, 0.2714), false);
+    assert.equal(agrees("CLIP", 0.2793, 0.2791), false);
+    assert.equal(agrees("BLIP", 0.4406, 0.4412), false);
+});
+
+test("details of another scorer (an X/Y/Z grid over scorers) add nothing to the infotext's score", () => {
+    const info = makeInfo({ images: FOUR });
+    const summary = info.extra_generation_params["ImageReward details"].summary;
+    summary.scorer = "ensemble"; // same numbers, other scorer: not this image's ranking
+    const parsed = ir.parseGenerationInfo(info);
+    assert.equal(parsed.images[0].source, "infotext");
+    assert.equal(parsed.images[0].rank, null);
+    summary.scorer = "imagereward";
+    assert.equal(ir.parseGenerationInfo(info).images[0].source, "details");
+    // details written before there was a choice (no scorer) are ImageReward's
+    delete summary.scorer;
+    assert.equal(ir.parseGenerationInfo(info).images[0].source, "details");
+});
+
+test("details without infotexts: the summary's scorer labels the entries; an unknown one gives no badge", () => {
+    const info = makeInfo({ images: [{ score: 0.27144, rank: 1, groupSize: 2 }], scorer: "HPSv2.1" });
+    delete info.infotexts;
+    const parsed = ir.parseGenerationInfo(info);
+    assert.equal(parsed.images[0].scorer, "HPSv2.1");
+    assert.equal(parsed.images[0].digits, 4);
+    info.extra_generation_params["ImageReward details"].summary.scorer = "hpsv9";
+    const unknown = ir.parseGenerationInfo(info);
+    assert.equal(unknown.count, 0);
+    assert.deepEqual(unknown.images, {});
+    assert.equal(unknown.summary.scorer, "hpsv9");
+    // score_key alone (no name) is enough
+    delete info.extra_generation_params["ImageReward details"].summary.scorer;
+    assert.equal(ir.parseGenerationInfo(info).images[0].scorer, "HPSv2.1");
+});
+
+test("colour on the scorer's own range: red at its first value, amber halfway, green at its second", () => {
+    assert.equal(ir.scoreHue(18, "PickScore"), 0);
+    assert.equal(ir.scoreHue(21, "PickScore"), 40);
+    assert.equal(ir.scoreHue(24, "PickScore"), 120);
+    assert.equal(ir.scoreHue(22.5, "PickScore"), 80);
+    assert.equal(ir.scoreColor(30, "PickScore"), "hsl(120, 90%, 55%)");
+    assert.equal(ir.scoreColor(0.26, "HPSv2.1"), "hsl(40, 90%, 55%)");
+    assert.equal(ir.scoreHue(0.35, "CLIP"), 120);
+    assert.equal(ir.scoreHue(4, "Aesthetic"), 0);
+    assert.equal(ir.scoreHue(0.4, "BLIP"), 40);
+    // a PickScore of 0.81 would be green on ImageReward's range: red on its own
+    assert.notEqual(ir.scoreColor(0.81, "PickScore"), ir.scoreColor(0.81));
+    // ImageReward (and the ensemble, a weighted mean of z-scores) as before
+    for (const s of [-3, -2, -1, 0, 0.5, 1, 2, 3]) {
+        assert.equal(ir.scoreHue(s, "ImageReward"), ir.scoreHue(s));
+        assert.equal(ir.scoreHue(s, "Ensemble"), ir.scoreHue(s));
+    }
+    assert.equal(ir.scoreHue(1, "ImageReward"), 80);
+    let previous = -1;
+    for (let s = 0.1; s <= 0.4; s += 0.01) {
+        const hue = ir.scoreHue(s, "HPSv2.1");
+        assert.ok(hue >= previous, `hue not decreasing at ${s}`);
+        previous = hue;
+    }
+});
+
+test("badgeTooltip names the scorer, with its digits; an ensemble's members follow its score", () => {
+    assert.equal(ir.badgeTooltip({ score: 21.3124, rank: 1, groupSize: 4, best: true, scorer: "PickScore", digits: 3 }),
+        `PickScore 21.312 ${DASH} rank 1 of 4 in its group ${DASH} best`);
+    assert.equal(ir.badgeTooltip({ score: 0.27144, rank: 2, groupSize: 4, best: false, scorer: "HPSv2.1", digits: 4 }),
+        `HPSv2.1 0.2714 ${DASH} rank 2 of 4 in its group`);
+    assert.equal(ir.badgeTooltip({
+        score: 0.812, rank: 1, groupSize: 4, best: true, scorer: "Ensemble", digits: 3,
+        members: [{ scorer: "ImageReward", score: 0.41, digits: 3 }, { scorer: "HPSv2.1", score: 0.2714, digits: 4 }],
+    }), `Ensemble 0.812 (ImageReward 0.410, HPSv2.1 0.2714) ${DASH} rank 1 of 4 in its group ${DASH} best`);
+    assert.equal(ir.badgeTooltip({ score: -0.5, rank: null, groupSize: null, best: false, scorer: "ImageReward", digits: 3, members: [] }),
+        `ImageReward score ${MINUS}0.500`);
+    // from a parsed infotext
+    const parsed = ir.parseGenerationInfo(makeInfo({ images: [{ score: 5.8123, rank: 1, groupSize: 1 }], scorer: "Aesthetic" }));
+    assert.equal(ir.badgeTooltip(parsed.images[0]), `Aesthetic 5.812 ${DASH} the only candidate in its group`);
+});
+
+test("summaryText names the scorer when it is not ImageReward, its range one decimal short of the scorer's", () => {
+    const base = { scored: 16, kept: 4, discarded: 12, min: 21.6515, max: 26.8568, fallback: false };
+    assert.equal(ir.summaryText({ ...base, scorer: "PickScore" }),
+        "ImageReward \u00b7 PickScore: 16 candidates scored, 4 kept, 12 discarded \u00b7 scores 21.65 \u2026 26.86");
+    assert.equal(ir.summaryText({ ...base, scorer: "pickscore" }), ir.summaryText({ ...base, scorer: "PickScore" }));
+    assert.equal(ir.summaryText({ scored: 4, kept: 1, min: 0.2012, max: 0.3481, scorer: "HPSv2.1", threshold: 0.35, fallback: true }),
+        "ImageReward \u00b7 HPSv2.1: 4 candidates scored, 1 kept, 3 discarded \u00b7 scores 0.201 \u2026 0.348" +
+        " \u00b7 no candidate reached the threshold (0.350), so the best was kept anyway");
+    assert.match(ir.summaryText({ ...base, scorer: "Ensemble" }), /^ImageReward \u00b7 Ensemble: /);
+    // ImageReward, named or not: as before
+    assert.equal(ir.summaryText({ scored: 8, kept: 2, scorer: "ImageReward" }), "ImageReward: 8 candidates scored, 2 kept, 6 discarded");
+    assert.equal(ir.summaryText({ scored: 8, kept: 2, scorer: "imagereward" }), "ImageReward: 8 candidates scored, 2 kept, 6 discarded");
+    // parsed from the details' summary (its scorer's name)
+    const info = makeInfo({ images: [{ score: 26.1638, rank: 1, groupSize: 4 }], scorer: "PickScore",
+        summary: { scored: 16, kept: 4, discarded: 12, min: 21.6515, max: 26.8568, mode: "top-k", scorer: "pickscore", score_key: "PickScore" } });
+    assert.equal(ir.summaryText(ir.parseGenerationInfo(info).summary),
+        "ImageReward \u00b7 PickScore: 16 candidates scored, 4 kept, 12 discarded \u00b7 scores 21.65 \u2026 26.86");
 });

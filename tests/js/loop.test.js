@@ -180,3 +180,19 @@ test("the setting: off removes everything, on brings it back (via onOptionsChang
     for (const cb of callbacks.optionsChanged) cb();
     assert.equal(page.document.querySelectorAll("[class*=imagereward]").length, 0);
 });
+
+test("in the page: a PickScore job from the real fixture gets PickScore badges and summary", () => {
+    const fs = require("node:fs");
+    const path = require("node:path");
+    const info = fs.readFileSync(path.resolve(__dirname, "..", "fixtures", "generation_info_pickscore.json"), "utf8");
+    const page = makePage();
+    renderGallery(page.gallery(), { count: 5, selected: null });
+    setInfo(page, "txt2img", info);
+    const { callbacks, errors } = loadScriptInPage(page);
+    fire(callbacks);
+    const badges = page.gallery().querySelectorAll(".imagereward-badge");
+    assert.equal(badges.length, 4);
+    assert.equal(badges[0].title, "PickScore 26.164 \u2014 rank 1 of 4 in its group \u2014 best");
+    assert.match(page.gallery().nextElementSibling.textContent, /^ImageReward \u00b7 PickScore: 16 candidates scored, 4 kept/);
+    assert.deepEqual(errors, []);
+});
