@@ -102,6 +102,8 @@ class ClipConfig:
             "eos_token_id": self.vocab_size - 1,
             "pad_token_id": 0,
         }
+        if self.text.layers == 0:  # image tower only (`with_text=False`): transformers' default text sizes, unused
+            return CLIPConfig(vision_config=vision, projection_dim=self.embed_dim)
         return CLIPConfig(text_config=text, vision_config=vision, projection_dim=self.embed_dim)
 
 

@@ -20,6 +20,7 @@ and special-token rules (which changed across versions) play no part.
 from __future__ import annotations
 
 import html
+import json
 import re
 import unicodedata
 from collections.abc import Sequence
@@ -107,18 +108,27 @@ class ClipPromptEncoder:
                 "download them again"
             )
         try:
+            vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ModelFileMissingError(
+                f"{folder / 'vocab.json'} could not be read ({exc}); delete the folder to download it again"
+            ) from None
+        size = len(vocab) if isinstance(vocab, dict) else 0
+        if size < 3 or vocab.get(START_TOKEN) != size - 2 or vocab.get(END_TOKEN) != size - 1:
+            raise ModelFileMissingError(
+                f"{folder / 'vocab.json'} is not a CLIP vocabulary ({START_TOKEN} and {END_TOKEN} must be its last "
+                "two ids)"
+            )
+        try:
             tokenizer = CLIPTokenizerFast.from_pretrained(str(folder), local_files_only=True)
-        except Exception as exc:  # a damaged json or merges file fails deep inside the backend
+        except Exception as exc:  # a damaged merges file fails deep inside the backend
             raise ModelFileMissingError(
                 f"the CLIP tokenizer in {folder} could not be read ({type(exc).__name__}: {exc}); delete the folder "
                 "to download it again"
             ) from None
         start, end = tokenizer.convert_tokens_to_ids([START_TOKEN, END_TOKEN])
-        if start is None or end is None or end != len(tokenizer) - 1 or start != end - 1:
-            raise ModelFileMissingError(
-                f"{folder / 'vocab.json'} is not a CLIP vocabulary ({START_TOKEN} and {END_TOKEN} must be its last "
-                "two ids)"
-            )
+        if (start, end) != (size - 2, size - 1):
+            raise ModelFileMissingError(f"transformers read {folder} as another vocabulary than its vocab.json")
         self._tokenizer = tokenizer
         self.start_id, self.end_id = int(start), int(end)
         self.vocab_size = int(end) + 1
