@@ -118,29 +118,42 @@ class TextAttention(nn.Module):
 
 
 class TextLayer(nn.Module):
-    """Post-norm BERT layer with cross-attention: self-attention, cross-attention, feed-forward, each + residual."""
+    """Post-norm BERT layer: self-attention, cross-attention to the image, feed-forward, each + residual.
 
-    def __init__(self, config: TextConfig, image_width: int) -> None:
+    With `image_width=None` the layer has no cross-attention: BLIP's "text" mode (its unimodal text encoder), which
+    skips the cross-attention sublayer and so reads the prompt alone.
+    """
+
+    def __init__(self, config: TextConfig, image_width: int | None) -> None:
         super().__init__()
         eps = config.layer_norm_eps
         self.self_attn = TextAttention(config.hidden_size, config.num_heads, config.hidden_size)
         self.self_attn_norm = nn.LayerNorm(config.hidden_size, eps=eps)
-        self.cross_attn = TextAttention(config.hidden_size, config.num_heads, image_width)
-        self.cross_attn_norm = nn.LayerNorm(config.hidden_size, eps=eps)
+        self.cross_attn: TextAttention | None = None
+        self.cross_attn_norm: nn.LayerNorm | None = None
+        if image_width is not None:
+            self.cross_attn = TextAttention(config.hidden_size, config.num_heads, image_width)
+            self.cross_attn_norm = nn.LayerNorm(config.hidden_size, eps=eps)
         self.ffn_in = nn.Linear(config.hidden_size, config.intermediate_size)
         self.ffn_out = nn.Linear(config.intermediate_size, config.hidden_size)
         self.ffn_norm = nn.LayerNorm(config.hidden_size, eps=eps)
 
-    def forward(self, x: torch.Tensor, image: torch.Tensor, pad_mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, image: torch.Tensor | None, pad_mask: torch.Tensor | None) -> torch.Tensor:
         x = self.self_attn_norm(x + self.self_attn(x, x, pad_mask))
-        x = self.cross_attn_norm(x + self.cross_attn(x, image))
+        if self.cross_attn is not None and self.cross_attn_norm is not None:
+            if image is None:
+                raise ValueError("this text encoder attends to the image: pass the image tokens")
+            x = self.cross_attn_norm(x + self.cross_attn(x, image))
         return self.ffn_norm(x + self.ffn_out(F.gelu(self.ffn_in(x))))
 
 
 class TextEncoder(nn.Module):
-    """BERT over the prompt, attending to the image at every layer: -> (B, L, hidden)."""
+    """BERT over the prompt, attending to the image at every layer: -> (B, L, hidden).
 
-    def __init__(self, config: TextConfig, image_width: int) -> None:
+    `image_width=None` builds it without cross-attention (BLIP's text mode): then `forward` takes no image.
+    """
+
+    def __init__(self, config: TextConfig, image_width: int | None) -> None:
         super().__init__()
         self.config = config
         self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
@@ -148,7 +161,9 @@ class TextEncoder(nn.Module):
         self.embed_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.layers = nn.ModuleList(TextLayer(config, image_width) for _ in range(config.num_layers))
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, image: torch.Tensor | None = None
+    ) -> torch.Tensor:
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)
         x = self.embed_norm(self.word_embeddings(input_ids) + self.position_embeddings(positions))
         # Additive mask over keys, broadcast over heads and queries; skipped when nothing is padded.
