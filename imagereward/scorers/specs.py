@@ -122,10 +122,13 @@ BLIP = ScorerSpec(
     infotext_key="BLIP score",
     family="blip-large",
     needs_prompt=True,
-    scale=ScoreScale(0.0, 1.0, 0.005, 0.4, decimals=4, colours=(0.25, 0.55)),  # to confirm
+    # A cosine of unit vectors (-1..1); an image and its own prompt score well above 0. The slider covers 0..1; the
+    # typical values of the real weights could not be measured here (they are not on this machine).
+    scale=ScoreScale(0.0, 1.0, 0.005, 0.4, decimals=4, colours=(0.25, 0.55)),
     standardisation=Standardisation(None, None, "no published mean or std of the BLIP score was found"),
-    summary="how well the image matches the prompt (cosine of BLIP ViT-L image and text features)",
-    licence="BSD-3-Clause (Salesforce BLIP)",
+    summary="how well the image matches the prompt (cosine of BLIP ViT-L/16 image and BERT text features, the "
+    "reference package's BLIP score)",
+    licence="BSD-3-Clause (Salesforce BLIP code and weights)",
 )
 
 PICKSCORE = ScorerSpec(
