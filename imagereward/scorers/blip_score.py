@@ -23,6 +23,7 @@ tensors are converted once to `model_large.safetensors` beside the release (a fr
 from __future__ import annotations
 
 import json
+import math
 import pickle
 import re
 import zipfile
@@ -502,7 +503,10 @@ def _draw(shape: tuple[int, ...], kind: str, generator: torch.Generator) -> torc
         )
     if kind == "scalar":
         return torch.tensor(0.07)
-    std = {"linear": 0.02, "bias": 0.02, "norm_weight": 0.05, "embedding": 0.5, "token": 1.0, "position": 0.5}
+    # Linear (and patch) weights ~ N(0, 1/fan_in) keep every layer's output at the scale of its input, so the scores
+    # of different images and prompts spread (about +-0.1) as with trained weights rather than collapsing together.
+    fan_in = math.prod(shape[1:]) if kind == "linear" else 1
+    std = {"linear": fan_in**-0.5, "bias": 0.05, "norm_weight": 0.1, "embedding": 0.5, "token": 1.0, "position": 0.5}
     tensor = torch.randn(shape, generator=generator) * std.get(kind, 1.0)
     if kind == "norm_weight":
         tensor += 1.0
@@ -529,8 +533,8 @@ def write_random_release(folder: Path, *, size: str = "full", seed: int = 0, tra
     `bert-base-uncased/vocab.txt` into `folder`, with our code only, so that `FAMILY.load(folder, ...)` works.
 
     `size="full"` is the release's architecture (ViT-L/16, BERT-base; 4.4 GB with the training entries, 1.8 GB
-    without); "tiny" the test size. Linear weights ~ N(0, 0.02), LayerNorm weights 1 + N(0, 0.05), embeddings
-    N(0, 0.5)."""
+    without); "tiny" the test size. Linear weights ~ N(0, 1/fan_in), biases N(0, 0.05), LayerNorm weights
+    1 + N(0, 0.1), embeddings N(0, 0.5)."""
     if size not in ("full", "tiny"):
         raise ValueError(f"size must be 'full' or 'tiny', not {size!r}")
     folder = Path(folder)
