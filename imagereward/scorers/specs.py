@@ -138,10 +138,12 @@ PICKSCORE = ScorerSpec(
     family="pickscore-v1",
     needs_prompt=True,
     rgb_first=True,
-    scale=ScoreScale(0.0, 30.0, 0.1, 20.0, colours=(18.0, 24.0)),  # to confirm: logit scale x cosine
+    # 100 x the cosine of prompt and image (exp(logit_scale) = 100 in the release): generated images mostly score
+    # 17..23 (averages reported in diffusion fine-tuning papers: about 20.5-21 for SD 1.5, 22-22.5 for SDXL).
+    scale=ScoreScale(15.0, 25.0, 0.05, 20.0, colours=(18.0, 24.0)),
     standardisation=Standardisation(None, None, "no published per-image mean or std of PickScore was found"),
     summary="human preference for an image given its prompt (CLIP ViT-H/14 fine-tuned on Pick-a-Pic)",
-    licence="MIT (PickScore code); model card of yuvalkirstain/PickScore_v1",
+    licence="MIT (PickScore code); the yuvalkirstain/PickScore_v1 weights carry no licence tag",
     published=(61.6, 70.5, 79.8),  # HPSv3 paper, preference accuracy table
 )
 
@@ -151,7 +153,9 @@ HPSV21 = ScorerSpec(
     infotext_key="HPSv2-1",  # the WebUI's infotext keys cannot hold a "."
     family="hpsv2.1",
     needs_prompt=True,
-    scale=ScoreScale(0.0, 0.5, 0.005, 0.25, decimals=4, colours=(0.2, 0.32)),  # to confirm
+    # the cosine of prompt and image, no logit scale (hpsv2.score returns it as is): generated images mostly score
+    # 0.2..0.33 (the HPSv2.1 benchmark's generator averages: mean 0.25, spread 0.045); four decimals.
+    scale=ScoreScale(0.1, 0.4, 0.001, 0.25, decimals=4, colours=(0.2, 0.32)),
     standardisation=Standardisation(
         0.25,
         0.045,
