@@ -729,8 +729,16 @@ def test_the_accordion_offers_the_scorers_and_the_threshold_follows_the_choice(w
     threshold, weights = controls[FIELD_NAMES.index("threshold")], controls[FIELD_NAMES.index("weights")]
     ((changed, inputs, outputs),) = scorer.handlers
     assert inputs == [scorer, threshold] and outputs == [threshold, weights]
-    slider, box = changed("PickScore", 0.0)  # PickScore's range, the weights box hidden
-    assert (slider["minimum"], slider["maximum"]) == (0.0, 30.0) and box == {"visible": False}
+    from imagereward.scorers.specs import SCORERS
+
+    pick = SCORERS["pickscore"].scale
+    slider, box = changed("PickScore", 0.0)  # PickScore's range and default, the weights box hidden
+    assert (slider["minimum"], slider["maximum"], slider["value"]) == (
+        pick.minimum,
+        pick.maximum,
+        pick.default_threshold,
+    )
+    assert box == {"visible": False}
     slider, _ = changed("PickScore", 21.5)  # a pasted PickScore threshold is kept
     assert slider["value"] == 21.5
     slider, _ = changed("ImageReward", 21.5)  # out of ImageReward's range: its default
