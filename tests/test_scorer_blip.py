@@ -307,6 +307,33 @@ def test_missing_files_are_named_with_where_to_get_them(tmp_path: Path) -> None:
         blip_score.load(folder, frozenset({"clip"}), torch.device("cpu"), torch.float32)
 
 
+def test_first_use_downloads_the_hub_files_and_salesforces_checkpoint(
+    golden: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_hub
+) -> None:
+    """med_config.json and the vocabulary from the hub, model_large.pth from its own address (here the fake hub's,
+    standing in for storage.googleapis.com), then a load that gives the golden scores; a second load asks nothing."""
+    import dataclasses
+
+    fake_hub.add_file("THUDM/ImageReward", "med_config.json", (BLIP_FIXTURES / "med_config.json").read_bytes())
+    fake_hub.add_file("google-bert/bert-base-uncased", "vocab.txt", (VOCAB_DIR / "vocab.txt").read_bytes())
+    release = (BLIP_FIXTURES / blip_score.CHECKPOINT_NAME).read_bytes()
+    fake_hub.add_file("sfr-vision-language-research/BLIP", "models/model_large.pth", release)
+    url = f"{fake_hub.url}/sfr-vision-language-research/BLIP/resolve/main/models/model_large.pth"
+    files = tuple(dataclasses.replace(f, url=url) if f.url else f for f in blip_score.FAMILY.files)
+    monkeypatch.setattr(blip_score, "FAMILY", dataclasses.replace(blip_score.FAMILY, files=files))
+    models = tmp_path / "models"
+    scorers = load_scorers(["blip"], models, device="cpu", offline=False, progress=False)
+    folder = models / "blip-large"
+    assert (folder / blip_score.CHECKPOINT_NAME).read_bytes() == release
+    assert (folder / "bert-base-uncased" / "vocab.txt").is_file() and (folder / "med_config.json").is_file()
+    items = golden["items"][:8]
+    assert score_items(scorers, items) == pytest.approx([i["score"] for i in items], abs=1e-6)
+    assert fake_hub.bytes_sent("models/model_large.pth") == len(release)
+    fake_hub.clear_requests()
+    load_scorers(["blip"], models, device="cpu", offline=False, progress=False)
+    assert fake_hub.requests == []
+
+
 # ------------------------------------------------------------------------------------------ live reference
 
 
