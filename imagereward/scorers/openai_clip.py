@@ -340,7 +340,15 @@ def load(folder: Path, outputs: frozenset[str], device: torch.device, dtype: tor
         with_text=with_text,
         what="an OpenAI CLIP checkpoint",
     )
-    if not with_text:
+    encoder = None
+    if with_text:  # read before the weights are built: a missing or foreign vocabulary fails fast
+        encoder = ClipPromptEncoder(folder / TOKENIZER_DIRNAME, context_length=config.context_length)
+        if encoder.vocab_size > config.vocab_size:
+            raise CheckpointError(
+                f"the tokenizer in {folder / TOKENIZER_DIRNAME} has {encoder.vocab_size} tokens, the CLIP checkpoint "
+                f"embeds {config.vocab_size}: they do not belong together"
+            )
+    else:  # the text tower's weights are dropped before anything is built
         state = {key: value for key, value in state.items() if key.startswith("visual.")}
     head = None
     if "aesthetic" in wanted:
@@ -351,14 +359,6 @@ def load(folder: Path, outputs: frozenset[str], device: torch.device, dtype: tor
     )
     del state
     model = OpenAIClipScorer(clip, head, wanted, config.image_size)
-    encoder = None
-    if with_text:
-        encoder = ClipPromptEncoder(folder / TOKENIZER_DIRNAME, context_length=config.context_length)
-        if encoder.vocab_size > config.vocab_size:
-            raise CheckpointError(
-                f"the tokenizer in {folder / TOKENIZER_DIRNAME} has {encoder.vocab_size} tokens, the CLIP checkpoint "
-                f"embeds {config.vocab_size}: they do not belong together"
-            )
     return LoadedModel(model, encoder)
 
 
