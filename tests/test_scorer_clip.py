@@ -270,6 +270,67 @@ def test_a_missing_or_foreign_vocabulary_is_refused(tmp_path: Path) -> None:
         ClipPromptEncoder(tmp_path)
 
 
+def serve_release(fake_hub, monkeypatch: pytest.MonkeyPatch, *, clip_sha256: str | None = None) -> bytes:
+    """The fixture's files on the fake hub: the vocabulary under openai/clip-vit-large-patch14, OpenAI's and LAION's
+    files at addresses of their own (standing in for openaipublic.azureedge.net and github.com), pinned to the
+    fixture's SHA-256 (or to `clip_sha256`)."""
+    import dataclasses
+
+    for name in ("vocab.json", "merges.txt"):
+        fake_hub.add_file("openai/clip-vit-large-patch14", name, (FIXTURE / "clip-tokenizer" / name).read_bytes())
+    release = (FIXTURE / openai_clip.CLIP_NAME).read_bytes()
+    fake_hub.add_file("openai/clip", "ViT-L-14.pt", release)
+    fake_hub.add_file("laion/aesthetic", "head.pth", (FIXTURE / openai_clip.AESTHETIC_NAME).read_bytes())
+    base = f"{fake_hub.url}/{{}}/resolve/main/{{}}"
+    addresses = {
+        openai_clip.CLIP_NAME: (
+            base.format("openai/clip", "ViT-L-14.pt"),
+            clip_sha256 or sha256(FIXTURE / openai_clip.CLIP_NAME),
+        ),
+        openai_clip.AESTHETIC_NAME: (
+            base.format("laion/aesthetic", "head.pth"),
+            sha256(FIXTURE / openai_clip.AESTHETIC_NAME),
+        ),
+    }
+    files = tuple(
+        dataclasses.replace(f, url=addresses[f.relpath][0], sha256=addresses[f.relpath][1]) if f.url else f
+        for f in openai_clip.FAMILY.files
+    )
+    assert len([f for f in files if f.url]) == 2
+    monkeypatch.setattr(openai_clip, "FAMILY", dataclasses.replace(openai_clip.FAMILY, files=files))
+    return release
+
+
+def test_first_use_downloads_every_file_and_checks_the_pinned_hashes(
+    golden: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_hub
+) -> None:
+    release = serve_release(fake_hub, monkeypatch)
+    models = tmp_path / "models"
+    scorers = load_scorers(["aesthetic", "clip"], models, device="cpu", offline=False, progress=False)
+    folder = models / KEY
+    assert (folder / openai_clip.CLIP_NAME).read_bytes() == release
+    assert (folder / "clip-tokenizer" / "vocab.json").is_file() and (folder / openai_clip.AESTHETIC_NAME).is_file()
+    prompts, images = golden_args(golden)
+    table = scorers.score(prompts[:8], images[:8], clean_prompts=False)
+    for name in ("clip", "aesthetic"):
+        assert table[name] == pytest.approx([i[name] for i in golden["items"][:8]], abs=1e-5)
+    fake_hub.clear_requests()
+    load_scorers(["aesthetic", "clip"], models, device="cpu", offline=False, progress=False)
+    assert fake_hub.requests == []
+
+
+def test_a_download_that_does_not_match_its_pinned_hash_is_not_installed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_hub
+) -> None:
+    from imagereward.errors import DownloadError
+
+    serve_release(fake_hub, monkeypatch, clip_sha256=openai_clip.CLIP_SHA256)  # OpenAI's hash, another file
+    models = tmp_path / "models"
+    with pytest.raises(DownloadError, match="sha256"):
+        load_scorers(["clip"], models, device="cpu", offline=False, progress=False)
+    assert not (models / KEY / openai_clip.CLIP_NAME).exists()
+
+
 # ------------------------------------------------------------------------------------------ our random release
 
 
