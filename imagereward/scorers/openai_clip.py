@@ -377,6 +377,7 @@ FAMILY = ModelFamily(
 #: (vision width, vision layers, patch, text width, text layers, vocabulary, embedding) of each size.
 _SIZES = {"full": (1024, 24, 14, 768, 12, VOCAB_SIZE, 768), "tiny": (64, 1, 14, 64, 1, None, 32)}
 _TINY_HEAD = (32, 48, 24, 12, 6, 1)
+_KEPT_FP32 = re.compile(r"embedding|(^|\.)ln_\w+\.|^logit_scale$")
 
 
 def _bytes_to_unicode() -> list[str]:
@@ -399,7 +400,8 @@ def write_byte_level_vocabulary(folder: Path) -> int:
 
 
 def random_openai_state(size: str = "tiny", seed: int = 0, vocab_size: int | None = None) -> dict[str, torch.Tensor]:
-    """Random weights with OpenAI's key names and the release's dtypes (fp16; the three size numbers as int64)."""
+    """Random weights with OpenAI's key names and the release's dtypes (fp16 but for embeddings, LayerNorms and the
+    logit scale; the three size numbers as int64)."""
     vision_width, vision_layers, patch, text_width, text_layers, vocab, embed = _SIZES[size]
     vocab = vocab_size or vocab or 514
     generator = torch.Generator().manual_seed(seed)
@@ -450,7 +452,8 @@ def random_openai_state(size: str = "tiny", seed: int = 0, vocab_size: int | Non
         "context_length": torch.tensor(CONTEXT_LENGTH),
         "vocab_size": torch.tensor(vocab),
     }
-    return state
+    # As in OpenAI's release (its `convert_weights`): embeddings, LayerNorms and the logit scale stay fp32.
+    return {key: value.float() if _KEPT_FP32.search(key) else value for key, value in state.items()}
 
 
 def random_head_state(size: str = "tiny", seed: int = 0) -> dict[str, torch.Tensor]:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import gzip
 import hashlib
 import json
@@ -236,8 +237,9 @@ def redraw_head(head: nn.Module, seed: int) -> None:
 
 
 def cmd_make_checkpoint(args: argparse.Namespace) -> None:
-    """``ViT-L-14.pt`` as OpenAI ships it (a TorchScript archive of the reference's ``clip.model.CLIP``, fp16 weights,
-    the image size, context length and vocabulary size as tensors) and the aesthetic head as LAION ships it (a
+    """``ViT-L-14.pt`` as OpenAI ships it (a TorchScript archive of the reference's ``clip.model.CLIP``: fp16 where
+    ``convert_weights`` puts fp16, the image size, context length and vocabulary size as tensors) and the aesthetic
+    head as LAION ships it (a
     ``torch.save`` of the reference ``MLP``'s state dict, fp32), random weights."""
     size = SIZES[args.size]
     torch.manual_seed(args.seed)
@@ -270,7 +272,15 @@ def cmd_make_checkpoint(args: argparse.Namespace) -> None:
         check_trace=False,
         _store_inputs=False,
     )
-    traced = traced.half()  # OpenAI's archive holds fp16 weights
+    # OpenAI's archive holds the weights `clip.model.convert_weights` makes fp16 (convolutions, linear layers,
+    # attention projections, the two output projections) in fp16 and the rest (embeddings, LayerNorms, logit scale)
+    # in fp32: which is which is asked of convert_weights itself, on a copy; the trace itself ran in fp32.
+    probe = copy.deepcopy(model)
+    CLIP_MODEL_MODULE.convert_weights(probe)
+    halves = {name for name, parameter in probe.named_parameters() if parameter.dtype == torch.float16}
+    for name, parameter in traced.named_parameters():
+        if name in halves:
+            parameter.data = parameter.data.half()
     args.out.mkdir(parents=True, exist_ok=True)
     traced.save(str(args.out / CLIP_NAME))
 
