@@ -198,6 +198,8 @@ class Scorer:
                 device=device,
                 normalisation=normalisation,
                 rgb_first=spec.rgb_before_resize,
+                crop_rounding=spec.crop_rounding,
+                fit=spec.fit,
             )
             for row, i in enumerate(indices):
                 parts[i] = batch[row : row + 1]
@@ -205,7 +207,14 @@ class Scorer:
 
             def work(index: int) -> torch.Tensor:
                 image = load_pil(items[index], exif_orientation=exif_orientation)
-                pixels = pil_to_pixels(image, spec.size, normalisation=normalisation, rgb_first=spec.rgb_before_resize)
+                pixels = pil_to_pixels(
+                    image,
+                    spec.size,
+                    normalisation=normalisation,
+                    rgb_first=spec.rgb_before_resize,
+                    crop_rounding=spec.crop_rounding,
+                    fit=spec.fit,
+                )
                 return pixels.unsqueeze(0)
 
             workers = self.preprocess_workers or min(8, len(pil_indices), torch.get_num_threads())

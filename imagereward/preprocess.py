@@ -53,9 +53,27 @@ def resized_size(height: int, width: int, size: int = IMAGE_SIZE) -> tuple[int, 
     return size, int(size * width / height)
 
 
-def crop_box(height: int, width: int, size: int = IMAGE_SIZE) -> tuple[int, int]:
-    """torchvision's CenterCrop: (top, left) of the centred size x size window."""
+def crop_box(height: int, width: int, size: int = IMAGE_SIZE, rounding: str = "round") -> tuple[int, int]:
+    """(top, left) of the centred size x size window: torchvision's CenterCrop rounds half to even ("round"),
+    transformers' image processors round down ("floor")."""
+    if rounding == "floor":
+        return (height - size) // 2, (width - size) // 2
     return round((height - size) / 2.0), round((width - size) / 2.0)
+
+
+def letterbox(batch: torch.Tensor, size: int = IMAGE_SIZE) -> torch.Tensor:
+    """(B, C, H, W) floats in 0..1 -> (B, C, size, size): HPSv2's `ResizeMaxSize`. The long side becomes `size`
+    (each side `round(side * size / long)`, Python's rounding) by torchvision's tensor resize (torch's bicubic with
+    antialiasing, on the floats: no clamping, no rounding to 8 bits), then zero padding, half of it (rounded down)
+    on the left and top. An image whose long side is already `size` is padded too (the reference would neither
+    resize nor pad it, and fail on a non-square one)."""
+    height, width = int(batch.shape[-2]), int(batch.shape[-1])
+    scale = size / float(max(height, width))
+    if scale != 1.0:
+        height, width = (round(side * scale) for side in (height, width))
+        batch = _resize(batch, height, width)
+    pad_h, pad_w = size - height, size - width
+    return F.pad(batch, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2), value=0.0)
 
 
 def open_image(path: str | os.PathLike) -> Image.Image:
@@ -107,7 +125,9 @@ def to_8bit(image: Image.Image) -> Image.Image:
     return Image.fromarray(values.astype(np.uint8), "L")
 
 
-def pil_resize_crop(image: Image.Image, size: int = IMAGE_SIZE, *, rgb_first: bool = False) -> Image.Image:
+def pil_resize_crop(
+    image: Image.Image, size: int = IMAGE_SIZE, *, rgb_first: bool = False, crop_rounding: str = "round"
+) -> Image.Image:
     """Resize (bicubic, short side) and centre-crop with PIL, then convert to RGB: the reference's order.
     `rgb_first` converts before resizing instead, as transformers' CLIP image processor does."""
     if rgb_first:
@@ -119,7 +139,7 @@ def pil_resize_crop(image: Image.Image, size: int = IMAGE_SIZE, *, rgb_first: bo
     new_h, new_w = resized_size(height, width, size)
     if (new_h, new_w) != (height, width):
         image = image.resize((new_w, new_h), Image.BICUBIC)
-    top, left = crop_box(new_h, new_w, size)
+    top, left = crop_box(new_h, new_w, size, crop_rounding)
     image = image.crop((left, top, left + size, top + size))
     return image.convert("RGB")
 
@@ -135,9 +155,12 @@ def _normalise(pixels: torch.Tensor, normalisation: Normalisation = CLIP_NORMALI
     return (pixels - mean) / std
 
 
-def pil_to_uint8(image: Image.Image, size: int = IMAGE_SIZE, *, rgb_first: bool = False) -> np.ndarray:
+def pil_to_uint8(
+    image: Image.Image, size: int = IMAGE_SIZE, *, rgb_first: bool = False, crop_rounding: str = "round"
+) -> np.ndarray:
     """The reference's pixels before scaling: (size, size, 3) uint8 (16-bit and float images scaled to 8 bits)."""
-    return np.asarray(pil_resize_crop(to_8bit(image), size, rgb_first=rgb_first), dtype=np.uint8)
+    resized = pil_resize_crop(to_8bit(image), size, rgb_first=rgb_first, crop_rounding=crop_rounding)
+    return np.asarray(resized, dtype=np.uint8)
 
 
 def uint8_to_pixels(array: np.ndarray, normalisation: Normalisation = CLIP_NORMALISATION) -> torch.Tensor:
@@ -151,9 +174,19 @@ def pil_to_pixels(
     *,
     normalisation: Normalisation = CLIP_NORMALISATION,
     rgb_first: bool = False,
+    crop_rounding: str = "round",
+    fit: str = "crop",
 ) -> torch.Tensor:
-    """(3, size, size) float32, identical to the reference's preprocessing for 8-bit images."""
-    return uint8_to_pixels(pil_to_uint8(image, size, rgb_first=rgb_first), normalisation)
+    """(3, size, size) float32, identical to the reference's preprocessing for 8-bit images.
+
+    `fit="letterbox"`: the whole image, RGB (RGBA: its colour channels), as 0..1 floats, through `letterbox`."""
+    if fit == "letterbox":
+        image = to_8bit(image)
+        limits.check_size(image.width, image.height)
+        rgb = np.asarray(image if image.mode == "RGB" else image.convert("RGB"), dtype=np.uint8)
+        floats = torch.from_numpy(rgb.copy()).permute(2, 0, 1).float().div_(255.0)
+        return _normalise(letterbox(floats.unsqueeze(0), size)[0], normalisation)
+    return uint8_to_pixels(pil_to_uint8(image, size, rgb_first=rgb_first, crop_rounding=crop_rounding), normalisation)
 
 
 def load_pil(item: ImageInput, *, exif_orientation: bool = True) -> Image.Image:
@@ -286,6 +319,8 @@ def tensor_to_pixels(
     *,
     normalisation: Normalisation = CLIP_NORMALISATION,
     rgb_first: bool = False,
+    crop_rounding: str = "round",
+    fit: str = "crop",
 ) -> torch.Tensor:
     """(B, 3, size, size) float32 on `device` (default: the tensor's own), from CHW/BCHW tensors or HxWxC arrays.
 
@@ -299,6 +334,12 @@ def tensor_to_pixels(
         batch = batch.to(device)
     height, width = batch.shape[-2:]
     limits.check_size(int(width), int(height), "an image tensor")
+    if fit == "letterbox":
+        if batch.shape[1] in (2, 4):
+            batch = batch[:, :-1]  # the colour channels, as for PIL images
+        if batch.shape[1] == 1:
+            batch = batch.expand(-1, 3, -1, -1)
+        return _normalise(letterbox(batch, size), normalisation)
     new_h, new_w = resized_size(height, width, size)
     if rgb_first and batch.shape[1] in (2, 4):
         batch = batch[:, :-1]  # converted before resizing: alpha dropped first, no premultiplication
@@ -310,7 +351,7 @@ def tensor_to_pixels(
             batch = _resize(batch, new_h, new_w).clamp_(0.0, 1.0)
     if channels in (2, 4):
         batch = batch[:, :-1]  # as PIL's convert("RGB") does: alpha is dropped, not composited onto a background
-    top, left = crop_box(new_h, new_w, size)
+    top, left = crop_box(new_h, new_w, size, crop_rounding)
     batch = batch[:, :, top : top + size, left : left + size]
     if batch.shape[1] == 1:
         batch = batch.expand(-1, 3, -1, -1)

@@ -28,16 +28,23 @@ from ..preprocess import CLIP_MEAN, CLIP_STD, IMAGE_SIZE
 class PixelSpec:
     """How a model wants its pixels: square side, normalisation, and where RGB conversion happens.
 
-    The resize is always PIL bicubic on the short side then a centre crop (torchvision's `Resize`+`CenterCrop`, and
-    transformers' `CLIPImageProcessor`, do the same arithmetic). torchvision pipelines (ImageReward, OpenAI CLIP,
-    open_clip) convert to RGB after the crop; transformers' processor converts first, which differs for RGBA and
-    palette images only.
+    `fit="crop"` (the default): PIL bicubic on the short side, then a centre crop (torchvision's `Resize` +
+    `CenterCrop`, and transformers' `CLIPImageProcessor`). torchvision pipelines (ImageReward, OpenAI CLIP, open_clip)
+    convert to RGB after the crop; transformers' processor converts first, which differs for RGBA and palette images
+    only; and it places the crop at `(side - size) // 2` where torchvision rounds `(side - size) / 2` half to even
+    (`crop_rounding="floor"`; a one-pixel shift when `side - size` is odd, e.g. 291 -> 224).
+
+    `fit="letterbox"`: HPSv2's open_clip `ResizeMaxSize`: the image as 0..1 floats, its long side resized to `size`
+    (torch's antialiased bicubic on the floats, no rounding to 8 bits), then zero-padded to a square before the
+    normalisation (black borders).
     """
 
     size: int = IMAGE_SIZE
     mean: tuple[float, float, float] = CLIP_MEAN
     std: tuple[float, float, float] = CLIP_STD
     rgb_before_resize: bool = False
+    crop_rounding: str = "round"  # "round" (torchvision) or "floor" (transformers)
+    fit: str = "crop"  # "crop" or "letterbox"
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,10 @@ class ScorerSpec:
     licence: str = ""
     #: the model converts images to RGB before resizing (transformers' CLIP processor) rather than after the crop
     rgb_first: bool = False
+    #: the model sees the whole image shrunk into a black-bordered square (HPSv2's letterbox), not a centre crop
+    letterbox: bool = False
+    #: the model's crop is placed at (side - size) // 2 (transformers) rather than rounded (torchvision)
+    floor_crop: bool = False
     #: preference accuracy (%) on ImageReward-test / Pick-a-Pic / HPDv2, HPSv3 paper's table (None: not reported)
     published: tuple[float | None, float | None, float | None] = (None, None, None)
     extra: dict[str, str] = field(default_factory=dict)
@@ -138,6 +142,7 @@ PICKSCORE = ScorerSpec(
     family="pickscore-v1",
     needs_prompt=True,
     rgb_first=True,
+    floor_crop=True,
     # 100 x the cosine of prompt and image (exp(logit_scale) = 100 in the release): generated images mostly score
     # 17..23 (averages reported in diffusion fine-tuning papers: about 20.5-21 for SD 1.5, 22-22.5 for SDXL).
     scale=ScoreScale(15.0, 25.0, 0.05, 20.0, colours=(18.0, 24.0)),
@@ -153,6 +158,7 @@ HPSV21 = ScorerSpec(
     infotext_key="HPSv2-1",  # the WebUI's infotext keys cannot hold a "."
     family="hpsv2.1",
     needs_prompt=True,
+    letterbox=True,
     # the cosine of prompt and image, no logit scale (hpsv2.score returns it as is): generated images mostly score
     # 0.2..0.33 (the HPSv2.1 benchmark's generator averages: mean 0.25, spread 0.045); four decimals.
     scale=ScoreScale(0.1, 0.4, 0.001, 0.25, decimals=4, colours=(0.2, 0.32)),

@@ -4,8 +4,10 @@ Memory per request is bounded whatever the payload (measured by `bench/endpoint_
 
 - the body: at most ``MAX_REQUEST_CHARS`` characters of base64 in all, ``MAX_IMAGES`` images;
 - each image is checked against `imagereward.limits` (pixels, aspect ratio) from its header, before it is decoded;
-- images are decoded one at a time, and each is reduced at once to the 224 x 224 RGB square the model sees (the
-  scorer's own preprocessing, so scores are unchanged), so at most one full-size image is in memory at any time.
+- images are decoded one at a time, and each is reduced at once to the 224 x 224 square the model sees (the
+  scorer's own preprocessing, so scores are unchanged), so at most one full-size image is in memory at any time;
+  only HPSv2.1 (whose letterbox no reduction repeats exactly) and ensembles whose members see images differently
+  keep the decoded images, up to ``MAX_WHOLE_PIXELS`` pixels per request.
 
 A request beyond a limit gets a 422 whose message names the limit.
 """
@@ -15,7 +17,8 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image
@@ -70,16 +73,51 @@ async def read_json_body(request: Any) -> Any:
         raise ApiError(f"the body is not valid JSON: {exc}") from None
 
 
-def _reduce(image: Image.Image, rgb_first: bool = False) -> Image.Image:
-    """The 224 x 224 RGB square the scorer would cut from `image` (EXIF orientation, 8-bit scaling, resize, crop,
-    as `imagereward.preprocess` does them, RGB conversion where the scorer does it); scoring it gives the same
-    score as scoring `image`."""
+@dataclass(frozen=True)
+class Reduction:
+    """How an image is cut down right after decoding so that scoring it gives the score of the whole image:
+    `crop`: the 224 x 224 RGB square of a centre-cropping scorer (with its RGB order and crop rounding); `none`:
+    kept whole, under `MAX_WHOLE_PIXELS` for the request: HPSv2.1 (its letterbox resizes float pixels without
+    clamping, which no 8-bit or clamped reduction repeats exactly) and ensembles whose members see images
+    differently."""
+
+    kind: str = "crop"
+    rgb_first: bool = False
+    floor_crop: bool = False
+
+
+#: Pixels of all images of one request together when they must be kept whole (see `Reduction`).
+MAX_WHOLE_PIXELS = 256 * 1024 * 1024
+
+
+def reduction_for(names: Sequence[str]) -> Reduction:
+    """The reduction that serves every scorer named (the ranking scorer and an ensemble's members)."""
+    from ..scorers.specs import SCORERS
+
+    kinds = {
+        ("none", False, False) if SCORERS[n].letterbox else ("crop", SCORERS[n].rgb_first, SCORERS[n].floor_crop)
+        for n in names
+        if n in SCORERS
+    }
+    if len(kinds) != 1:
+        return Reduction("none")
+    kind, rgb_first, floor_crop = kinds.pop()
+    return Reduction(kind, rgb_first, floor_crop)
+
+
+def _reduce(image: Image.Image, reduction: Reduction = Reduction()) -> Any:
+    """What the scorer would make of `image` (EXIF orientation, 8-bit scaling, resize, crop or letterbox, RGB
+    conversion where the scorer does it); scoring it gives the same score as scoring `image`."""
     from ..preprocess import load_pil, pil_to_uint8
 
-    return Image.fromarray(pil_to_uint8(load_pil(image), rgb_first=rgb_first), "RGB")
+    image = load_pil(image)
+    if reduction.kind == "none":
+        return image
+    rounding = "floor" if reduction.floor_crop else "round"
+    return Image.fromarray(pil_to_uint8(image, rgb_first=reduction.rgb_first, crop_rounding=rounding), "RGB")
 
 
-def decode_image(data: Any, position: int, rgb_first: bool = False) -> Image.Image:
+def decode_image(data: Any, position: int, reduction: Reduction = Reduction()) -> Any:
     """A base64 string (optionally a data URL) -> the decoded image reduced to what the model sees."""
     if not isinstance(data, str) or not data:
         raise ApiError(f"images[{position}] must be a base64-encoded image string")
@@ -92,7 +130,7 @@ def decode_image(data: Any, position: int, rgb_first: bool = False) -> Image.Ima
     try:
         image = limits.open_image(raw, name=f"images[{position}]")
         del raw
-        return _reduce(image, rgb_first)
+        return _reduce(image, reduction)
     except ImageRewardError as exc:
         raise ApiError(str(exc)) from None
 
@@ -131,12 +169,17 @@ def _scorer_choice(payload: Mapping[str, Any]) -> tuple[str, str]:
     return scorer, weights
 
 
-def _needs_prompt(scorer: str, weights: str) -> bool:
+def _members(scorer: str, weights: str) -> tuple[str, ...]:
     from ..ensemble import make_ensemble
-    from ..scorers.specs import ENSEMBLE, SCORERS
+    from ..scorers.specs import ENSEMBLE
 
-    members = make_ensemble([scorer], weights).members if scorer == ENSEMBLE else (scorer,)
-    return any(SCORERS[name].needs_prompt for name in members)
+    return make_ensemble([scorer], weights).members if scorer == ENSEMBLE else (scorer,)
+
+
+def _needs_prompt(scorer: str, weights: str) -> bool:
+    from ..scorers.specs import SCORERS
+
+    return any(SCORERS[name].needs_prompt for name in _members(scorer, weights))
 
 
 def score_request(payload: Any, score: ScoreFn) -> dict[str, Any]:
@@ -170,10 +213,18 @@ def score_request(payload: Any, score: ScoreFn) -> dict[str, Any]:
     clean = payload.get("clean_prompt", True)
     if not isinstance(clean, bool):
         raise ApiError("'clean_prompt' must be true or false")
-    from ..scorers.specs import SCORERS
-
-    rgb_first = scorer in SCORERS and SCORERS[scorer].rgb_first
-    decoded = [decode_image(item, i, rgb_first) for i, item in enumerate(images)]
+    reduction = reduction_for(_members(scorer, weights))
+    decoded = []
+    whole = 0
+    for i, item in enumerate(images):
+        decoded.append(decode_image(item, i, reduction))
+        if reduction.kind == "none":
+            whole += decoded[-1].width * decoded[-1].height
+            if whole > MAX_WHOLE_PIXELS:
+                raise ApiError(
+                    f"with this scorer the images are kept whole until scored: at most {MAX_WHOLE_PIXELS:,} "
+                    "pixels per request in all; send fewer or smaller images per request"
+                )
     result = score(prompts, decoded, clean, scorer=scorer, weights=weights)
     table = result if isinstance(result, dict) else {scorer: list(result)}
     answer: dict[str, Any] = {"scores": [round(s, 6) for s in table[scorer]], "scorer": scorer}
