@@ -11,7 +11,6 @@ make-checkpoint --size full` (slow).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
@@ -26,7 +25,6 @@ from PIL import Image
 from imagereward.errors import CheckpointError, ModelFileMissingError
 from imagereward.preprocess import CLIP_MEAN, CLIP_STD
 from imagereward.scorers import hpsv2
-from imagereward.scorers.base import PixelSpec
 from imagereward.scorers.registry import FAMILY_MODULES, load_scorers
 from imagereward.scorers.specs import SCORERS
 
@@ -38,9 +36,6 @@ WORKER = Path(__file__).parent / "reference" / "hpsv2_worker.py"
 REFERENCE_PYTHON = os.environ.get("IMAGEREWARD_HPSV2_REFERENCE_PYTHON")
 FULL_DIR = os.environ.get("IMAGEREWARD_HPSV2_FULL_CHECKPOINT_DIR")
 needs_reference = pytest.mark.skipif(not REFERENCE_PYTHON, reason="IMAGEREWARD_HPSV2_REFERENCE_PYTHON is not set")
-#: The engine letterboxes only once PixelSpec has `fit` (requested from its owner).
-HAS_FIT = "fit" in {f.name for f in dataclasses.fields(PixelSpec)}
-needs_fit = pytest.mark.skipif(not HAS_FIT, reason="PixelSpec has no `fit` yet (requested from its owner)")
 TOLERANCE = 1e-5  # cosines of about 0.06..0.2 on the tiny model; measured 9e-8
 
 
@@ -178,14 +173,12 @@ def test_model_matches_goldens(loaded) -> None:
     assert worst < TOLERANCE
 
 
-@needs_fit
 def test_scores_through_the_registry_match_goldens(scorers) -> None:
     for prompt, items in by_prompt(scored_items()).items():
         got = scorers.score(prompt, [image_path(item) for item in items], clean_prompts=False)["hpsv2.1"]
         np.testing.assert_allclose(got, [item["score"] for item in items], atol=TOLERANCE, rtol=0)
 
 
-@needs_fit
 def test_arrays_match_goldens_too(scorers) -> None:
     """The reference resizes float tensors, so in-memory images (the tensor path) match as closely as files."""
     items = [item for item in scored_items() if item["image"] != "palette.png"]  # an array of a P image is indices

@@ -39,17 +39,14 @@ import math
 from collections.abc import Mapping
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from ..hub import HubFile
 from ..preprocess import CLIP_MEAN, CLIP_STD
-from .base import LoadedModel, ModelFamily, ScoringModel
+from .base import LoadedModel, ModelFamily, PixelSpec, ScoringModel
 from .clip_backbone import ClipConfig
 from .clip_text import TOKENIZER_DIRNAME, VOCAB_SIZE, tokenizer_files
-from .pickscore import pixel_spec
 
 FAMILY_KEY = "hpsv2.1"
 OUTPUTS = ("hpsv2.1",)
@@ -80,43 +77,13 @@ def head_width(width: int) -> int:
 IMAGE_SIZE = 224
 
 
-def letterbox(batch: torch.Tensor, size: int = IMAGE_SIZE) -> torch.Tensor:
-    """(B, C, H, W) floats in 0..1 -> (B, C, size, size): the longest side to `size` by torchvision's tensor resize
-    (bicubic, antialiased), then zero padding around it, as `ResizeMaxSize` does (see the module's docstring).
-
-    torch's `interpolate` is what torchvision's `F.resize` calls for a float tensor; it is written out here so that
-    torchvision is not needed. The sides are computed with the reference's own float expressions (Python's `round`,
-    half to even)."""
-    height, width = int(batch.shape[-2]), int(batch.shape[-1])
-    scale = size / float(max(height, width))
-    if scale != 1.0:
-        new_h, new_w = (round(dim * scale) for dim in (height, width))
-        batch = F.interpolate(batch, size=(new_h, new_w), mode="bicubic", align_corners=False, antialias=True)
-    else:
-        new_h, new_w = height, width
-    pad_h, pad_w = size - new_h, size - new_w
-    return F.pad(batch, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2), value=0.0)
-
-
-def normalise(
-    batch: torch.Tensor, mean: tuple[float, ...] = CLIP_MEAN, std: tuple[float, ...] = CLIP_STD
-) -> torch.Tensor:
-    m = torch.tensor(mean, dtype=batch.dtype, device=batch.device).view(-1, 1, 1)
-    s = torch.tensor(std, dtype=batch.dtype, device=batch.device).view(-1, 1, 1)
-    return (batch - m) / s
-
-
 def letterbox_pixels(image: Image.Image, size: int = IMAGE_SIZE) -> torch.Tensor:
-    """(3, size, size) float32: the reference's `preprocess_val(image)` for a PIL image (16-bit and float images
-    scaled to 8 bits first, RGBA read as its colour channels: see the module's docstring)."""
-    from ..preprocess import to_8bit
+    """(3, size, size) float32: the reference's `preprocess_val(image)` for a PIL image, as the engine computes it
+    (`PixelSpec(fit="letterbox")`, `preprocess.letterbox`); 16-bit and float images are scaled to 8 bits first and
+    RGBA is read as its colour channels (see the module's docstring)."""
+    from ..preprocess import pil_to_pixels
 
-    image = to_8bit(image)
-    if image.mode != "RGB":
-        image = image.convert("RGB")
-    array = np.asarray(image, dtype=np.uint8)
-    pixels = torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
-    return normalise(letterbox(pixels.unsqueeze(0), size)[0])
+    return pil_to_pixels(image, size, normalisation=(CLIP_MEAN, CLIP_STD), fit="letterbox")
 
 
 # ------------------------------------------------------------------------------------------------------- model
@@ -132,7 +99,7 @@ class HPSv21Model(ScoringModel):
         self.clip = clip
         self.outputs = OUTPUTS
         self.needs_prompt = True
-        self.pixel_spec = pixel_spec(size=image_size, mean=CLIP_MEAN, std=CLIP_STD, fit="letterbox")
+        self.pixel_spec = PixelSpec(size=image_size, mean=CLIP_MEAN, std=CLIP_STD, fit="letterbox")
 
     def forward(  # type: ignore[override]
         self, pixels: torch.Tensor, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None

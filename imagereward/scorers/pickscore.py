@@ -29,9 +29,7 @@ Files (in `<models folder>/pickscore-v1/`):
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import logging
 import math
 import re
 import unicodedata
@@ -68,8 +66,6 @@ FILES: tuple[HubFile, ...] = (
 )
 
 WHAT = "PickScore v1 checkpoint"
-
-log = logging.getLogger("imagereward")
 
 # ------------------------------------------------------------------------------------------------------ prompts
 
@@ -144,17 +140,13 @@ def pixel_spec_from(config: Mapping[str, Any], path: Path) -> PixelSpec:
         raise CheckpointError(f"{path} describes a preprocessing PickScore does not use: " + "; ".join(problems))
     assert crop is not None
     # transformers' processor converts to RGB before resizing and crops at (side - size) // 2.
-    return pixel_spec(size=crop, mean=mean, std=std, rgb_before_resize=True, crop_rounding="floor")
-
-
-def pixel_spec(**fields: Any) -> PixelSpec:
-    """A PixelSpec with the fields this version of `base.PixelSpec` has (`crop_rounding` and `fit` are requested
-    additions; until they exist the engine crops as torchvision does, see tests/test_scorer_pickscore.py)."""
-    known = {field.name for field in dataclasses.fields(PixelSpec)}
-    missing = sorted(name for name, value in fields.items() if name not in known)
-    if missing:
-        log.warning("PixelSpec has no %s: images are not preprocessed exactly as the reference does", missing)
-    return PixelSpec(**{name: value for name, value in fields.items() if name in known})
+    return PixelSpec(
+        size=crop,
+        mean=(mean[0], mean[1], mean[2]),
+        std=(std[0], std[1], std[2]),
+        rgb_before_resize=True,
+        crop_rounding="floor",
+    )
 
 
 # ------------------------------------------------------------------------------------------------------- model
