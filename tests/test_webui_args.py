@@ -61,23 +61,28 @@ def test_scorer_and_weights_are_validated_and_made_canonical() -> None:
     args = validate({"enabled": True, "scorer": "PickScore"})
     assert args.scorer == "pickscore" and args.score_key == "PickScore"
     assert validate({"scorer": "hpsv2"}).scorer == "hpsv2.1"
-    ensemble = validate({"scorer": "Ensemble", "weights": {"PickScore": 2, "image-reward": "1"}})
-    assert ensemble.scorer == "ensemble" and ensemble.weights == "pickscore=2,imagereward=1"
+    ensemble = validate({"scorer": "Ensemble", "weights": {"HPSv2": 2, "image-reward": "1"}})
+    assert ensemble.scorer == "ensemble" and ensemble.weights == "hpsv2.1=2,imagereward=1"
     assert ensemble.score_key == "Ensemble"
     with pytest.raises(ArgumentError, match="scorer must be one of"):
         validate({"scorer": "dalle-judge"})
     with pytest.raises(ArgumentError, match="unknown scorer"):
-        validate({"scorer": "ensemble", "weights": "pickscore=1,nonsense=2"})
+        validate({"scorer": "ensemble", "weights": "hpsv2.1=1,nonsense=2"})
     with pytest.raises(ArgumentError, match=">= 0"):
         validate({"scorer": "ensemble", "weights": "pickscore=-1"})
+    # refused before anything is generated (found in the real WebUI: the job used to fail at scoring time)
+    with pytest.raises(ArgumentError, match="PickScore cannot join the ensemble"):
+        validate({"scorer": "ensemble", "weights": "pickscore=1"})
+    assert validate({"scorer": "pickscore", "weights": "imagereward=1"}).weights == ""  # the hidden box's leftover
 
 
 def test_scorer_choice_is_written_and_pasted_back() -> None:
-    params = JobArgs(enabled=True, scorer="ensemble", weights="imagereward=1,pickscore=2").infotext_params()
-    assert params["ImageReward scorer"] == "Ensemble" and params["ImageReward weights"] == "imagereward=1,pickscore=2"
+    params = JobArgs(enabled=True, scorer="ensemble", weights="imagereward=1,hpsv2.1=2").infotext_params()
+    assert params["ImageReward scorer"] == "Ensemble" and params["ImageReward weights"] == "imagereward=1,hpsv2.1=2"
     assert "ImageReward scorer" not in JobArgs(enabled=True).infotext_params()  # the default is not written
     fields = dict(PASTE_FIELDS)
     assert validate({"scorer": fields["scorer"](params)}).scorer == "ensemble"
-    assert validate({"weights": fields["weights"](params)}).weights == "imagereward=1,pickscore=2"
+    pasted = validate({"scorer": "ensemble", "weights": fields["weights"](params)})
+    assert pasted.weights == "imagereward=1,hpsv2.1=2"
     older = {"ImageReward mode": "sort"}  # an image made before scorers could be chosen
     assert validate({"scorer": fields["scorer"](older)}).scorer == "imagereward"

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from ..ensemble import EnsembleError, parse_weights
+from ..ensemble import EnsembleError, make_ensemble, parse_weights
 from ..errors import ImageRewardError
 from ..scorers.specs import ENSEMBLE, ENSEMBLE_KEY, ENSEMBLE_SCALE, SCORERS, ScoreScale, canonical_name
 from ..selection import Mode, SelectionSettings
@@ -185,7 +185,7 @@ def validate(values: Mapping[str, Any]) -> JobArgs:
     data = {_ALIASES.get(key, key): value for key, value in values.items()}
     defaults = JobArgs()
     get = lambda name: data.get(name, getattr(defaults, name))  # noqa: E731
-    return JobArgs(
+    args = JobArgs(
         enabled=_bool("enabled", get("enabled")),
         mode=parse_mode(get("mode")),
         candidates=_int("candidates", get("candidates"), 1, MAX_CANDIDATES),
@@ -197,6 +197,14 @@ def validate(values: Mapping[str, Any]) -> JobArgs:
         scorer=parse_scorer(get("scorer")),
         weights=parse_weights_arg(get("weights")),
     )
+    if args.scorer == ENSEMBLE:  # a member without a standardisation fails now, before anything is generated
+        try:
+            make_ensemble([ENSEMBLE], args.weights)
+        except EnsembleError as exc:
+            raise ArgumentError(f"ImageReward: {exc}") from None
+    elif args.weights:  # the UI keeps the hidden weights box's text when another scorer is chosen: not an error
+        args = replace(args, weights="")
+    return args
 
 
 def from_script_args(args: Sequence[Any]) -> JobArgs:
