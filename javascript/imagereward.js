@@ -458,10 +458,48 @@
     }
 
     /** One pass over both tabs; safe to call as often as wanted. */
+    /**
+     * The threshold slider's knob after a paste-back: the WebUI sets the pasted value while the slider still has the
+     * old scorer's range, the browser clamps the range input, and when the range then changes the value has not, so
+     * the knob stays at the old limit (the number box and the job use the right value). Move the knob to the number.
+     */
+    function syncThresholdKnobs(root) {
+        var moved = 0;
+        ["txt2img", "img2img"].forEach(function (tab) {
+            var box = root.querySelector("#script_" + tab + "_imagereward_imagereward_threshold");
+            if (!box) {
+                return;
+            }
+            var number = box.querySelector("input[type=number]");
+            var range = box.querySelector("input[type=range]");
+            if (!number || !range) {
+                return;
+            }
+            var wanted = Number(number.value);
+            var low = Number(range.min);
+            var high = Number(range.max);
+            if (!isFinite(wanted) || wanted < low || wanted > high || Number(range.value) === wanted) {
+                return;
+            }
+            range.value = String(wanted);
+            if (Number(range.value) !== wanted) {
+                return; // not a value of the range's steps: leave it to the WebUI
+            }
+            range.dispatchEvent(new Event("input", {bubbles: true}));
+            moved++;
+        });
+        return moved;
+    }
+
     function update() {
         var root = appRoot();
         if (!root) {
             return 0;
+        }
+        try {
+            syncThresholdKnobs(root);
+        } catch (e) {
+            // a display nicety: never let it stop the badges
         }
         var worked = 0;
         for (var i = 0; i < TABS.length; i++) {
@@ -545,6 +583,7 @@
         applyBadges: applyBadges,
         applySummary: applySummary,
         clearOverlays: clearOverlays,
+        syncThresholdKnobs: syncThresholdKnobs,
         // loop
         update: update,
         updateTab: updateTab,

@@ -196,3 +196,34 @@ test("in the page: a PickScore job from the real fixture gets PickScore badges a
     assert.match(page.gallery().nextElementSibling.textContent, /^ImageReward \u00b7 PickScore: 16 candidates scored, 4 kept/);
     assert.deepEqual(errors, []);
 });
+
+test("after a paste-back the threshold knob follows the number box once the scorer's range arrives", () => {
+    // Found in the real WebUI: a pasted PickScore threshold (21.5) arrived while the slider still had ImageReward's
+    // range (-3..3); the browser clamped the range input to 3, then the range became 15..25 with the value
+    // unchanged, so the knob stayed at 15 while the number box (and the job) said 21.5.
+    const page = makePage();
+    const doc = page.document;
+    const box = doc.createElement("div");
+    box.id = "script_txt2img_imagereward_imagereward_threshold";
+    box.innerHTML = '<input type="number" min="15" max="25" step="0.05"><input type="range" min="-3" max="3" step="0.05">';
+    doc.querySelector(".gradio-container").appendChild(box);
+    const [number, range] = box.querySelectorAll("input");
+    number.value = "21.5";
+    range.value = "21.5"; // clamped by the browser to the old range
+    assert.equal(range.value, "3");
+    const { callbacks, errors } = loadScriptInPage(page);
+    const seen = [];
+    range.addEventListener("input", () => seen.push(range.value));
+    range.min = "15";
+    range.max = "25";
+    range.value = "15"; // what the real page showed (a browser clamps again; jsdom does not)
+    fire(callbacks);
+    assert.equal(range.value, "21.5");
+    assert.deepEqual(seen, ["21.5"], "one input event, so the WebUI's slider redraws its fill");
+    fire(callbacks);
+    assert.deepEqual(seen, ["21.5"], "nothing to do once they agree");
+    number.value = "40"; // outside the range: left to the WebUI
+    fire(callbacks);
+    assert.equal(range.value, "21.5");
+    assert.deepEqual(errors, []);
+});
