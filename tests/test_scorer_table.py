@@ -83,3 +83,29 @@ def test_images_kept_whole_are_bounded_per_request(monkeypatch: pytest.MonkeyPat
     with pytest.raises(api.ApiError, match="kept whole until scored"):
         score_request({"prompt": "x", "images": [image, image], "scorer": "hpsv2.1"}, score)
     assert score_request({"prompt": "x", "images": [image] * 3, "scorer": "pickscore"}, score)["scores"] == [0.0] * 3
+
+
+def test_command_line_with_two_scorers_and_files_placed_offline(models: Path, tmp_path: Path, capsys) -> None:
+    """The issue's acceptance: `imagereward --scorer pickscore --scorer aesthetic DIR` with the files in place."""
+    import json
+
+    from imagereward.cli import main
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    sources = sorted((Path(__file__).parent / "fixtures" / "images").glob("*.png"))[:3]
+    for i, source in enumerate(sources):
+        Image.open(source).convert("RGB").save(folder / f"{i}.png")
+    args = [str(folder), "-p", "a red fox", "--scorer", "pickscore", "--scorer", "aesthetic", "--models-dir",
+            str(models), "--offline", "-q", "-f", "json"]  # fmt: skip
+    assert main(args) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 3 and all(set(r["scores"]) == {"pickscore", "aesthetic"} for r in rows)
+    direct = registry.load_scorers(["pickscore", "aesthetic"], models, offline=True).score(
+        "a red fox", [folder / f"{i}.png" for i in range(3)]
+    )
+    by_path = {Path(r["path"]).name: r["scores"] for r in rows}
+    for i in range(3):
+        assert by_path[f"{i}.png"]["pickscore"] == pytest.approx(direct["pickscore"][i], abs=1e-5)
+        assert by_path[f"{i}.png"]["aesthetic"] == pytest.approx(direct["aesthetic"][i], abs=1e-5)
+    assert main([str(folder), "--scorer", "aesthetic", "--models-dir", str(models), "--offline", "-q"]) == 0

@@ -121,3 +121,28 @@ def test_a_model_loaded_during_inference_mode_can_be_offloaded_afterwards(model_
     assert not weight.is_inference()
     runtime.loaded.to("cpu", torch.float16)  # an offload-style move outside inference mode works
     assert runtime.loaded.dtype == torch.float16
+
+
+def test_one_scorer_in_memory_at_a_time_unless_kept() -> None:
+    from dataclasses import replace
+
+    loaded: list[tuple[str, ...]] = []
+    freed: list[int] = []
+
+    def loader(s: RuntimeSettings) -> FakeScorer:
+        loaded.append(s.scorers)
+        return FakeScorer()
+
+    runtime = ScorerRuntime(loader, free_memory=lambda: freed.append(1))
+    image_reward, pick = settings(), replace(settings(), scorers=("pickscore",))
+    runtime.score(image_reward, ["a"], [None], clean_prompts=True)
+    first = runtime.loaded
+    assert runtime.score_table(pick, ["ab"], [None], clean_prompts=True) == {"pickscore": [2.0]}
+    assert runtime.loaded is not first and freed == [1]  # the other model was let go before loading
+    runtime.score(image_reward, ["a"], [None], clean_prompts=True)
+    assert loaded == [("imagereward",), ("pickscore",), ("imagereward",)]  # so it loads again
+    kept = replace(image_reward, keep_other_scorers=True)
+    runtime.score(replace(kept, scorers=("pickscore",)), ["a"], [None], clean_prompts=True)
+    runtime.score(kept, ["a"], [None], clean_prompts=True)
+    runtime.score(replace(kept, scorers=("pickscore",)), ["a"], [None], clean_prompts=True)
+    assert len(loaded) == 4  # with the setting on, both stay loaded: no reload when switching back and forth
