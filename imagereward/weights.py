@@ -88,10 +88,14 @@ def _strip_prefix(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return dict(state)
 
 
-def _summarise(keys: Iterable[str], limit: int = 8) -> str:
+def summarise_names(keys: Iterable[str], limit: int = 8) -> str:
+    """`a, b, c and 5 more`: key names for an error message, sorted."""
     keys = sorted(keys)
     shown = ", ".join(keys[:limit])
     return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+_summarise = summarise_names
 
 
 _BLOCK_KEY = re.compile(r"^blip\.visual_encoder\.blocks\.(\d{1,4})\.")
@@ -157,36 +161,59 @@ def infer_config(state: Mapping[str, torch.Tensor], text: TextConfig) -> ImageRe
 
 def map_state_dict(state: Mapping[str, torch.Tensor], model: ImageRewardModel) -> dict[str, torch.Tensor]:
     """Official keys -> our names, refusing anything missing, unknown, misshapen or not floating point."""
-    state = _strip_prefix(state)
-    expected = {name: tensor.shape for name, tensor in model.state_dict().items()}
-    mapped: dict[str, torch.Tensor] = {}
-    unknown: list[str] = []
-    for key, tensor in state.items():
-        if IGNORED_KEYS.match(key):
-            continue
-        ours = official_to_ours(key)
-        if ours is None or ours not in expected:
-            unknown.append(key)
-            continue
-        mapped[ours] = tensor
+    state = {key: value for key, value in _strip_prefix(state).items() if not IGNORED_KEYS.match(key)}
+    return map_checked(state, expected_shapes(model), official_to_ours, "a complete ImageReward v1.0 checkpoint")
+
+
+def expected_shapes(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor the model holds (on the meta device: nothing is allocated)."""
+    return {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+
+
+def state_problems(
+    expected: Mapping[str, tuple[int, ...]], tensors: Mapping[str, torch.Tensor], unknown: Iterable[str] = ()
+) -> list[str]:
+    """What keeps `tensors` (already under the model's names) from filling a model of `expected` shapes: unknown
+    names (those given, and any not expected), missing ones, wrong shapes, tensors that are not floating point."""
     problems = []
+    unknown = [*unknown, *(name for name in tensors if name not in expected)]
     if unknown:
         problems.append(f"unexpected keys: {_summarise(unknown)}")
-    missing = [name for name in expected if name not in mapped]
+    missing = [name for name in expected if name not in tensors]
     if missing:
         problems.append(f"missing {len(missing)} of {len(expected)} tensors, e.g. {_summarise(missing, 4)}")
     bad_shapes = [
-        f"{name} {tuple(mapped[name].shape)} (expected {tuple(shape)})"
+        f"{name} {tuple(tensors[name].shape)} (expected {tuple(shape)})"
         for name, shape in expected.items()
-        if name in mapped and mapped[name].shape != shape
+        if name in tensors and tuple(tensors[name].shape) != tuple(shape)
     ]
     if bad_shapes:
         problems.append(f"wrong shapes: {_summarise(bad_shapes, 4)}")
-    not_float = [name for name, tensor in mapped.items() if not tensor.is_floating_point()]
+    not_float = [name for name in expected if name in tensors and not tensors[name].is_floating_point()]
     if not_float:
         problems.append(f"tensors that are not floating point: {_summarise(not_float, 4)}")
+    return problems
+
+
+def map_checked(
+    state: Mapping[str, torch.Tensor],
+    expected: Mapping[str, tuple[int, ...]],
+    rename: Callable[[str], str | None],
+    what: str,
+) -> dict[str, torch.Tensor]:
+    """Every tensor of a release's state dict under the model's name (`rename`: release key -> ours, or None for a
+    key no rule names), refused with every problem at once unless it fills the model exactly."""
+    mapped: dict[str, torch.Tensor] = {}
+    unknown: list[str] = []
+    for key, tensor in state.items():
+        ours = rename(key)
+        if ours is None or ours not in expected:
+            unknown.append(key)
+        else:
+            mapped[ours] = tensor
+    problems = state_problems(expected, mapped, unknown)
     if problems:
-        raise CheckpointError("this is not a complete ImageReward v1.0 checkpoint: " + "; ".join(problems))
+        raise CheckpointError(f"this is not {what}: " + "; ".join(problems))
     return mapped
 
 

@@ -481,9 +481,11 @@
             if (!isFinite(wanted) || wanted < low || wanted > high || Number(range.value) === wanted) {
                 return;
             }
+            var before = range.value;
             range.value = String(wanted);
             if (Number(range.value) !== wanted) {
-                return; // not a value of the range's steps: leave it to the WebUI
+                range.value = before; // not a value of the range's steps: leave the knob to the WebUI
+                return;
             }
             range.dispatchEvent(new Event("input", {bubbles: true}));
             moved++;

@@ -39,6 +39,8 @@ from ..config import TextConfig, VisionConfig
 from ..errors import CheckpointError, ImageRewardError
 from ..hub import MED_CONFIG_FILE, MED_CONFIG_NAME, TOKENIZER_CONFIG_FILE, TOKENIZER_DIRNAME, VOCAB_FILE, HubFile
 from ..model import TextEncoder, VisionTransformer
+from ..weights import expected_shapes, map_checked
+from ..weights import summarise_names as _summarise
 from .base import LoadedModel, ModelFamily, ScoringModel
 
 CHECKPOINT_NAME = "model_large.pth"
@@ -147,11 +149,6 @@ def release_to_ours(key: str) -> str | None:
     return None
 
 
-def _summarise(keys: list[str], limit: int = 8) -> str:
-    keys = sorted(keys)
-    return ", ".join(keys[:limit]) + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
-
-
 def select_used(state: Mapping[str, torch.Tensor], where: object = "the checkpoint") -> dict[str, torch.Tensor]:
     """The release's tensors that the score reads (release names); refuses a key that is neither used nor one of the
     release's known unused entries."""
@@ -236,34 +233,7 @@ def infer_config(state: Mapping[str, torch.Tensor], text: TextConfig) -> BlipSco
 
 def map_state_dict(state: Mapping[str, torch.Tensor], model: BlipScoreModel) -> dict[str, torch.Tensor]:
     """Release names -> ours, refusing anything missing, unknown, misshapen or not floating point."""
-    expected = {name: tensor.shape for name, tensor in model.state_dict().items()}
-    mapped: dict[str, torch.Tensor] = {}
-    unknown: list[str] = []
-    for key, tensor in state.items():
-        ours = release_to_ours(key)
-        if ours is None or ours not in expected:
-            unknown.append(key)
-        else:
-            mapped[ours] = tensor
-    problems = []
-    if unknown:
-        problems.append(f"unexpected keys: {_summarise(unknown)}")
-    missing = [name for name in expected if name not in mapped]
-    if missing:
-        problems.append(f"missing {len(missing)} of {len(expected)} tensors, e.g. {_summarise(missing, 4)}")
-    bad_shapes = [
-        f"{name} {tuple(mapped[name].shape)} (expected {tuple(shape)})"
-        for name, shape in expected.items()
-        if name in mapped and mapped[name].shape != shape
-    ]
-    if bad_shapes:
-        problems.append(f"wrong shapes: {_summarise(bad_shapes, 4)}")
-    not_float = [name for name, tensor in mapped.items() if not tensor.is_floating_point()]
-    if not_float:
-        problems.append(f"tensors that are not floating point: {_summarise(not_float, 4)}")
-    if problems:
-        raise CheckpointError("this is not a complete BLIP model_large.pth: " + "; ".join(problems))
-    return mapped
+    return map_checked(state, expected_shapes(model), release_to_ours, "a complete BLIP model_large.pth")
 
 
 def check_state(state: Mapping[str, torch.Tensor], text_config: TextConfig) -> BlipScoreModel:

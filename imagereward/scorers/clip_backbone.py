@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import CheckpointError
-from ..weights import assign_weights
+from ..weights import assign_weights, state_problems, summarise_names
 
 #: Upper bounds on what a checkpoint may describe (the largest CLIP in use, open_clip's ViT-bigG/14, fits): no key
 #: name or shape makes us build a larger network than that.
@@ -171,8 +171,7 @@ def _split_in_proj(key: str, tensor: torch.Tensor) -> dict[str, torch.Tensor] | 
 
 
 def _summarise(keys: Iterable[str], limit: int = 6) -> str:
-    keys = sorted(keys)
-    return ", ".join(keys[:limit]) + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+    return summarise_names(keys, limit)
 
 
 # ------------------------------------------------------------------------------------------ configuration from shapes
@@ -286,24 +285,7 @@ def _expected(model: Any) -> dict[str, tuple[int, ...]]:
 
 
 def _problems(expected: Mapping[str, tuple[int, ...]], tensors: Mapping[str, torch.Tensor]) -> list[str]:
-    problems = []
-    unknown = [name for name in tensors if name not in expected]
-    if unknown:
-        problems.append(f"unexpected tensors {_summarise(unknown)}")
-    missing = [name for name in expected if name not in tensors]
-    if missing:
-        problems.append(f"missing {len(missing)} of {len(expected)} tensors, e.g. {_summarise(missing, 4)}")
-    bad = [
-        f"{name} {tuple(tensors[name].shape)} (expected {shape})"
-        for name, shape in expected.items()
-        if name in tensors and tuple(tensors[name].shape) != shape
-    ]
-    if bad:
-        problems.append(f"wrong shapes: {_summarise(bad, 4)}")
-    not_float = [name for name in expected if name in tensors and not tensors[name].is_floating_point()]
-    if not_float:
-        problems.append(f"tensors that are not floating point: {_summarise(not_float, 4)}")
-    return problems
+    return state_problems(expected, tensors)
 
 
 def _position_ids(length: int, shape: torch.Size, device: torch.device | str) -> torch.Tensor:

@@ -228,20 +228,12 @@ def write_random_release(folder: Path, *, size: str = "full", seed: int = 0, tok
 
     The tokenizer is `tokenizer_dir`'s files when given, else a byte-level vocabulary with no merges (one token per
     character); the full-size model keeps the release's 49,408-row token embedding either way."""
-    import json
 
-    from .openai_clip import write_byte_level_vocabulary
+    from .openai_clip import write_vocabulary
 
     if size not in _SIZES:
         raise ValueError(f"size must be one of {sorted(_SIZES)}")
     folder = Path(folder)
-    tokens = folder / TOKENIZER_DIRNAME
-    tokens.mkdir(parents=True, exist_ok=True)
-    if tokenizer_dir is not None:
-        for name in ("vocab.json", "merges.txt"):
-            (tokens / name).write_bytes((Path(tokenizer_dir) / name).read_bytes())
-        vocab = len(json.loads((tokens / "vocab.json").read_text("utf-8")))
-    else:
-        vocab = write_byte_level_vocabulary(tokens)
+    vocab = write_vocabulary(folder / TOKENIZER_DIRNAME, tokenizer_dir)
     state = random_state(size, seed, vocab_size=VOCAB_SIZE if size == "full" else vocab)
     torch.save({"state_dict": state}, folder / CHECKPOINT_NAME)

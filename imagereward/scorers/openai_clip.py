@@ -389,6 +389,17 @@ def _bytes_to_unicode() -> list[str]:
     return [mapping[b] for b in [*printable, *others]]
 
 
+def write_vocabulary(folder: Path, tokenizer_dir: Path | None = None) -> int:
+    """A CLIP vocabulary into `folder` for a random release: `tokenizer_dir`'s vocab.json + merges.txt when given,
+    else a byte-level one with no merges. Returns its size."""
+    if tokenizer_dir is None:
+        return write_byte_level_vocabulary(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("vocab.json", "merges.txt"):
+        (folder / name).write_bytes((Path(tokenizer_dir) / name).read_bytes())
+    return len(json.loads((folder / "vocab.json").read_text("utf-8")))
+
+
 def write_byte_level_vocabulary(folder: Path) -> int:
     """A CLIP vocabulary with no merges (every byte a piece; 514 ids): vocab.json + merges.txt. Returns its size."""
     alphabet = _bytes_to_unicode()
@@ -477,14 +488,7 @@ def write_random_release(folder: Path, *, size: str = "full", seed: int = 0, tok
     if size not in _SIZES:
         raise ValueError(f"size must be one of {sorted(_SIZES)}")
     folder = Path(folder)
-    tokens = folder / TOKENIZER_DIRNAME
-    tokens.mkdir(parents=True, exist_ok=True)
-    if tokenizer_dir is not None:
-        for name in ("vocab.json", "merges.txt"):
-            (tokens / name).write_bytes((Path(tokenizer_dir) / name).read_bytes())
-        vocab = len(json.loads((tokens / "vocab.json").read_text("utf-8")))
-    else:
-        vocab = write_byte_level_vocabulary(tokens)
+    vocab = write_vocabulary(folder / TOKENIZER_DIRNAME, tokenizer_dir)
     state = random_openai_state(size, seed, vocab_size=VOCAB_SIZE if size == "full" else vocab)
     torch.save(state, folder / CLIP_NAME)
     torch.save(random_head_state(size, seed), folder / AESTHETIC_NAME)

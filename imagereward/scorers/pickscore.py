@@ -312,17 +312,11 @@ def write_random_release(folder: Path, *, size: str = "full", seed: int = 0, tok
     merges (one token per character); the full-size model keeps the release's 49,408-row token embedding either way."""
     from safetensors.torch import save_file
 
-    from .openai_clip import write_byte_level_vocabulary
+    from .openai_clip import write_vocabulary
 
     folder = Path(folder)
     processor = folder / PROCESSOR_DIRNAME
-    processor.mkdir(parents=True, exist_ok=True)
-    if tokenizer_dir is not None:
-        for name in ("vocab.json", "merges.txt"):
-            (processor / name).write_bytes((Path(tokenizer_dir) / name).read_bytes())
-        vocab = len(json.loads((processor / "vocab.json").read_text("utf-8")))
-    else:
-        vocab = write_byte_level_vocabulary(processor)
+    vocab = write_vocabulary(processor, tokenizer_dir)
     (processor / PREPROCESSOR_NAME).write_text(json.dumps(PREPROCESSOR_CONFIG, indent=2) + "\n", "utf-8")
     config = random_config(size, 49408 if size == "full" else vocab)
     (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", "utf-8")
