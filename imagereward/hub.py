@@ -79,7 +79,8 @@ class HubFile:
     url: str | None = None
     #: Known SHA-256 of the content, checked after download (for `url` files, whose servers announce none).
     sha256: str | None = None
-    #: Other files under the models folder that stand for this one when present (a safetensors conversion).
+    #: Other files under the models folder that stand for this one when present (a safetensors conversion, or an
+    #: older format of the same weights: a PyTorch checkpoint counts when its zip directory is complete).
     alternatives: tuple[str, ...] = ()
     #: A PyTorch zip checkpoint: counts as present only when its zip directory is there (not cut off).
     checkpoint: bool = False
@@ -236,8 +237,13 @@ def present_path(root: Path, file: HubFile) -> Path | None:
     """The file on disk that stands for `file`: a valid safetensors alternative first, else the file itself when
     it looks complete; None when neither is there."""
     for alternative in file.alternatives:
-        if _looks_like_safetensors(root / alternative):
-            return root / alternative
+        path = root / alternative
+        if (
+            _looks_like_safetensors(path)
+            if alternative.endswith(".safetensors")
+            else _looks_complete(path, zip_checkpoint=True)
+        ):
+            return path
     path = root / file.relpath
     return path if _looks_complete(path, zip_checkpoint=file.checkpoint) else None
 

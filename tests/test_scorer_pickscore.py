@@ -221,6 +221,19 @@ def test_pytorch_model_bin_is_read_and_cached(tmp_path: Path, loaded) -> None:
     assert torch.allclose(again_scores, a, rtol=0, atol=1e-5)
 
 
+def test_a_placed_pytorch_model_bin_counts_as_present_offline(tmp_path: Path) -> None:
+    """A user who put the repo's older pytorch_model.bin in place is not asked for model.safetensors."""
+    from imagereward.hub import present_path, resolve_files
+
+    folder = place_files(tmp_path)
+    legacy_bin(folder)
+    weights_file = next(f for f in pickscore.FAMILY.files if f.relpath == pickscore.WEIGHTS_NAME)
+    assert present_path(folder, weights_file) == folder / pickscore.LEGACY_WEIGHTS_NAME
+    resolve_files(folder, pickscore.FAMILY.files, offline=True)  # no "missing" error
+    (folder / pickscore.LEGACY_WEIGHTS_NAME).write_bytes(b"PK\x03\x04 cut off")  # a truncated copy does not count
+    assert present_path(folder, weights_file) is None
+
+
 def test_missing_files_are_named_offline(tmp_path: Path) -> None:
     folder = place_files(tmp_path)
     (folder / "model.safetensors").unlink()

@@ -62,7 +62,12 @@ FILES: tuple[HubFile, ...] = (
     HubFile(_PROCESSOR_REPOS, "vocab.json", f"{PROCESSOR_DIRNAME}/vocab.json"),
     HubFile(_PROCESSOR_REPOS, "merges.txt", f"{PROCESSOR_DIRNAME}/merges.txt"),
     HubFile((MODEL_REPO_ID,), CONFIG_NAME, CONFIG_NAME),
-    HubFile((MODEL_REPO_ID,), WEIGHTS_NAME, WEIGHTS_NAME, alternatives=("pytorch_model.safetensors",)),
+    HubFile(
+        (MODEL_REPO_ID,),
+        WEIGHTS_NAME,
+        WEIGHTS_NAME,
+        alternatives=("pytorch_model.safetensors", LEGACY_WEIGHTS_NAME),  # the repo's older file, placed by hand
+    ),
 )
 
 WHAT = "PickScore v1 checkpoint"
