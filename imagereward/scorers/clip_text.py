@@ -23,7 +23,7 @@ import html
 import json
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -97,8 +97,18 @@ def clean_text(text: str) -> str:
 class ClipPromptEncoder:
     """Prompts -> `TokenBatch` with OpenAI's vocabulary; see the module's docstring."""
 
-    def __init__(self, folder: str | Path, context_length: int = CONTEXT_LENGTH) -> None:
+    def __init__(
+        self,
+        folder: str | Path,
+        context_length: int = CONTEXT_LENGTH,
+        *,
+        clean: Callable[[str], str] | None = None,
+    ) -> None:
+        """`clean`: the text cleaning before BPE (default OpenAI's and open_clip's, `clean_text`; PickScore's
+        transformers tokenizer only normalises)."""
         from transformers import CLIPTokenizerFast
+
+        self._clean = clean or clean_text
 
         folder = Path(folder)
         missing = [name for name in ("vocab.json", "merges.txt") if not (folder / name).is_file()]
@@ -120,7 +130,8 @@ class ClipPromptEncoder:
                 "two ids)"
             )
         try:
-            tokenizer = CLIPTokenizerFast.from_pretrained(str(folder), local_files_only=True)
+            # No length limit here: truncation is ours, and transformers would otherwise warn about every long prompt.
+            tokenizer = CLIPTokenizerFast.from_pretrained(str(folder), local_files_only=True, model_max_length=10**9)
         except Exception as exc:  # a damaged merges file fails deep inside the backend
             raise ModelFileMissingError(
                 f"the CLIP tokenizer in {folder} could not be read ({type(exc).__name__}: {exc}); delete the folder "
@@ -142,7 +153,7 @@ class ClipPromptEncoder:
         them out piece by piece."""
         result: list[list[int]] = []
         for prompt in prompts:
-            parts = _SPECIAL.split(clean_text(prompt))
+            parts = _SPECIAL.split(self._clean(prompt))
             texts = parts[0::2]
             encoded = self._tokenizer(texts, add_special_tokens=False, truncation=False)["input_ids"]
             ids: list[int] = list(encoded[0])

@@ -33,7 +33,7 @@ import json
 import math
 import re
 import unicodedata
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,7 @@ from ..errors import CheckpointError, ModelFileMissingError
 from ..hub import HubFile
 from ..preprocess import CLIP_MEAN, CLIP_STD
 from .base import LoadedModel, ModelFamily, PixelSpec, ScoringModel
-from .clip_text import ClipPromptEncoder
+from .clip_text import CONTEXT_LENGTH, ClipPromptEncoder
 
 FAMILY_KEY = "pickscore-v1"
 OUTPUTS = ("pickscore",)
@@ -83,25 +83,10 @@ def hf_normalise(text: str) -> str:
     return _WHITESPACE.sub(" ", unicodedata.normalize("NFC", text)).lower()
 
 
-class PickScorePromptEncoder(ClipPromptEncoder):
-    """`ClipPromptEncoder` with transformers' text normalisation instead of OpenAI's cleaning.
-
-    Written here until `clip_text.ClipPromptEncoder` takes the cleaning as an argument (requested): `pieces` is the
-    shared one with `hf_normalise` in place of `clean_text`."""
-
-    def pieces(self, prompts: Sequence[str]) -> list[list[int]]:
-        from .clip_text import _SPECIAL, START_TOKEN
-
-        result: list[list[int]] = []
-        for prompt in prompts:
-            parts = _SPECIAL.split(hf_normalise(prompt))
-            encoded = self._tokenizer(parts[0::2], add_special_tokens=False, truncation=False)["input_ids"]
-            ids: list[int] = list(encoded[0])
-            for special, text_ids in zip(parts[1::2], encoded[1:], strict=True):
-                ids.append(self.start_id if special == START_TOKEN else self.end_id)
-                ids.extend(text_ids)
-            result.append(ids)
-        return result
+def pickscore_encoder(folder: Path, context_length: int = CONTEXT_LENGTH) -> ClipPromptEncoder:
+    """The CLIP BPE tokenizer with transformers' text normalisation instead of OpenAI's cleaning, as PickScore's
+    processor tokenizes (no html unescaping, no ftfy fixes)."""
+    return ClipPromptEncoder(folder, context_length, clean=hf_normalise)
 
 
 # ------------------------------------------------------------------------------------------------------ pixels
@@ -237,7 +222,7 @@ def load(folder: Path, outputs: frozenset[str], device: torch.device, dtype: tor
     clip = build_from_hf(config, state, device=device, dtype=dtype, what=WHAT)
     del state
     context = int(config["text_config"].get("max_position_embeddings", 77))
-    encoder = PickScorePromptEncoder(processor, context_length=context)
+    encoder = pickscore_encoder(processor, context_length=context)
     return LoadedModel(PickScoreModel(clip, scale, spec), encoder)
 
 
