@@ -59,7 +59,9 @@ def test_scores_equal_the_librarys_and_decode_workers_change_nothing(tmp_path: P
     score_collection(FileSource([str(folder)], recursive=True), tmp_path / "b", scorer=scorer, batch_size=4, workers=2)
     other = scores_by_key(tmp_path / "b")
     assert other.keys() == got.keys()
-    assert [other[k] for k in paths] == pytest.approx([got[k] for k in paths], abs=1e-6)
+    # Decode workers may group other images into a batch, so prompts pad to other lengths: float32 rounding (a few
+    # ulps, seen at 1.01e-6 on one CI machine), never a different score.
+    assert [other[k] for k in paths] == pytest.approx([got[k] for k in paths], abs=1e-5)
 
 
 def test_not_recursive_lists_only_the_top_folder(tmp_path: Path, folder: Path, scorer) -> None:
