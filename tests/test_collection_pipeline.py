@@ -94,7 +94,7 @@ def test_rerun_scores_only_new_and_changed_images(tmp_path: Path, scorer) -> Non
 
     forced = score_collection(FileSource([str(imgs)]), store, scorer=scorer, rescore=True)
     assert (forced.scored, forced.skipped) == (8, 0)
-    assert scores_by_key(store) == pytest.approx(after, abs=1e-6)
+    assert scores_by_key(store) == pytest.approx(after, abs=1e-5)  # other batches than the partial runs: rounding
 
     fixed = score_collection(FileSource([str(imgs)]), store, scorer=scorer, prompt="a cat")
     assert fixed.scored == 8  # another prompt is another score
@@ -242,7 +242,8 @@ def test_killed_run_then_rerun_equals_an_uninterrupted_run(
     assert len(keys) == len(set(keys)) == 24  # none lost, none twice
     whole, killed = scores_by_key(tmp_path / "whole"), scores_by_key(store)
     assert killed.keys() == whole.keys()
-    assert [killed[k] for k in sorted(whole)] == pytest.approx([whole[k] for k in sorted(whole)], abs=1e-6)
+    # (resumed batches group other images: float32 rounding only, as above)
+    assert [killed[k] for k in sorted(whole)] == pytest.approx([whole[k] for k in sorted(whole)], abs=1e-5)
     columns = ["key", "path", "size", "mtime_ns", "prompt", "status", "fingerprint", "model"]
     assert ResultStore(store).read(columns).to_pylist() == ResultStore(tmp_path / "whole").read(columns).to_pylist()
 
