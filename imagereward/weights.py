@@ -104,24 +104,39 @@ _LAYER_KEY = re.compile(r"^blip\.text_encoder\.encoder\.layer\.(\d{1,4})\.")
 VIT_L16 = VisionConfig()
 
 
-def _indices(state: Mapping[str, torch.Tensor], pattern: re.Pattern[str], what: str, most: int) -> int:
-    """How many numbered blocks the keys name; they must be 0..n-1 with n <= `most` (no gaps, no huge numbers)."""
-    numbers = {int(m.group(1)) for key in state if (m := pattern.match(key))}
+def numbered_blocks(
+    state: Mapping[str, torch.Tensor], pattern: re.Pattern[str], what: str, most: int, release: str
+) -> int:
+    """How many numbered blocks the keys name (`pattern`'s group 1); they must be 0..n-1 with n <= `most` (no gaps,
+    no huge numbers), else the checkpoint is not `release`."""
+    numbers = {int(m.group(1)) for key in state if (m := pattern.match(key)) and len(m.group(1)) <= 4}
     count = len(numbers)
     if count == 0 or count > most or numbers != set(range(count)):
         shown = sorted(numbers)
         raise CheckpointError(
-            f"the checkpoint's {what} are numbered {_summarise(map(str, shown), 6)}; expected 0..n-1 with n at most "
-            f"{most}: it is not an ImageReward checkpoint"
+            f"the checkpoint's {what} are numbered [{_summarise(map(str, shown), 6)}]; expected 0..n-1 with n at most "
+            f"{most}: it is not {release}"
         )
     return count
 
 
-def _shape(state: Mapping[str, torch.Tensor], key: str) -> tuple[int, ...]:
+def tensor_shape(state: Mapping[str, torch.Tensor], key: str, release: str) -> tuple[int, ...]:
+    """The shape of `state[key]`; a missing key means the checkpoint is not `release`."""
     try:
         return tuple(int(d) for d in state[key].shape)
     except KeyError:
-        raise CheckpointError(f"the checkpoint has no {key!r}: it is not an ImageReward checkpoint") from None
+        raise CheckpointError(f"the checkpoint has no {key!r}: it is not {release}") from None
+
+
+_RELEASE = "an ImageReward checkpoint"
+
+
+def _indices(state: Mapping[str, torch.Tensor], pattern: re.Pattern[str], what: str, most: int) -> int:
+    return numbered_blocks(state, pattern, what, most, _RELEASE)
+
+
+def _shape(state: Mapping[str, torch.Tensor], key: str) -> tuple[int, ...]:
+    return tensor_shape(state, key, _RELEASE)
 
 
 def infer_config(state: Mapping[str, torch.Tensor], text: TextConfig) -> ImageRewardConfig:
@@ -241,6 +256,16 @@ def _file_stamp(path: Path) -> dict[str, str]:
 
 
 def read_torch_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict of tensors from a `.pt` or `.bin` (a `{"state_dict": ...}` wrapper opened): `load_torch_file`."""
+    state = load_torch_file(path)
+    if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
+        state = state["state_dict"]
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path} holds a {type(state).__name__}, not a state dict of tensors")
+    return dict(state)
+
+
+def load_torch_file(path: Path) -> object:
     """`torch.load` restricted to tensors and plain containers; memory-mapped when the format allows.
 
     `torch.serialization.load` rather than `torch.load`: AUTOMATIC1111 replaces `torch.load` with its own checker,
@@ -281,11 +306,7 @@ def read_torch_checkpoint(path: Path) -> dict[str, torch.Tensor]:
             f"{path} could not be read as a PyTorch checkpoint (is it truncated or corrupt? "
             f"delete it to download it again): {_first_line(exc)}"
         ) from None
-    if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
-        state = state["state_dict"]
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{path} holds a {type(state).__name__}, not a state dict of tensors")
-    return dict(state)
+    return state
 
 
 def read_safetensors(path: Path, device: torch.device | str = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, str]]:

@@ -111,4 +111,4 @@ class ModelFamily:
     files: tuple[HubFile, ...]  # what `hub.resolve_files` downloads; `HubFile.url` for files not on the hub
     load: Loader
     backbone: str = ""  # for the documentation: "OpenAI CLIP ViT-L/14", ...
-    size_mb: int = 0  # download size, for the README and the WebUI's setting description
+    size_mb: int = 0  # download size (documentation; the README's table quotes it)

@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import json
 import math
-import pickle
 import re
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -39,7 +37,7 @@ from ..config import TextConfig, VisionConfig
 from ..errors import CheckpointError, ImageRewardError
 from ..hub import MED_CONFIG_FILE, MED_CONFIG_NAME, TOKENIZER_CONFIG_FILE, TOKENIZER_DIRNAME, VOCAB_FILE, HubFile
 from ..model import TextEncoder, VisionTransformer
-from ..weights import expected_shapes, map_checked
+from ..weights import expected_shapes, load_torch_file, map_checked, numbered_blocks, tensor_shape
 from ..weights import summarise_names as _summarise
 from .base import LoadedModel, ModelFamily, ScoringModel
 
@@ -170,25 +168,15 @@ def select_used(state: Mapping[str, torch.Tensor], where: object = "the checkpoi
 # ---------------------------------------------------------------------------------------------------- checking
 
 
+_RELEASE = "BLIP's model_large.pth"
+
+
 def _shape(state: Mapping[str, torch.Tensor], key: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(d) for d in state[key].shape)
-    except KeyError:
-        raise CheckpointError(f"the checkpoint has no {key!r}: it is not BLIP's model_large.pth") from None
+    return tensor_shape(state, key, _RELEASE)
 
 
 def _count(state: Mapping[str, torch.Tensor], pattern: str, what: str, most: int) -> int:
-    """How many numbered blocks the keys name; they must be 0..n-1 with 1 <= n <= `most`."""
-    regex = re.compile(pattern)
-    numbers = {int(m.group(1)) for key in state if (m := regex.match(key)) and len(m.group(1)) <= 4}
-    count = len(numbers)
-    if count == 0 or count > most or numbers != set(range(count)):
-        shown = ", ".join(map(str, sorted(numbers)[:6]))
-        raise CheckpointError(
-            f"the checkpoint's {what} are numbered [{shown}]; expected 0..n-1 with n at most {most}: "
-            "it is not BLIP's model_large.pth"
-        )
-    return count
+    return numbered_blocks(state, re.compile(pattern), what, most, _RELEASE)
 
 
 def infer_config(state: Mapping[str, torch.Tensor], text: TextConfig) -> BlipScoreConfig:
@@ -274,42 +262,7 @@ def build_model(
 def read_release(path: Path) -> dict[str, torch.Tensor]:
     """The used tensors of `model_large.pth` (`{"model": state_dict}`), read with `weights_only=True` (nothing but
     tensors and plain containers is unpickled) and memory-mapped, so the unused entries are never read from disk."""
-    try:
-        size = path.stat().st_size
-        with path.open("rb") as fh:
-            head = fh.read(4)
-    except OSError as exc:
-        raise CheckpointError(f"{path} could not be read: {exc}") from None
-    if size == 0:
-        raise CheckpointError(
-            f"{path} is empty (0 bytes), probably an interrupted copy: delete it to download it again"
-        )
-    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # neither a zip nor a pickle: no unpickler
-        raise CheckpointError(
-            f"{path} is not a PyTorch checkpoint (truncated or corrupt? delete it to download it again): "
-            f"it starts with {head!r}"
-        )
-    # torch.serialization.load, not torch.load: AUTOMATIC1111 replaces torch.load with its own checker.
-    load = torch.serialization.load
-    try:
-        try:
-            checkpoint = load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as exc:
-            if "mmap" not in str(exc):
-                raise
-            checkpoint = load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format: no mmap
-    except pickle.UnpicklingError as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise CheckpointError(
-            f"{path} contains Python objects other than tensors, which are refused for safety (a file from an "
-            f"untrusted source could run code when unpickled). Details: {first}"
-        ) from None
-    except (RuntimeError, zipfile.BadZipFile, EOFError, OSError, ValueError, IndexError, KeyError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise CheckpointError(
-            f"{path} could not be read as a PyTorch checkpoint (truncated or corrupt? delete it to download it "
-            f"again): {first}"
-        ) from None
+    checkpoint = load_torch_file(path)
     state = checkpoint.get("model") if isinstance(checkpoint, Mapping) else None
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(

@@ -6,7 +6,7 @@ usually fall in (for the threshold slider), and its standardisation for the ense
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,6 @@ class ScorerSpec:
     floor_crop: bool = False
     #: preference accuracy (%) on ImageReward-test / Pick-a-Pic / HPDv2, HPSv3 paper's table (None: not reported)
     published: tuple[float | None, float | None, float | None] = (None, None, None)
-    extra: dict[str, str] = field(default_factory=dict)
 
 
 IMAGEREWARD = ScorerSpec(

@@ -106,7 +106,7 @@ def reduction_for(names: Sequence[str]) -> Reduction:
 
 
 def _reduce(image: Image.Image, reduction: Reduction = Reduction()) -> Any:
-    """What the scorer would make of `image` (EXIF orientation, 8-bit scaling, resize, crop or letterbox, RGB
+    """What the scorer would make of `image` (EXIF orientation, 8-bit scaling, resize, crop, RGB
     conversion where the scorer does it); scoring it gives the same score as scoring `image`."""
     from ..preprocess import load_pil, pil_to_uint8
 
