@@ -16,6 +16,9 @@ from .scorers.specs import ENSEMBLE, SCORERS, canonical_name
 
 #: The members when the user names none besides `ensemble`: the preference models whose standardisation is known.
 DEFAULT_MEMBERS = ("imagereward", "hpsv2.1")
+#: The largest weight. Weights are relative, so a million to one already means one member alone; larger numbers
+#: only risk overflow (1e308 + 1e308 is inf, and the mean becomes NaN).
+MAX_WEIGHT = 1_000_000.0
 
 
 class EnsembleError(ImageRewardError):
@@ -34,14 +37,16 @@ class Ensemble:
     def combine(self, table: Mapping[str, Sequence[float]]) -> list[float]:
         """Each image's ensemble score from the members' raw scores (`{name: [score per image]}`)."""
         total = sum(self.weights)
+        shares = [weight / total for weight in self.weights]  # each in [0, 1]: no overflow whatever the weights
         columns = [table[name] for name in self.members]
         count = len(columns[0]) if columns else 0
         result = []
         for i in range(count):
             value = 0.0
-            for name, weight, column in zip(self.members, self.weights, columns, strict=True):
-                value += weight * standardise(name, column[i])
-            result.append(value / total)
+            for name, share, column in zip(self.members, shares, columns, strict=True):
+                if share:
+                    value += share * standardise(name, column[i])
+            result.append(value)
         return result
 
 
@@ -68,8 +73,11 @@ def parse_weights(text: str | Mapping[str, float] | None) -> dict[str, float]:
             weight = float(raw_weight)
         except (TypeError, ValueError):
             raise EnsembleError(f"ensemble weight {raw_weight!r} for {name} is not a number") from None
-        if not math.isfinite(weight) or weight < 0:
-            raise EnsembleError(f"ensemble weight for {name} must be a finite number >= 0, got {raw_weight!r}")
+        if not math.isfinite(weight) or not 0 <= weight <= MAX_WEIGHT:
+            raise EnsembleError(
+                f"ensemble weight for {name} must be a finite number >= 0 and at most {MAX_WEIGHT:,.0f}, got {raw_weight!r} "
+                "(weights are relative: 2 and 1 weigh the same as 2000 and 1000)"
+            )
         weights[name] = weight
     return weights
 

@@ -673,7 +673,8 @@ def test_folder_tab_is_registered(world: World) -> None:
     assert title == "ImageReward" and elem_id == "imagereward_tab"
 
 
-def test_folder_tab_show_handler_for_an_unscored_and_a_missing_folder(world: World, tmp_path: Path) -> None:
+def _folder_tab_buttons(world: World) -> dict[str, Any]:
+    """The tab as the WebUI builds it (through the registered `on_ui_tabs` callback), its buttons by label."""
     from imagereward.webui import tab
 
     built: dict[str, Any] = {}
@@ -686,10 +687,15 @@ def test_folder_tab_show_handler_for_an_unscored_and_a_missing_folder(world: Wor
 
     tab.gr.Button = Recording
     try:
-        tab.build(str(tmp_path), lambda: world.scorer, lambda: None, world.host.queue_lock)
+        for callback in world.host.ui_tabs:
+            callback()
     finally:
         tab.gr.Button = original
-    show = built["Show"].handlers[0][0]
+    return built
+
+
+def test_folder_tab_show_handler_for_an_unscored_and_a_missing_folder(world: World, tmp_path: Path) -> None:
+    show = _folder_tab_buttons(world)["Show"].handlers[0][0]
     (tmp_path / "empty").mkdir()
     items, _, line, page = show(str(tmp_path / "empty"), "", "", "", 1)
     assert items == [] and "has not been scored yet" in line and page == 1

@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -227,11 +228,17 @@ def score_request(payload: Any, score: ScoreFn) -> dict[str, Any]:
                 )
     result = score(prompts, decoded, clean, scorer=scorer, weights=weights)
     table = result if isinstance(result, dict) else {scorer: list(result)}
-    answer: dict[str, Any] = {"scores": [round(s, 6) for s in table[scorer]], "scorer": scorer}
+    answer: dict[str, Any] = {"scores": json_scores(table[scorer]), "scorer": scorer}
     answer["model"] = "ImageReward v1.0" if scorer == "imagereward" else _label(scorer)
     if len(table) > 1:  # the ensemble's members
-        answer["members"] = {name: [round(s, 6) for s in values] for name, values in table.items() if name != scorer}
+        answer["members"] = {name: json_scores(values) for name, values in table.items() if name != scorer}
     return answer
+
+
+def json_scores(values: Sequence[float]) -> list[float | None]:
+    """Scores rounded to 6 decimals, with null for one that is not a finite number: NaN and Infinity are not JSON,
+    and strict parsers reject the whole answer."""
+    return [round(float(v), 6) if v is not None and math.isfinite(v) else None for v in values]
 
 
 def _label(name: str) -> str:

@@ -1,8 +1,11 @@
 """The "ImageReward" tab: score a folder incrementally into a results store, browse it best first, copy or move.
 
-Plain functions over `imagereward.collection`; `tab.py` puts gradio controls on them. The store of a folder lives in
-the folder itself (`.imagereward-scores`), so it follows the folder when it is moved. The gallery's badges come from
-the same front-end code as txt2img's: `gallery_info` writes each image's score as an infotext that it reads.
+Plain functions over `imagereward.collection`; `tab.py` puts gradio controls on them. Every folder goes through a
+`FolderPolicy` (`folders.py`): which folders may be used while the WebUI is reachable from other machines, and where
+a folder's store lives (inside the WebUI's output folders: in the folder itself, `.imagereward-scores`, so it
+follows the folder when it is moved; elsewhere: in the stores folder, so a folder that is only read stays as it
+was). The gallery's badges come from the same front-end code as txt2img's: `gallery_info` writes each image's score
+as an infotext that it reads.
 """
 
 from __future__ import annotations
@@ -17,24 +20,10 @@ from typing import Any
 
 from ..errors import ImageRewardError
 from ..infotext import SCORE_KEY, Infotext, format_infotext, format_score
+from .folders import FolderPolicy
 
-STORE_NAME = ".imagereward-scores"
 PAGE_SIZE = 48
 TAB_KEY = "imagereward_collection"  # elem ids: #imagereward_collection_gallery, #generation_info_imagereward_collection
-
-
-def store_of(folder: str | Path) -> Path:
-    return Path(folder).expanduser() / STORE_NAME
-
-
-def check_folder(folder: str | Path | None) -> Path:
-    text = str(folder or "").strip()
-    if not text:
-        raise ImageRewardError("give a folder to score")
-    path = Path(text).expanduser()
-    if not path.is_dir():
-        raise ImageRewardError(f"{path} is not a folder")
-    return path
 
 
 def needs_pyarrow() -> str | None:
@@ -51,6 +40,20 @@ def needs_pyarrow() -> str | None:
             "the WebUI's Python environment (for example `venv/bin/pip install ...`), then restart the WebUI."
         )
     return None
+
+
+def folder_limit_note(policy: FolderPolicy) -> str | None:
+    """A line for the tab while the WebUI is reachable from other machines: which folders it works in."""
+    if not policy.restricted:
+        return None
+    from .folders import LIFT_FLAG
+
+    allowed = ", ".join(f"`{root}`" for root in policy.roots)
+    return (
+        "This WebUI is reachable from other machines, so this tab works only inside the WebUI's output folders and "
+        f"the folders listed in Settings → ImageReward: {allowed}. Start the WebUI with `{LIFT_FLAG}` to lift "
+        "the limit."
+    )
 
 
 class LockedScorer:
@@ -84,6 +87,7 @@ def score_folder(
     folder: str | Path,
     scorer: Any,
     *,
+    policy: FolderPolicy,
     progress: Callable[[int, int, float], None] | None = None,
     scan: Scan | None = None,
     rescore: bool = False,
@@ -92,15 +96,18 @@ def score_folder(
     from ..collection.pipeline import score_collection
     from ..collection.sources import folder_source
 
-    path = check_folder(folder)
+    path = policy.folder(folder, what="score")
+    store = policy.store_of(path)
+    if store.parent != path:
+        store.parent.mkdir(parents=True, exist_ok=True)  # the stores folder
 
     def report(state: Any) -> None:
         if progress is not None:
             progress(state.done, state.total, state.images_per_s)
 
     summary = score_collection(
-        folder_source([str(path)], exclude=[str(store_of(path))]),
-        store_of(path),
+        folder_source([str(path)], exclude=[str(store)]),
+        store,
         scorer=scorer,
         workers=0,  # decode here: a worker process would be a fork of the whole WebUI
         rescore=rescore,
@@ -113,6 +120,8 @@ def score_folder(
     text = f"{path}: {summary.total} images, " + ", ".join(parts) + f" ({summary.elapsed_s:.1f} s)."
     if summary.interrupted:
         text += " Stopped: the next run goes on from there."
+    if store.parent != path:
+        text += f" The scores are kept in {store} (the folder itself is only read)."
     return text
 
 
@@ -141,38 +150,52 @@ class View:
         return Filters(self.min_score, self.max_score, self.prompt or None)
 
 
-def browse(folder: str | Path, view: View, page_size: int = PAGE_SIZE) -> tuple[list[tuple[Any, str]], str, str]:
-    """One page of a folder's store, best first: (gallery items, generation-info JSON for the badges, status)."""
+def browse(
+    folder: str | Path, view: View, policy: FolderPolicy, page_size: int = PAGE_SIZE
+) -> tuple[list[tuple[Any, str]], str, str, int]:
+    """One page of a folder's store, best first: (gallery items, generation-info JSON for the badges, status, the
+    page shown). A page past the end shows the last page, and says so through the page number it returns."""
     from ..collection.actions import row_bytes
     from ..collection.query import query
 
-    path = check_folder(folder)
-    if not store_of(path).exists():
-        return [], _info([]), f"{path} has not been scored yet: press “Score new images”."
-    page = query(
-        store_of(path),
-        min_score=view.min_score,
-        max_score=view.max_score,
-        prompt_contains=view.prompt or None,
-        offset=(view.page - 1) * page_size,
-        limit=page_size,
-    )
+    path = policy.folder(folder, what="show")
+    store = policy.store_of(path)
+    if not store.exists():
+        return [], _info([]), f"{path} has not been scored yet: press “Score new images”.", 1
+
+    def fetch(number: int) -> Any:
+        return query(
+            store,
+            min_score=view.min_score,
+            max_score=view.max_score,
+            prompt_contains=view.prompt or None,
+            offset=(number - 1) * page_size,
+            limit=page_size,
+        )
+
+    page = fetch(view.page)
     pages = max(1, math.ceil(page.total / page_size))
+    number = min(view.page, pages)
+    if number != view.page:
+        page = fetch(number)
     items: list[tuple[Any, str]] = []
     rows = []
     for row in page.rows:
-        image = _image(row, row_bytes)
+        image = _image(row, row_bytes, policy)
         if image is None:
             continue
         rows.append(row)
         items.append((image, f"{format_score(row['score'])} · {row.get('prompt') or ''}"[:200]))
-    status = f"{page.total} image(s) match; page {min(view.page, pages)} of {pages}, best first."
-    return items, _info(rows), status
+    status = f"{page.total} image(s) match; page {number} of {pages}, best first."
+    return items, _info(rows), status, number
 
 
-def _image(row: dict[str, Any], row_bytes: Callable[[dict[str, Any]], bytes]) -> Any:
-    """What the gallery shows: the file's path where there is one (gradio serves it), else its decoded bytes."""
+def _image(row: dict[str, Any], row_bytes: Callable[[dict[str, Any]], bytes], policy: FolderPolicy) -> Any:
+    """What the gallery shows: the file's path where there is one (gradio serves it), else its decoded bytes;
+    nothing for a file the policy does not permit (a link that leads out of an allowed folder)."""
     path = row.get("path")
+    if path and not policy.permits(path):
+        return None
     if path and Path(path).is_file():
         return str(path)
     try:
@@ -203,18 +226,17 @@ def _info(rows: list[dict[str, Any]]) -> str:
     return json.dumps({"index_of_first_image": 0, "infotexts": infotexts})
 
 
-def copy_or_move(folder: str | Path, view: View, target: str | Path, *, move: bool) -> str:
+def copy_or_move(folder: str | Path, view: View, target: str | Path, *, move: bool, policy: FolderPolicy) -> str:
     """Copy (or move) every image of the current filter into `target`; never overwrites, never deletes."""
     from ..collection.actions import copy_selection, move_selection
 
-    path = check_folder(folder)
-    text = str(target or "").strip()
-    if not text:
-        raise ImageRewardError("give a folder to copy or move the images into")
-    if not store_of(path).exists():
+    path = policy.folder(folder, what="move images out of" if move else "copy images out of")
+    destination = policy.target(target)
+    store = policy.store_of(path)
+    if not store.exists():
         raise ImageRewardError(f"{path} has not been scored yet")
     action = move_selection if move else copy_selection
-    report = action(store_of(path), Path(text).expanduser(), view.filters())
+    report = action(store, destination, view.filters())
     verb = "moved" if move else "copied"
     parts = [f"{report.done} {verb}"]
     if report.already_there:

@@ -8,6 +8,7 @@ replays do nothing.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import replace
 from typing import Any
 
@@ -16,8 +17,7 @@ from modules import images, script_callbacks, scripts, shared
 
 from ..selection import Mode
 from . import settings
-from .access import allowed, endpoint_enabled, parse_api_auth
-from .api import ROUTE, ApiError, read_json_body, score_request
+from .access import endpoint_enabled, parse_api_auth
 from .args import (
     ENSEMBLE_LABEL,
     FIELD_NAMES,
@@ -343,20 +343,7 @@ def _on_ui_settings() -> None:
 def _on_app_started(_demo: Any, app: Any) -> None:
     if not endpoint_enabled(shared.cmd_opts):
         return  # like the WebUI's own API: only with --api
-    from fastapi import Depends, HTTPException, Request
-    from fastapi.security import HTTPBasic, HTTPBasicCredentials
-    from starlette.concurrency import run_in_threadpool
-
-    credentials = parse_api_auth(getattr(shared.cmd_opts, "api_auth", None))
-    dependencies = []
-    if credentials:
-        basic = HTTPBasic()
-
-        def authenticate(given: HTTPBasicCredentials = Depends(basic)) -> None:  # noqa: B008
-            if not allowed(credentials, given.username, given.password):
-                raise HTTPException(status_code=401, detail="Incorrect username or password")
-
-        dependencies.append(Depends(authenticate))
+    from .endpoint import mount_score_route
 
     def score(
         prompts: Any, pictures: Any, clean: bool, scorer: str = "imagereward", weights: str = ""
@@ -370,25 +357,19 @@ def _on_app_started(_demo: Any, app: Any) -> None:
             finally:
                 RUNTIME.job_done(settings_now)
 
-    async def score_endpoint(request: Request) -> dict:
-        # The body is read with its size limit (a parsed `dict` parameter would be read whole first); decoding and
-        # scoring run in a worker thread, off the server's event loop.
-        try:
-            payload = await read_json_body(request)
-            return await run_in_threadpool(score_request, payload, score)
-        except ApiError as exc:
-            raise HTTPException(status_code=422, detail=str(exc)) from None
-        except Exception as exc:
-            log.error("ImageReward: score request failed: %s", exc)
-            raise HTTPException(status_code=503, detail=f"ImageReward could not score: {exc}") from None
+    mount_score_route(app, score, parse_api_auth(getattr(shared.cmd_opts, "api_auth", None)))
 
-    score_endpoint.__annotations__ = {"request": Request, "return": dict}  # (this module's annotations are strings)
-    app.add_api_route(ROUTE, score_endpoint, methods=["POST"], tags=["ImageReward"], dependencies=dependencies)
+
+def folder_policy() -> Any:
+    """The folder tab's rules. The WebUI's relative folder settings are relative to its working folder; its
+    default `outputs` folder is in its data folder (`--data-dir`)."""
+    from modules import paths
+
+    data_path = str(getattr(paths, "data_path", None) or os.getcwd())
+    return settings.folder_policy(shared.opts, shared.cmd_opts, data_path, base=os.getcwd())
 
 
 def _on_ui_tabs() -> list[tuple[Any, str, str]]:
-    import os
-
     from modules.call_queue import queue_lock
 
     from .tab import build
@@ -402,7 +383,8 @@ def _on_ui_tabs() -> list[tuple[Any, str, str]]:
     def done() -> None:
         RUNTIME.job_done(current_settings())
 
-    return [(build(os.path.abspath(folder), get_scorer, done, queue_lock), "ImageReward", "imagereward_tab")]
+    tab = build(os.path.abspath(folder), get_scorer, done, queue_lock, folder_policy)
+    return [(tab, "ImageReward", "imagereward_tab")]
 
 
 def register_callbacks() -> None:

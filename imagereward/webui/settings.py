@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..scorers.specs import ENSEMBLE_KEY, SCORERS
+from .folders import FolderPolicy, reachable_from_outside, split_folders, webui_output_folders
 from .runtime import RuntimeSettings
 
 SECTION = ("imagereward", "ImageReward")
@@ -28,7 +29,7 @@ class Option:
     key: str
     default: Any
     label: str
-    kind: str = "text"  # text, dropdown, slider, checkbox, checkboxes
+    kind: str = "text"  # text, textbox (several lines), dropdown, slider, checkbox, checkboxes
     choices: tuple[Any, ...] = ()
     minimum: int = 0
     maximum: int = 0
@@ -82,6 +83,19 @@ OPTIONS = (
         SCORER_LABELS,
     ),
     Option(
+        "imagereward_tab_folders",
+        "",
+        "Folders the ImageReward tab may also use while the WebUI is reachable from other machines (--listen, "
+        "--share), besides the WebUI's output folders: one per line or separated by ';'",
+        "textbox",
+    ),
+    Option(
+        "imagereward_stores_dir",
+        "",
+        "Where the ImageReward tab keeps the scores of folders outside the WebUI's output folders (empty: "
+        "outputs/imagereward-stores in the WebUI folder); those folders themselves are only read",
+    ),
+    Option(
         "imagereward_keep_scorers",
         False,
         "Keep a scorer loaded when a job picks another (several models in memory at once); off: one at a time",
@@ -102,10 +116,27 @@ def register(shared: Any, option_info: type, gradio: Any) -> None:
             component = gradio.Checkbox
         elif option.kind == "checkboxes":
             component, component_args = gradio.CheckboxGroup, {"choices": list(option.choices)}
+        elif option.kind == "textbox":
+            component, component_args = gradio.Textbox, {"lines": 3}
         shared.opts.add_option(
             option.key,
             option_info(option.default, option.label, component, component_args, section=SECTION),
         )
+    protect_folder_options(shared)
+
+
+#: Our folder settings, protected like the WebUI's own output folders.
+FOLDER_OPTIONS = ("imagereward_tab_folders", "imagereward_stores_dir", "imagereward_discarded_dir")
+
+
+def protect_folder_options(shared: Any) -> None:
+    """Put our folder settings among the WebUI's restricted options: with `--hide-ui-dir-config` nobody can change
+    them from the page, exactly as the WebUI's own output folders (the list lives in `shared.restricted_opts` in
+    older versions, on `opts.restricted_opts` in A1111 1.6 and later)."""
+    for holder in (shared, getattr(shared, "opts", None)):
+        restricted = getattr(holder, "restricted_opts", None)
+        if isinstance(restricted, set):
+            restricted.update(FOLDER_OPTIONS)
 
 
 def get(opts: Any, key: str) -> Any:
@@ -146,6 +177,24 @@ def below_threshold_rule(opts: Any) -> tuple[bool, bool]:
     if value == BELOW_THRESHOLD[2]:
         return False, True
     return True, True
+
+
+def folder_policy(
+    opts: Any, cmd_opts: Any, data_path: str | os.PathLike[str], base: str | os.PathLike[str] = "."
+) -> FolderPolicy:
+    """The folder tab's rules now (settings can change while the WebUI runs); relative folders are taken from
+    `base`, the WebUI's working folder."""
+    outputs = webui_output_folders(opts, data_path)
+    discarded = str(get(opts, "imagereward_discarded_dir") or "").strip()
+    stores = str(get(opts, "imagereward_stores_dir") or "").strip()
+    stores = stores or os.path.join(data_path, "outputs", "imagereward-stores")
+    return FolderPolicy.make(
+        restricted=reachable_from_outside(cmd_opts),
+        output_folders=[*outputs, *([discarded] if discarded else [])],
+        extra_folders=split_folders(str(get(opts, "imagereward_tab_folders") or "")),
+        stores_dir=stores,
+        base=base,
+    )
 
 
 def discarded_dir(opts: Any, samples_dir: str) -> str:

@@ -12,6 +12,7 @@ import gradio as gr
 
 from ..errors import ImageRewardError
 from . import collection_tab as logic
+from .folders import FolderPolicy
 
 log = logging.getLogger("imagereward")
 
@@ -32,13 +33,23 @@ def _safely(action: Callable[..., Any], fallback: Callable[[str], Any]) -> Calla
     return handler
 
 
-def build(default_folder: str, get_scorer: Callable[[], Any], done: Callable[[], None], queue_lock: Any) -> gr.Blocks:
+def build(
+    default_folder: str,
+    get_scorer: Callable[[], Any],
+    done: Callable[[], None],
+    queue_lock: Any,
+    policy: Callable[[], FolderPolicy],
+) -> gr.Blocks:
+    """The tab; `policy()` is asked at each click, so a change of the settings' folders applies at once."""
     current: dict[str, logic.Scan | None] = {"scan": None}
 
     with gr.Blocks(analytics_enabled=False) as blocks:
         missing = logic.needs_pyarrow()
         if missing:
             gr.Markdown(missing)
+        limit = logic.folder_limit_note(policy())
+        if limit:
+            gr.Markdown(limit)
         with gr.Row():
             folder = gr.Textbox(label="Folder (sub-folders included)", value=default_folder, scale=4)
             rescore = gr.Checkbox(label="Score everything again", value=False)
@@ -85,8 +96,10 @@ def build(default_folder: str, get_scorer: Callable[[], Any], done: Callable[[],
                 progress((done_count, max(total, 1)), desc=f"{done_count}/{total} scored, {rate:.1f} images/s")
 
             try:
+                rules = policy()
+                rules.folder(folder_text, what="score")  # refused before the model is loaded
                 scorer = logic.LockedScorer(get_scorer(), queue_lock)
-                return logic.score_folder(folder_text, scorer, progress=report, scan=scan, rescore=again)
+                return logic.score_folder(folder_text, scorer, policy=rules, progress=report, scan=scan, rescore=again)
             finally:
                 current["scan"] = None
                 done()
@@ -100,8 +113,7 @@ def build(default_folder: str, get_scorer: Callable[[], Any], done: Callable[[],
 
         def show(folder_text: str, low: str, high: str, text: str, number: Any) -> tuple[Any, str, str, Any]:
             view = logic.View.of(low, high, text, number)
-            items, data, line = logic.browse(folder_text, view)
-            return items, data, line, view.page
+            return logic.browse(folder_text, view, policy())
 
         def step(delta: int) -> Callable[..., Any]:
             def handler(folder_text: str, low: str, high: str, text: str, number: Any) -> tuple[Any, str, str, Any]:
@@ -111,7 +123,8 @@ def build(default_folder: str, get_scorer: Callable[[], Any], done: Callable[[],
 
         def place(move: bool) -> Callable[..., str]:
             def handler(folder_text: str, low: str, high: str, text: str, where: str) -> str:
-                return logic.copy_or_move(folder_text, logic.View.of(low, high, text, 1), where, move=move)
+                view = logic.View.of(low, high, text, 1)
+                return logic.copy_or_move(folder_text, view, where, move=move, policy=policy())
 
             return handler
 
