@@ -7,10 +7,10 @@ scores = scorer.score("a cat on a sofa", ["a.png", "b.png"])
 
 from typing import Any
 
+from ._version import __version__
 from .errors import ImageRewardError
 
-__all__ = ["ImageRewardError", "ImageRewardScorer"]
-__version__ = "0.1.0"
+__all__ = ["ImageRewardError", "ImageRewardScorer", "__version__"]
 
 
 def __getattr__(name: str) -> Any:

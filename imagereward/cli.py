@@ -41,6 +41,8 @@ EXIT_SOME_FAILED = 1  # some images could not be scored (unreadable, no prompt);
 EXIT_USAGE = 2  # a wrong option or target, or no images found; nothing was scored
 EXIT_NOTHING_SCORED = 3  # the model could not be loaded, or no image could be scored
 EXIT_INTERRUPTED = 130
+#: The error of a row not scored because of Ctrl-C (in the table, CSV and JSON written after an interruption).
+NOT_SCORED_INTERRUPTED = "not scored: interrupted (Ctrl-C) before its turn"
 
 EPILOG = """\
 examples:
@@ -74,7 +76,8 @@ exit status:
   1    some images could not be scored (unreadable, no prompt); the others were scored and listed
   2    usage error: a wrong option, an unusable -o or --copy-to target, or no images found
   3    nothing scored: the model could not be loaded, or no image could be scored
-  130  interrupted
+  130  interrupted: the images scored by then are listed (or written to -o), the others marked "not scored:
+       interrupted"; nothing is copied
 """
 
 
@@ -184,12 +187,10 @@ def prompt_of(path: Path, fixed: str | None, needed: bool = True) -> tuple[str |
 
 
 def _version() -> str:
-    try:
-        from importlib.metadata import version
+    """From the package itself, not from pip's records: a copy in a WebUI's extension folder has none."""
+    from ._version import __version__
 
-        return version("sd-webui-imagereward")
-    except Exception:
-        return "unknown"
+    return __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -437,20 +438,22 @@ def score_rows(rows: list[Row], scorer: Any, clean: bool, progress: bool) -> Non
 
         bar = tqdm(total=len(todo), unit="img", desc="ImageReward", file=sys.stderr, mininterval=0.2)
     step = max(1, scorer.batch_size)
-    for start in range(0, len(todo), step):
-        part = todo[start : start + step]
-        images, ready = [], []
-        for row in part:
-            try:
-                images.append(open_image(row.path))
-                ready.append(row)
-            except ImageRewardError as exc:
-                row.error = _without_path(str(exc), row.path)
-        _score_part(ready, images, scorer, clean)
+    try:
+        for start in range(0, len(todo), step):
+            part = todo[start : start + step]
+            images, ready = [], []
+            for row in part:
+                try:
+                    images.append(open_image(row.path))
+                    ready.append(row)
+                except ImageRewardError as exc:
+                    row.error = _without_path(str(exc), row.path)
+            _score_part(ready, images, scorer, clean)
+            if bar is not None:
+                bar.update(len(part))
+    finally:
         if bar is not None:
-            bar.update(len(part))
-    if bar is not None:
-        bar.close()
+            bar.close()
 
 
 def _score_part(rows: list[Row], images: list[Any], scorer: Any, clean: bool) -> None:
@@ -702,8 +705,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         _say(f"error: {exc}")
         return EXIT_NOTHING_SCORED
     except KeyboardInterrupt:
-        _say("interrupted")
+        _say(getattr(args, "interrupted_note", "interrupted: nothing was scored, written or copied"))
         return EXIT_INTERRUPTED
+
+
+def _write_partial(
+    args: argparse.Namespace, rows: list[Row], fmt: str, settings: SelectionSettings, scorer: Any
+) -> int:
+    """After Ctrl-C during scoring: the rows scored so far are ranked and written as usual (to -o or standard
+    output), the others carry `NOT_SCORED_INTERRUPTED`; nothing is copied. A second Ctrl-C stops this too."""
+    done = sum(row.score is not None for row in rows)
+    for row in rows:
+        if row.score is None and row.error is None:
+            row.error = NOT_SCORED_INTERRUPTED
+    if not done:
+        _say("interrupted: no image was scored yet; nothing written or copied")
+        return EXIT_INTERRUPTED
+    ordered, _ = rank_rows(rows, settings)
+    columns = [] if scorer.names == ["imagereward"] else scorer.names
+    output = render(ordered, fmt, settings.mode is not Mode.SORT, None if args.output else _terminal_width(), columns)
+    if args.output:
+        write_output(output, args.output)
+    else:
+        sys.stdout.write(output)
+        sys.stdout.flush()
+    where = f"written to {args.output}" if args.output else "listed"
+    _say(
+        f"interrupted: the results are partial: {done} of {len(rows)} images scored and {where}; the other "
+        f'{len(rows) - done} are marked "{NOT_SCORED_INTERRUPTED}"; ranks compare the scored images only'
+        + ("; nothing was copied" if args.copy_to else "")
+    )
+    return EXIT_INTERRUPTED
 
 
 def _run(args: argparse.Namespace, started: float) -> int:
@@ -736,7 +768,11 @@ def _run(args: argparse.Namespace, started: float) -> int:
         return EXIT_NOTHING_SCORED
 
     scorer = _load_scorer(args, names)
-    score_rows(rows, scorer, args.clean_prompt, progress=not args.quiet and sys.stderr.isatty())
+    try:
+        score_rows(rows, scorer, args.clean_prompt, progress=not args.quiet and sys.stderr.isatty())
+    except KeyboardInterrupt:
+        return _write_partial(args, rows, fmt, settings, scorer)
+    args.interrupted_note = "interrupted after scoring: nothing was written or copied"
     cut = mark_truncated(rows, scorer, args.clean_prompt)
     ordered, message = rank_rows(rows, settings)
     filtering = settings.mode is not Mode.SORT
@@ -747,6 +783,9 @@ def _run(args: argparse.Namespace, started: float) -> int:
     else:
         sys.stdout.write(output)
         sys.stdout.flush()
+    args.interrupted_note = "interrupted after the results were written" + (
+        "; some kept images were not copied" if args.copy_to else ""
+    )
     failed = [row for row in rows if row.error]
     if args.output:  # the errors are in the file; say which files on the terminal too, once each
         for row in failed:

@@ -75,8 +75,8 @@ def parse_weights(text: str | Mapping[str, float] | None) -> dict[str, float]:
             raise EnsembleError(f"ensemble weight {raw_weight!r} for {name} is not a number") from None
         if not math.isfinite(weight) or not 0 <= weight <= MAX_WEIGHT:
             raise EnsembleError(
-                f"ensemble weight for {name} must be a finite number >= 0 and at most {MAX_WEIGHT:,.0f}, got {raw_weight!r} "
-                "(weights are relative: 2 and 1 weigh the same as 2000 and 1000)"
+                f"ensemble weight for {name} must be a finite number >= 0 and at most {MAX_WEIGHT:,.0f}, got "
+                f"{raw_weight!r} (weights are relative: 2 and 1 weigh the same as 2000 and 1000)"
             )
         weights[name] = weight
     return weights

@@ -15,10 +15,19 @@ empty file, or a checkpoint whose zip directory is missing (an interrupted copy)
 Why not ``hf_hub_download``: since the switch to process-unique temporary files (huggingface_hub PR #4228, in the
 2.x line) it deletes a partial download when it fails, so a 1.8 GB download cut off at 90 % starts again from zero on
 the next run. Older versions (e.g. 0.26) kept ``<etag>.incomplete`` files and resumed. To get the same behaviour on
-every version from 0.14 on, this module drives huggingface_hub's own building blocks, whose signatures are stable
-across that range: ``get_hf_file_metadata`` (HEAD: etag, size, CDN location; follows repo renames) and ``http_get``
-(streaming GET with ``Range`` resume, huggingface_hub's progress bar, proxy and user-agent settings). The partial file
-is ours and is kept until it is complete, then checked against the hash the hub announced and renamed into place.
+every version from 0.14 on, this module uses huggingface_hub's building blocks whose signatures are stable across that
+range: ``get_hf_file_metadata`` (HEAD: etag, size, CDN location; follows repo renames), ``build_hf_headers`` (token,
+user agent) and its progress bar. The GET itself is a plain streaming request (``urllib``, proxies from the
+environment, ``Range`` resume) rather than ``http_get``, because ``http_get`` writes 10 MB at a time and has only a
+per-read timeout: a server trickling a few bytes a second kept it waiting for days with the bar standing still. Here a
+download that brings less than 1 MB in ``IMAGEREWARD_DOWNLOAD_STALL_S`` seconds (default 60; nothing at all included)
+ends with a message; what it brought is kept and the next run resumes. The partial file is ours and is kept until it
+is complete, then checked against the hash the hub announced and renamed into place.
+
+Housekeeping of ``.imagereward-download/``: an empty partial file (nothing to resume) is removed when a download fails;
+the lock file is removed when no partial download is left in the folder. A download that does not match its
+hash is kept as ``<name>.corrupt`` beside the file (one per name, replaced by the next) so it can be looked at; it is
+our own download, never a user's file, and it is deleted as soon as a download of that file succeeds.
 
 The three small files take the same path rather than ``hf_hub_download``: one code path, the same hash check for
 every file, and nothing but the files themselves in the models folder (``hf_hub_download`` would put a cache, or with
@@ -29,14 +38,17 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import inspect
+import http.client
 import logging
+import math
 import os
 import re
 import shutil
 import struct
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +76,12 @@ OFFLINE_ENV_VARS = ("IMAGEREWARD_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLI
 _TRUE_VALUES = {"1", "ON", "YES", "TRUE"}
 _MAX_ATTEMPTS = 3  # per file and call; a further attempt is made only if the previous one brought new bytes
 _HASH_CHUNK = 8 * 1024 * 1024
+_READ_SIZE = 1024 * 1024  # at most this much per read; each read returns what has arrived
+STALL_ENV_VAR = "IMAGEREWARD_DOWNLOAD_STALL_S"
+DEFAULT_STALL_S = 60.0
+#: A download that brings less than this in a stall period (STALL_ENV_VAR seconds) counts as stalled.
+_STALL_MIN_BYTES = 1_000_000
+_LOCK_NAME = "download.lock"
 
 
 @dataclass(frozen=True)
@@ -357,13 +375,39 @@ def _offline_reason(offline: bool | None) -> str | None:
     return None
 
 
+def _absent_folder_note(root: Path) -> str:
+    """Why the models folder is not there: a name the user gave may be mistyped; the default one is just not made
+    yet (no download has run), and the user never named it."""
+    default = default_models_dir()
+    try:
+        inside_default = root.resolve() == default.resolve() or root.resolve().parent == default.resolve()
+    except OSError:
+        inside_default = False
+    if not inside_default:
+        from .scorers.specs import SCORERS  # torch-free
+
+        if root.name in {spec.family for spec in SCORERS.values()} - {""} and root.parent.is_dir():
+            return f"the subfolder {root.name} of {root.parent.resolve()} is made by the first download of these files"
+        return f"the models folder {root.resolve()} does not exist: is its name right?"
+    if os.environ.get("IMAGEREWARD_HOME"):
+        return (
+            f"the models folder {root.resolve()} does not exist; it comes from IMAGEREWARD_HOME="
+            f"{os.environ['IMAGEREWARD_HOME']}: is that name right?"
+        )
+    return (
+        f"the default models folder {root.resolve()} does not exist yet: no download has run; it is made by the "
+        "first one. To use model files you already have, pass their folder (--models-dir, or models_dir in Python) "
+        "or set IMAGEREWARD_HOME"
+    )
+
+
 def _missing_message(
     root: Path, missing: list[HubFile], reason: str, endpoint: str | None, what: str = "ImageReward model files"
 ) -> str:
     """Every missing file with its full path and URL, and the two ways out; the same words for every front end."""
     lines = [f"{what} are missing and cannot be downloaded now: {reason}."]
     if not root.exists():
-        lines.append(f"  (the models folder {root.resolve()} does not exist: is its name right?)")
+        lines.append(f"  ({_absent_folder_note(root)})")
     for file in missing:
         dest = root / file.relpath
         note = _incomplete_note(dest)
@@ -400,16 +444,38 @@ def _download_lock(partial_dir: Path) -> Iterator[None]:
     """One downloader per models folder (WebUI and command line may start at once)."""
     from filelock import FileLock, Timeout  # a dependency of huggingface_hub on every supported version
 
-    lock = FileLock(str(partial_dir / "download.lock"))
-    try:
-        lock.acquire(timeout=0.5)
-    except Timeout:
-        logger.info("Waiting for another process downloading ImageReward files into %s", partial_dir.parent)
-        lock.acquire()
+    path = partial_dir / _LOCK_NAME
+    lock = FileLock(str(path))
+    for _ in range(5):
+        try:
+            lock.acquire(timeout=0.5)
+        except Timeout:
+            logger.info("Waiting for another process downloading ImageReward files into %s", partial_dir.parent)
+            lock.acquire()
+        if path.exists():
+            break
+        # The process that held it removed the lock file on its way out (below): lock the file anew, so that a
+        # process starting now and this one lock the same file.
+        lock.release()
     try:
         yield
     finally:
-        lock.release()
+        try:
+            _tidy_partial_dir(partial_dir)
+        finally:
+            lock.release()
+
+
+def _tidy_partial_dir(partial_dir: Path) -> None:
+    """Under the lock: remove empty partial files (nothing to resume) and, when no partial download is left, the
+    lock file (a stale lock is clutter: the lock itself is the operating system's, not the file's existence)."""
+    with contextlib.suppress(OSError):
+        for part in partial_dir.glob("*.part"):
+            if part.is_file() and part.stat().st_size == 0:
+                part.unlink()
+    with contextlib.suppress(OSError):
+        if not any(partial_dir.glob("*.part")):
+            (partial_dir / _LOCK_NAME).unlink()
 
 
 # --- download --------------------------------------------------------------------------------------------------
@@ -439,6 +505,8 @@ def _network_errors() -> tuple[type[BaseException], ...]:
 def _describe_error(err: BaseException) -> str:
     response = getattr(err, "response", None)
     status = getattr(response, "status_code", None)
+    if isinstance(err, urllib.error.HTTPError):
+        status = err.code
     if isinstance(status, int):
         return f"the server answered HTTP {status}"
     text = str(err).strip().splitlines()
@@ -512,7 +580,7 @@ def _fetch_url_metadata(file: HubFile, dest: Path) -> tuple[str, Any]:
     assert file.url is not None
     request = urllib.request.Request(file.url, method="HEAD", headers={"User-Agent": "sd-webui-imagereward"})
     try:
-        with urllib.request.urlopen(request, timeout=30) as response:
+        with _opener().open(request, timeout=30) as response:
             length = response.headers.get("Content-Length")
             size = int(length) if length and length.isdigit() else None
             return "", _UrlAnswer(etag=file.sha256, size=size, location=response.geturl())
@@ -542,6 +610,7 @@ def _download_file(file: HubFile, root: Path, endpoint: str | None, answer: tupl
     headers = _request_headers(url, location)
     if file.url is not None:  # never send a hub token to another server
         headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+    stall_s = download_stall_seconds()
     partial.touch()  # so that an empty file on the hub still yields a (verified) empty file here
 
     for attempt in range(1, _MAX_ATTEMPTS + 1):
@@ -567,20 +636,22 @@ def _download_file(file: HubFile, root: Path, endpoint: str | None, answer: tupl
                     headers=headers,
                     expected_size=expected_size,
                     display_name=file.display_name,
+                    stall_s=stall_s,
                 )
+        except _Stalled as err:  # not retried: a server this slow is not faster a second later
+            raise DownloadError(
+                f"The download of {file.relpath} from {url} stalled: {err}. {_kept_note(partial)}On a slow "
+                f"connection, give it longer: set {STALL_ENV_VAR} to more seconds (now {stall_s:g}). "
+                f"{_manual_hint(file, dest, endpoint)}"
+            ) from None
         except _network_errors() as err:
             now = partial.stat().st_size if partial.exists() else 0
             if now > done and attempt < _MAX_ATTEMPTS:
                 logger.warning("Download of %s interrupted (%s); resuming", file.relpath, _describe_error(err))
                 time.sleep(0.2)
                 continue
-            kept = (
-                f"The {_mb(now)} already downloaded are kept in {partial}; running again resumes from there. "
-                if now
-                else ""
-            )
             raise DownloadError(
-                f"Could not download {file.relpath} from {url}: {_describe_error(err)}. {kept}"
+                f"Could not download {file.relpath} from {url}: {_describe_error(err)}. {_kept_note(partial)}"
                 f"{_manual_hint(file, dest, endpoint)}"
             ) from err
         break
@@ -588,16 +659,124 @@ def _download_file(file: HubFile, root: Path, endpoint: str | None, answer: tupl
     _verify_and_install(file, partial, dest, etag, expected_size, url, endpoint)
 
 
-def _http_get(
-    url: str, fh: Any, *, resume_size: int, headers: dict[str, str], expected_size: int | None, display_name: str
-) -> None:
-    """Call huggingface_hub's ``http_get`` with only the keyword arguments the installed version accepts."""
-    from huggingface_hub.file_download import http_get
+def _kept_note(partial: Path) -> str:
+    """What happened to the bytes of a failed download. An empty partial file is removed: nothing to resume."""
+    try:
+        now = partial.stat().st_size
+    except OSError:
+        return ""
+    if now == 0:
+        with contextlib.suppress(OSError):
+            partial.unlink()
+        return ""
+    return f"The {_mb(now)} already downloaded are kept in {partial}; running again resumes from there. "
 
-    kwargs: dict[str, Any] = {"resume_size": resume_size, "headers": headers, "expected_size": expected_size}
-    if "displayed_filename" in inspect.signature(http_get).parameters:
-        kwargs["displayed_filename"] = display_name
-    http_get(url, fh, **kwargs)
+
+def download_stall_seconds() -> float:
+    """``IMAGEREWARD_DOWNLOAD_STALL_S`` (seconds), else 60; a value that is not a positive number is refused."""
+    value = os.environ.get(STALL_ENV_VAR, "").strip()
+    if not value:
+        return DEFAULT_STALL_S
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = float("nan")
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise DownloadError(
+            f"{STALL_ENV_VAR}={value!r} is not a positive number of seconds: set it to, e.g., 300 to let a slow "
+            f"download go on for 5 minutes with less than {_mb(_STALL_MIN_BYTES)} arriving, or unset it (default "
+            f"{DEFAULT_STALL_S:g})."
+        )
+    return seconds
+
+
+class _Stalled(Exception):
+    """The transfer brought (almost) nothing for the stall period; the message says how little."""
+
+
+class _NoStrayToken(urllib.request.HTTPRedirectHandler):
+    """Follow redirects, but never carry the hub token to another host (a signed CDN address)."""
+
+    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> Any:
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None and urlparse(newurl).netloc != urlparse(req.full_url).netloc:
+            new.remove_header("Authorization")
+        return new
+
+
+def _opener() -> urllib.request.OpenerDirector:
+    """urllib with proxies from the environment (as huggingface_hub), no token carried to another host, and the
+    system's certificate authorities plus certifi's (what huggingface_hub's HTTP stack trusts), so a Python without
+    system certificates (python.org's on macOS) verifies the hub as huggingface_hub would."""
+    import ssl
+
+    context = ssl.create_default_context()
+    with contextlib.suppress(ImportError, OSError, ssl.SSLError):
+        import certifi  # a dependency of httpx and requests, so of every huggingface_hub
+
+        context.load_verify_locations(certifi.where())
+    return urllib.request.build_opener(_NoStrayToken, urllib.request.HTTPSHandler(context=context))
+
+
+def _http_get(
+    url: str,
+    fh: Any,
+    *,
+    resume_size: int,
+    headers: dict[str, str],
+    expected_size: int | None,
+    display_name: str,
+    stall_s: float = DEFAULT_STALL_S,
+) -> None:
+    """Stream `url` into `fh` (opened for appending) from byte `resume_size` on, with a progress bar.
+
+    Raises `_Stalled` when less than `_STALL_MIN_BYTES` arrive in `stall_s` seconds (or nothing at all: the socket
+    timeout), `OSError` when the connection ends early or the server answers an error (urllib's `HTTPError`).
+    """
+    from huggingface_hub.utils import tqdm
+
+    request_headers = dict(headers)
+    if resume_size:
+        request_headers["Range"] = f"bytes={resume_size}-"
+    opener = _opener()
+    received = 0
+    try:
+        with opener.open(urllib.request.Request(url, headers=request_headers), timeout=stall_s) as response:
+            if resume_size and response.status != 206:  # the server ignored the range: start again from zero
+                fh.seek(0)
+                fh.truncate()
+                resume_size = 0
+            with tqdm(
+                total=expected_size,
+                initial=resume_size,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc=display_name,
+                file=sys.stderr,
+            ) as bar:
+                window_start, window_bytes = time.monotonic(), 0
+                while chunk := response.read1(_READ_SIZE):
+                    fh.write(chunk)
+                    received += len(chunk)
+                    bar.update(len(chunk))
+                    window_bytes += len(chunk)
+                    now = time.monotonic()
+                    if now - window_start >= stall_s:
+                        if window_bytes < _STALL_MIN_BYTES:
+                            raise _Stalled(
+                                f"only {window_bytes:,} bytes arrived in the last {now - window_start:.1f} s "
+                                f"(less than {_mb(_STALL_MIN_BYTES)} in {stall_s:g} s counts as stalled)"
+                            )
+                        window_start, window_bytes = now, 0
+    except TimeoutError:
+        raise _Stalled(f"nothing arrived for {stall_s:g} s") from None
+    except http.client.HTTPException as err:  # a broken chunked answer: a dropped connection
+        raise ConnectionError(f"{type(err).__name__}: {err}") from err
+    finally:
+        fh.flush()
+    if expected_size is not None and resume_size + received != expected_size:
+        raise ConnectionError(f"the connection closed after {resume_size + received:,} of {expected_size:,} bytes")
 
 
 def _request_headers(url: str, location: str) -> dict[str, str]:
@@ -669,13 +848,20 @@ def _verify_and_install(
         corrupt = dest.with_name(dest.name + ".corrupt")
         os.replace(partial, corrupt)
         raise DownloadError(
-            f"The download of {file.relpath} from {url} is corrupt: {problem}. It was moved aside to {corrupt} "
-            f"(delete it when you like) and nothing was installed as {dest}. Run again to download it anew; if "
-            f"this keeps happening, check any proxy or mirror (HF_ENDPOINT). {_manual_hint(file, dest, endpoint)}"
+            f"The download of {file.relpath} from {url} is corrupt: {problem}. Nothing was installed as {dest}. "
+            f"The corrupt download ({_mb(size)}) is kept as {corrupt} for a look; it is our own download, not a file "
+            f"of yours: delete it when you like (it is replaced by the next corrupt download of this file and "
+            f"deleted once a download of it succeeds). Run again to download it anew; if this keeps happening, check "
+            f"any proxy or mirror (HF_ENDPOINT). {_manual_hint(file, dest, endpoint)}"
         )
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     os.replace(partial, dest)
+    corrupt = dest.with_name(dest.name + ".corrupt")
+    if corrupt.is_file() and not corrupt.is_symlink():  # our earlier corrupt download of this file: not needed now
+        with contextlib.suppress(OSError):
+            corrupt.unlink()
+            logger.info("Deleted %s, an earlier corrupt download of %s", corrupt, dest.name)
     logger.info("Installed %s (%s, verified)", dest, _mb(dest.stat().st_size))
 
 

@@ -14,7 +14,8 @@ What huggingface_hub (0.14 to 2.x) needs from ``HEAD``/``GET {endpoint}/{repo_id
 Faults, per file (:class:`FakeFile`): ``interrupt_after`` (the next GET sends that many body bytes, then drops the
 connection; with ``status_after_interrupt``, later GETs then fail with that status), ``get_status`` (GETs answer that
 status, HEAD still works), ``status`` (every request answers it), ``served`` (bytes served instead of the content the
-hashes are announced for). ``FakeHub.fail_all`` makes the whole hub answer one status. Every request is recorded
+hashes are announced for), ``trickle`` (GETs send the body in pieces of that many bytes with that many seconds between
+them: a slow or stalled server). ``FakeHub.fail_all`` makes the whole hub answer one status. Every request is recorded
 (method, path, Range header, status, body bytes sent).
 
 Use it as a context manager, or through the ``fake_hub`` fixture (``from tests.fake_hub import fake_hub`` in a
@@ -56,6 +57,7 @@ class FakeFile:
     get_status: int | None = None  # GETs answer this status (HEAD is fine): a download that breaks mid-way
     status_after_interrupt: int | None = None  # once ``interrupt_after`` fired, set ``get_status`` to this
     status: int | None = None  # every request for this file answers this status
+    trickle: tuple[int, float] | None = None  # GETs send (bytes, then wait seconds) at a time: a slow server
 
     @property
     def sha256(self) -> str:
@@ -106,6 +108,7 @@ class FakeHub:
         self.requests: list[RecordedRequest] = []
         self.fail_all: int | None = None
         self._lock = threading.Lock()
+        self._stopping = threading.Event()  # ends trickling answers when the hub stops
         self._servers: list[_Server] = []
         self._threads: list[threading.Thread] = []
         self.url = ""
@@ -137,6 +140,7 @@ class FakeHub:
         return self
 
     def stop(self) -> None:
+        self._stopping.set()
         for server in self._servers:
             server.shutdown()
             server.server_close()
@@ -258,7 +262,7 @@ class FakeHub:
             cut, file.interrupt_after = file.interrupt_after, None
             if file.status_after_interrupt is not None:
                 file.get_status = file.status_after_interrupt
-        self._send(handler, record, status, headers, body, head, cut=cut)
+        self._send(handler, record, status, headers, body, head, cut=cut, trickle=file.trickle)
 
     def _api_model(self, handler: _Handler, record: RecordedRequest, rest: str, head: bool) -> None:
         repo_id = rest.split("/revision/")[0].rstrip("/")
@@ -304,6 +308,7 @@ class FakeHub:
         head: bool,
         *,
         cut: int | None = None,
+        trickle: tuple[int, float] | None = None,
     ) -> None:
         record.status = status
         handler.send_response(status)
@@ -313,10 +318,15 @@ class FakeHub:
         if head:
             return
         limit = len(body) if cut is None else min(cut, len(body))
-        for offset in range(0, limit, _CHUNK):
-            chunk = body[offset : min(offset + _CHUNK, limit)]
+        step, pause = trickle if trickle is not None else (_CHUNK, 0.0)
+        for offset in range(0, limit, step):
+            chunk = body[offset : min(offset + step, limit)]
             handler.wfile.write(chunk)
             record.bytes_sent += len(chunk)
+            if pause:
+                handler.wfile.flush()
+                if self._stopping.wait(pause):
+                    break
         handler.wfile.flush()
         if cut is not None:
             handler.close_connection = True  # the client sees fewer bytes than Content-Length announced

@@ -74,6 +74,20 @@ AESTHETIC_FILE = HubFile(
 # Small files first: a failure on the big checkpoint then leaves everything else in place.
 FILES: tuple[HubFile, ...] = (*tokenizer_files(), AESTHETIC_FILE, CLIP_FILE)
 
+
+def files_for(files: tuple[HubFile, ...], outputs: frozenset[str]) -> tuple[HubFile, ...]:
+    """Of the family's `files`, those the outputs asked for read: the CLIP checkpoint always, the tokenizer only for
+    `clip` (the aesthetic score reads no prompt), the aesthetic head only for `aesthetic`. Takes `files` rather than
+    reading FILES so that a family whose addresses were replaced (a mirror, the tests' fake hub) is filtered too."""
+    tokenizer_prefix = f"{TOKENIZER_DIRNAME}/"
+    return tuple(
+        file
+        for file in files
+        if not (file.relpath.startswith(tokenizer_prefix) and "clip" not in outputs)
+        and not (file.relpath == AESTHETIC_NAME and "aesthetic" not in outputs)
+    )
+
+
 #: OpenAI's CLIP uses QuickGELU (x * sigmoid(1.702 x)) in both towers; every head is 64 wide.
 ACTIVATION = "quick_gelu"
 HEAD_WIDTH = 64

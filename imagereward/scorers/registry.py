@@ -17,6 +17,7 @@ import torch
 from ..engine import Scorer, resolve_device, resolve_dtype
 from ..ensemble import Ensemble, make_ensemble
 from ..errors import ImageRewardError
+from ..hub import HubFile
 from ..preprocess import ImageInput
 from .base import ModelFamily
 from .specs import ENSEMBLE, SCORERS, canonical_name
@@ -58,6 +59,14 @@ def get_family(key: str) -> ModelFamily:
     return importlib.import_module(module).FAMILY
 
 
+def family_files(key: str, outputs: Sequence[str]) -> tuple[HubFile, ...]:
+    """The files of family `key` that `outputs` need: a family module may define `files_for(files, outputs)` (CLIP:
+    the aesthetic score needs no tokenizer); otherwise every file of the family."""
+    family = get_family(key)
+    select = getattr(importlib.import_module(FAMILY_MODULES[key]), "files_for", None)
+    return tuple(select(family.files, frozenset(outputs))) if select is not None else family.files
+
+
 def family_folder(models_dir: Path, family: ModelFamily) -> Path:
     """ImageReward's own files sit at the root of the models folder; every other family in a subfolder."""
     return models_dir / family.key if family.key else models_dir
@@ -81,7 +90,8 @@ def load_family(
     root = Path(models_dir).expanduser() if models_dir is not None else default_models_dir()
     folder = family_folder(root, family)
     labels = "/".join(SCORERS[name].label for name in outputs)
-    resolve_files(folder, family.files, offline=offline, progress=progress, what=f"{labels} model files")
+    files = family_files(key, outputs)
+    resolve_files(folder, files, offline=offline, progress=progress, what=f"{labels} model files")
     target = resolve_device(device)
     weight_dtype = resolve_dtype(dtype, target)
     # Loading must not happen under an inference-mode context (the WebUI generates under one): parameters made
