@@ -396,7 +396,13 @@ def test_paste_back_restores_every_setting() -> None:
         "clean_prompt": True,
         "scorer": "ImageReward",  # images from before the scorer choice paste back ImageReward
         "weights": "",
+        "finish_kept": False,  # images from before the two phases paste back plain best-of-N
+        "preview_percent": 100,
+        "check_previews": False,
     }
+    two = JobArgs(enabled=True, mode=Mode.TOP_K, candidates=4, finish_kept=True, preview_percent=25).infotext_params()
+    pasted = {name: (key(two) if callable(key) else two.get(key)) for name, key in PASTE_FIELDS}
+    assert pasted["finish_kept"] is True and pasted["preview_percent"] == 25 and pasted["check_previews"] is False
 
 
 def test_truncated_prompts_get_one_note_with_one_limit(world: World) -> None:

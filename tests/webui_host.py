@@ -150,6 +150,8 @@ class Host:
         self.ui_settings: list[Any] = []
         self.ui_tabs: list[Any] = []
         self.gc_calls = 0
+        self.first_passes = 0  # images sampled by a first pass (the sampler's `sample`/`sample_img2img`)
+        self.hires_passes = 0  # images through hires fix's second pass
         self.saved_modules: dict[str, Any] = {}
 
     def install(self) -> None:
@@ -209,6 +211,12 @@ class Host:
         ui_components = types.ModuleType("modules.ui_components")
         ui_components.InputAccordion = _Component
 
+        sd_samplers = types.ModuleType("modules.sd_samplers")
+        sd_samplers.create_sampler = lambda name, model: StandInSampler(host)
+
+        processing = types.ModuleType("modules.processing")
+        processing.create_infotext = create_infotext
+
         for name, module in {
             "modules": modules,
             "modules.images": images,
@@ -219,6 +227,8 @@ class Host:
             "modules.devices": devices,
             "modules.call_queue": call_queue,
             "modules.ui_components": ui_components,
+            "modules.sd_samplers": sd_samplers,
+            "modules.processing": processing,
         }.items():
             self.saved_modules[name] = sys.modules.get(name)
             sys.modules[name] = module
@@ -319,6 +329,9 @@ class Runner:
         self._call("postprocess", p, processed)
 
 
+DEFAULT_STEPS = 4
+
+
 @dataclass
 class P:
     """The attributes of `StableDiffusionProcessing` (txt2img, or img2img with `init_images`) that matter here."""
@@ -358,8 +371,44 @@ class P:
     color_corrections: Any = None
     mask_for_overlay: Any = None
     host: Any = None
+    steps: int = DEFAULT_STEPS
+    hr_second_pass_steps: int = 0
     # Test controls: called as hook(p, n) before batch n is sampled (to interrupt or skip).
     before_sampling: Any = None
+
+    def sample(
+        self, conditioning: Any, unconditional_conditioning: Any, seeds: Any, subseeds: Any, subseed_strength: Any,
+        prompts: Any,
+    ) -> Any:  # fmt: skip
+        """A1111's `sample` in outline: a sampler from `sd_samplers.create_sampler` makes the first pass; with hires
+        fix, the first pass is saved when asked ("before highres fix"), upscaled, and a new sampler makes the
+        second pass (skipped when interrupted, as A1111 returns the first pass then)."""
+        factory = sys.modules["modules.sd_samplers"]
+        sampler = factory.create_sampler("Euler a", None)
+        if self.init_images:
+            samples = sampler.sample_img2img(self, "init latent", "noise", conditioning, unconditional_conditioning)
+        else:
+            samples = sampler.sample(self, "noise", conditioning, unconditional_conditioning)
+        if not self.enable_hr:
+            return samples
+        if self.host.state.interrupted:
+            return samples
+        opts = self.host.opts
+        if self.save_samples() and opts.save_images_before_highres_fix:
+            images = sys.modules["modules.images"]
+            for index in range(len(samples)):  # saved for the whole batch before the per-image loop
+                first_pass = Image.fromarray(_to_uint8(samples[index]))
+                info = create_infotext(
+                    self, self.all_prompts, self.all_seeds, self.all_subseeds, iteration=self.iteration,
+                    position_in_batch=index,
+                )  # fmt: skip
+                images.save_image(
+                    first_pass, self.outpath_samples, "", seeds[index], prompts[index], "png", info=info, p=self,
+                    suffix="-before-highres-fix",
+                )  # fmt: skip
+        upscaled = torch.nn.functional.interpolate(samples, scale_factor=2, mode="nearest")
+        second = factory.create_sampler("Euler a", None)
+        return second.sample_img2img(self, upscaled, "noise", conditioning, unconditional_conditioning, hires=True)
 
     # No `batch_index` here: as in A1111, it exists only once the per-image loop has set it (hires fix's "save
     # before" comes earlier).
@@ -468,6 +517,35 @@ def sample(seed: int, subseed: int, prompt: str, init: int, size: int) -> torch.
     return torch.from_numpy((base[:, None, None] * 0.5 + noise).astype(np.float32)).clamp(0, 1)
 
 
+class StandInSampler:
+    """A sampler made by `sd_samplers.create_sampler`: a first pass is a function of each image's seed, prompt,
+    init image and steps; a hires pass changes the upscaled latents with each image's seed."""
+
+    def __init__(self, host: Any) -> None:
+        self.host = host
+
+    def _first(self, p: Any) -> torch.Tensor:
+        self.host.first_passes += len(p.seeds)
+        steps = "" if p.steps == DEFAULT_STEPS else f"|{p.steps} steps"  # (the default keeps the fixtures' pixels)
+        init = [i if p.init_images else -1 for i in range(len(p.seeds))]
+        return torch.stack(
+            [sample(p.seeds[i], p.subseeds[i], p.prompts[i] + steps, init[i], p.width) for i in range(len(p.seeds))]
+        )
+
+    def sample(self, p: Any, x: Any, conditioning: Any, unconditional_conditioning: Any, **kwargs: Any) -> Any:
+        return self._first(p)
+
+    def sample_img2img(
+        self, p: Any, x: Any, noise: Any, conditioning: Any, unconditional_conditioning: Any, hires: bool = False,
+        **kwargs: Any,
+    ) -> Any:  # fmt: skip
+        if not hires:
+            return self._first(p)
+        self.host.hires_passes += len(p.seeds)
+        detail = torch.stack([sample(seed, 0, "hires", -1, x.shape[-1]) for seed in p.seeds])
+        return (x * 0.7 + detail * 0.3).clamp(0, 1)
+
+
 def pixel_score(prompt: str, image: Any) -> float:
     """A stand-in ImageReward: a function of the 8-bit pixels (as a file holds them) and the prompt."""
     array = np.asarray(image.convert("RGB"), dtype=np.float64) / 255.0
@@ -569,18 +647,8 @@ def process_images(p: P) -> Processed:
             break
         if p.before_sampling is not None:
             p.before_sampling(p, n)
-        decoded = [
-            sample(p.seeds[i], p.subseeds[i], p.prompts[i], i if p.init_images else -1, p.width)
-            for i in range(len(p.prompts))
-        ]
-        if p.enable_hr and p.save_samples() and opts.save_images_before_highres_fix:
-            for index in range(len(decoded)):  # saved for the whole batch before the per-image loop
-                first_pass = Image.fromarray(_to_uint8(decoded[index]))
-                info = create_infotext(
-                    p, p.all_prompts, p.all_seeds, p.all_subseeds, iteration=n, position_in_batch=index
-                )
-                save(first_pass, index, info, "-before-highres-fix")
-        x_samples = torch.stack(decoded).float()
+        samples = p.sample(None, None, p.seeds, p.subseeds, p.subseed_strength, p.prompts)
+        x_samples = samples.float().clamp(0, 1)  # (the stand-in's latents are pixels: decoding is the identity)
         p.prompts = p.all_prompts[n * b : (n + 1) * b]
         p.negative_prompts = p.all_negative_prompts[n * b : (n + 1) * b]
         batch_params = types.SimpleNamespace(images=list(x_samples))
@@ -671,8 +739,10 @@ class ADetailer:
     def __init__(self, save_before: bool = False) -> None:
         self.save_before = save_before
         self.replays = 0
+        self.detailed = 0  # images detailed (its expensive per-image work)
 
     def postprocess_image(self, p: P, pp: Any, *args: Any) -> None:
+        self.detailed += 1
         runner: Runner = p.scripts
         if p.batch_index == 0:  # need_call_postprocess
             self.replays += 1

@@ -15,6 +15,7 @@ from ..selection import Mode, SelectionSettings
 ENSEMBLE_LABEL = ENSEMBLE_KEY
 
 MAX_CANDIDATES = 64  # the UI's slider goes as far; the API accepts the same
+MIN_PREVIEW_PERCENT = 5
 
 
 class ArgumentError(ImageRewardError):
@@ -35,6 +36,13 @@ class JobArgs:
     keep_discarded: bool = False  # save discarded images into a separate folder
     scorer: str = "imagereward"  # a name of scorers.specs.SCORERS, or "ensemble"
     weights: str = ""  # ensemble only: "imagereward=1,pickscore=2" (empty: the default members, 1 each)
+    # Two phases (`phases.py`): candidates are sampled and scored first; hires fix and the per-image work run for the
+    # kept ones only. `preview_percent` < 100 samples the candidates with that share of the steps (phase 2 then
+    # samples the kept ones again at full steps); `check_previews` also finishes the discarded ones, to measure how
+    # well the previews predicted the finished images.
+    finish_kept: bool = False
+    preview_percent: int = 100
+    check_previews: bool = False
 
     @property
     def score_key(self) -> str:
@@ -68,6 +76,12 @@ class JobArgs:
             params["ImageReward scorer"] = scorer_label(self.scorer)
         if self.scorer == ENSEMBLE and self.weights:
             params["ImageReward weights"] = self.weights
+        if self.finish_kept:
+            params["ImageReward finish"] = "kept only"
+            if self.preview_percent < 100:
+                params["ImageReward preview steps"] = f"{self.preview_percent}%"
+            if self.check_previews:
+                params["ImageReward check previews"] = "True"
         return params
 
 
@@ -196,6 +210,9 @@ def validate(values: Mapping[str, Any]) -> JobArgs:
         keep_discarded=_bool("keep_discarded", get("keep_discarded")),
         scorer=parse_scorer(get("scorer")),
         weights=parse_weights_arg(get("weights")),
+        finish_kept=_bool("finish_kept", get("finish_kept")),
+        preview_percent=_int("preview_percent", get("preview_percent"), MIN_PREVIEW_PERCENT, 100),
+        check_previews=_bool("check_previews", get("check_previews")),
     )
     if args.scorer == ENSEMBLE:  # a member without a standardisation fails now, before anything is generated
         try:
@@ -219,6 +236,15 @@ def from_script_args(args: Sequence[Any]) -> JobArgs:
     return validate(dict(zip(FIELD_NAMES, args, strict=False)))
 
 
+def _pasted_percent(value: Any) -> int:
+    """"25%" -> 25; missing or unreadable: 100 (full steps)."""
+    try:
+        number = int(float(str(value).strip().rstrip("%")))
+    except (TypeError, ValueError):
+        return 100
+    return min(100, max(MIN_PREVIEW_PERCENT, number))
+
+
 def _pasted_flag(key: str) -> Any:
     """Paste-back of a flag written only when off: a missing key means the default (on)."""
     return lambda params: str(params.get(key, "True")).strip().lower() != "false"
@@ -236,4 +262,7 @@ PASTE_FIELDS: tuple[tuple[str, Any], ...] = (
     # Written only when not ImageReward: a missing key pastes back the default (older images, ImageReward jobs).
     ("scorer", lambda params: params.get("ImageReward scorer", "ImageReward")),
     ("weights", lambda params: params.get("ImageReward weights", "")),
+    ("finish_kept", lambda params: params.get("ImageReward finish") == "kept only"),
+    ("preview_percent", lambda params: _pasted_percent(params.get("ImageReward preview steps"))),
+    ("check_previews", lambda params: str(params.get("ImageReward check previews", "")).lower() == "true"),
 )

@@ -21,9 +21,10 @@ Lifecycle, in the WebUI's order:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -31,6 +32,7 @@ from ..config import MAX_TEXT_LENGTH
 from ..infotext import format_score, with_setting
 from ..selection import Mode, Selection, select, summary
 from .args import JobArgs, score_decimals, score_key
+from .phases import Cost, Sampling, TwoPhases, agreement, capacity, phase_two_layout
 from .plan import CandidatePlan, PlanError, apply_plan
 from .saves import DeferredSave, SaveBuffer
 
@@ -66,6 +68,7 @@ class SaveHooks(Protocol):
     def grid_wanted(self, p: Any, count: int) -> tuple[bool, bool]: ...  # (return it in the gallery, save it)
     def make_grid(self, p: Any, images: list[Any], infotext: str) -> Any: ...
     def save_grid(self, p: Any, grid: Any, infotext: str) -> None: ...
+    def save_first_pass(self, p: Any, image: Any, seed: int, prompt: str, infotext: str, folder: str) -> None: ...
 
 
 @dataclass
@@ -100,6 +103,8 @@ class BestOfNJob:
         self.messages: list[str] = []  # what the job's comments said, also returned in the details
         self._original: dict[str, Any] = {}
         self._added_params: list[str] = []
+        self.phases: TwoPhases | None = None  # finishing only the kept candidates (`phases.py`)
+        self.writes_nothing = False  # nothing of the job may be saved (stopped before anything was finished)
 
     @property
     def candidates(self) -> int:
@@ -131,13 +136,109 @@ class BestOfNJob:
         self._added_params = [key for key in params if key not in p.extra_generation_params]
         p.extra_generation_params.update(params)
 
-    def make_plan(self, p: Any) -> None:
-        """After every `process` hook has resolved the requested images: N candidates for each."""
+    def make_plan(self, p: Any, split_refused: str | None = None) -> None:
+        """After every `process` hook has resolved the requested images: N candidates for each, and with "finish
+        only the kept" the batches of both phases. `split_refused`: why this WebUI cannot split its sampling."""
         try:
             self.plan = apply_plan(p, self.candidates)
         except PlanError as exc:
             self.unplanned = f"the job's images could not be planned ({exc})"
         self.capturing = True
+        if self.args.finish_kept and self.plan is not None and self.candidates > 1:
+            refused = split_refused or self._split_refused(p)
+            if refused:
+                self.note(
+                    f"finishing only the kept candidates is off for this job: {refused}; every candidate was "
+                    "finished, as in plain best-of-N"
+                )
+            else:
+                self._plan_phases(p, self.plan)
+
+    def _split_refused(self, p: Any) -> str | None:
+        if self.args.mode is Mode.SORT and not self.args.check_previews:
+            return "the sort mode keeps every candidate, so there is nothing to leave unfinished"
+        if not callable(getattr(p, "sample", None)):
+            return "this WebUI's processing has no sampling step to split"
+        return None
+
+    def _plan_phases(self, p: Any, plan: CandidatePlan) -> None:
+        whole = bool(getattr(p, "init_images", None))  # img2img: whole batches, each image at its batch index
+        room = capacity(self.args.mode, self.args.k, self.candidates, plan.requested, self.args.check_previews)
+        per_slot = math.ceil(room / max(plan.requested, 1))
+        reserved = (
+            math.ceil(plan.requested / plan.batch_size) * per_slot if whole else math.ceil(room / plan.batch_size)
+        )
+        self.phases = TwoPhases(plan, Sampling.of(p, self.args.preview_percent), whole, reserved)
+        p.n_iter = plan.n_iter + reserved
+
+    def splits(self, p: Any) -> bool:
+        """The batch now running is a phase-1 batch: sampled and scored, then dropped before the per-image work."""
+        return self.phases is not None and self.phases.broken is None and self.phases.phase_of(p.iteration) == 1
+
+    @contextlib.contextmanager
+    def phase_one_sampling(self, p: Any) -> Iterator[None]:
+        """A phase-1 sampling: the first pass only (no hires fix), with the preview steps when asked."""
+        assert self.phases is not None
+        saved = {"enable_hr": getattr(p, "enable_hr", False), "steps": getattr(p, "steps", None)}
+        p.enable_hr = False
+        if self.phases.sampling.preview_steps is not None:
+            p.steps = self.phases.sampling.preview_steps
+        try:
+            yield
+        finally:
+            for name, value in saved.items():
+                setattr(p, name, value)
+
+    def phase_one_batch(self, p: Any, images: Sequence[Any], infotext: Callable[[int], str]) -> None:
+        """A phase-1 batch as decoded (CHW floats in 0..1): scored on its 8-bit pixels and kept aside; after the
+        last one, phase 2's images are chosen and written into `p`'s per-image lists."""
+        phases = self.phases
+        assert phases is not None
+        base = p.iteration * p.batch_size
+        indices = [base + i for i in range(len(images))]
+        for i, (index, image) in enumerate(zip(indices, images, strict=True)):
+            phases.first_images[index] = _to_pil(image)
+            phases.first_infotexts[index] = _safe(lambda i=i: infotext(i), "")
+            self.prompts[index] = _at(p.all_prompts, index, "")
+        if self.failure is None and indices:
+            prompts = [self.prompts[i] for i in indices]
+            try:
+                result = self.scoring.score(prompts, [phases.first_images[i] for i in indices])
+                table = result if isinstance(result, dict) else {self.args.scorer: list(result)}
+                if any(self.scoring.truncated(prompts)):
+                    self.note(TRUNCATION_NOTE if self.args.scorer == "imagereward" else TRUNCATION_NOTE_OTHER)
+                for position, index in enumerate(indices):
+                    phases.first_scores[index] = float(table[self.args.scorer][position])
+                    members = {n: float(v[position]) for n, v in table.items() if n != self.args.scorer}
+                    if members:
+                        phases.first_members[index] = members
+            except Exception as exc:
+                self.failure = str(exc) or type(exc).__name__
+                log.error("ImageReward: %s; each requested image's first candidate is finished", self.failure)
+        if p.iteration == phases.phase_one_batches - 1:
+            self._begin_phase_two(p)
+
+    def _begin_phase_two(self, p: Any) -> None:
+        phases = self.phases
+        assert phases is not None
+        plan = phases.plan
+        competing = [g for g in range(plan.total) if g not in self.unfinished and g in phases.first_images]
+        phases.competing = competing
+        scores = [phases.first_scores.get(g, math.nan) for g in competing]
+        if self.failure is not None or not competing or all(math.isnan(s) for s in scores):
+            first_try = [g for g in competing if plan.candidate[g] == 0]
+            phases.kept = first_try
+            finish = first_try
+        else:
+            by_slot: dict[int, list[int]] = {}
+            for position, g in enumerate(competing):
+                by_slot.setdefault(plan.slots[g], []).append(position)
+            rule = self.args.selection(self.keep_best_if_none, self.per_group)
+            phases.selection = select(scores, list(by_slot.values()), rule)
+            phases.kept = [competing[i] for i in phases.selection.kept]
+            finish = competing if self.args.check_previews else phases.kept
+        phases.layout = phase_two_layout(plan, finish, phases.whole_batches)
+        phases.write_phase_two(p)
 
     def restore(self, p: Any) -> None:
         for name, value in self._original.items():
@@ -153,10 +254,17 @@ class BestOfNJob:
         self.batch_counts[p.iteration] = count
         if not finished:
             self.unfinished.update(p.iteration * p.batch_size + i for i in range(count))
+        if self.phases is not None and self.phases.phase_of(p.iteration) == 2:
+            planned = [_at(p.all_prompts, p.iteration * p.batch_size + i, None) for i in range(count)]
+            if self.phases.layout is None or list(p.prompts[:count]) != planned:
+                self.unplanned = f"another script changed the images of batch {p.iteration + 1}"
+            return
         if self.plan is not None and self.unplanned is None:
             reason = self.plan.mismatch(p.iteration, p.batch_size, list(p.prompts), count)
             if reason:
                 self.unplanned = f"another script changed the job's images ({reason})"
+                if self.phases is not None and self.phases.broken is None:
+                    self.phases.broken = self.unplanned
 
     def collect(self, p: Any, image: Any) -> None:
         """The final image of one generated index; scores the batch once its last image is in."""
@@ -258,7 +366,13 @@ class BestOfNJob:
         job_params = dict(processed.extra_generation_params)  # (the same dict as p's, which `restore` cleans)
         self.restore(p)
         self.score_pending()
+        if self.phases is not None and self.phases.broken is None:
+            return self._finish_phases(p, processed, hooks, job_params)
         candidates = self._candidates(processed)
+        if self.phases is not None:  # the split stopped: the first passes dropped before it are shown, not saved
+            dropped = sorted(self.phases.first_images)
+            candidates += self._first_passes(dropped)
+            self.unfinished.update(dropped)
         if not candidates:
             self.abandon(hooks)
             return None
@@ -301,6 +415,141 @@ class BestOfNJob:
         self._apply(p, processed, hooks, candidates, kept, discarded, selection, scores, job_params)
         return selection
 
+    # ------------------------------------------------------------------------------------- two phases, finish
+
+    def _first_passes(self, indices: Sequence[int]) -> list[Candidate]:
+        assert self.phases is not None
+        return [Candidate(g, self.phases.first_images[g], self.phases.first_infotexts.get(g, "")) for g in indices]
+
+    def _finish_phases(self, p: Any, processed: Any, hooks: SaveHooks, job_params: dict[str, Any]) -> Selection | None:
+        phases = self.phases
+        assert phases is not None
+        for message in self.notes:
+            self._comment(processed, f"ImageReward: {message}.")
+        if phases.layout is None:  # interrupted in phase 1: nothing was finished
+            return self._finish_phase_one_only(p, processed, hooks, job_params)
+        made = [c for c in self._candidates(processed) if phases.source(c.index) is not None]
+        made = [c for c in made if not phases.source(c.index).filler]  # fillers keep img2img batches whole: dropped
+        unfinished = [c for c in made if c.index in self.unfinished]
+        finished = [c for c in made if c.index not in self.unfinished]
+        order = {g: n for n, g in enumerate(phases.kept)}
+        keep = sorted((c for c in finished if phases.source(c.index).source in order),
+                      key=lambda c: order[phases.source(c.index).source])  # fmt: skip
+        drop = [c for c in finished if phases.source(c.index).source not in order]
+        candidates = keep + drop + unfinished
+        kept = list(range(len(keep))) + list(range(len(keep) + len(drop), len(candidates)))
+        discarded = list(range(len(keep), len(keep) + len(drop)))
+        selection = self._phase_selection(candidates[: len(keep) + len(drop)], len(keep))
+        self._phase_comments(processed, len(unfinished))
+        if self.unplanned is not None:  # phase 2's batches were changed by another script: keep what was made
+            self._comment(processed, f"ImageReward: {self.unplanned}; all {len(made)} finished images were kept.")
+            candidates, kept, discarded, selection = made, list(range(len(made))), [], None
+        if self.args.check_previews:
+            finals = {phases.source(c.index).source: self.scores.get(c.index, math.nan) for c in finished}
+            slots: dict[int, list[int]] = {}
+            for g in finals:
+                slots.setdefault(phases.plan.slots[g], []).append(g)
+            what = "previews" if phases.sampling.preview_steps is not None else "first passes"
+            found = agreement(list(slots.values()), phases.first_scores, finals)
+            self._comment(processed, f"ImageReward: {found.sentence(what)}.")
+        scores = [self.scores.get(c.index, math.nan) for c in candidates]
+        self._apply(p, processed, hooks, candidates, kept, discarded, selection, scores, job_params)
+        self._keep_first_passes_aside(p, hooks, {phases.source(c.index).source for c in made})
+        return selection
+
+    def _finish_phase_one_only(
+        self, p: Any, processed: Any, hooks: SaveHooks, job_params: dict[str, Any]
+    ) -> Selection | None:
+        """Interrupted before phase 2: the best first passes so far, shown and not saved (nothing was finished)."""
+        phases = self.phases
+        assert phases is not None
+        competing = [g for g in sorted(phases.first_images) if g not in self.unfinished]
+        by_slot: dict[int, list[int]] = {}
+        for position, g in enumerate(competing):
+            by_slot.setdefault(phases.plan.slots[g], []).append(position)
+        scores = [phases.first_scores.get(g, math.nan) for g in competing]
+        if competing and not all(math.isnan(s) for s in scores):
+            chosen = select(scores, list(by_slot.values()), self.args.selection(self.keep_best_if_none, True))
+            shown = [competing[i] for i in chosen.kept]
+        else:
+            shown = [g for g in competing if phases.plan.candidate[g] == 0]
+        candidates = self._first_passes(shown)
+        self.unfinished.update(shown)
+        self.writes_nothing = True
+        self._comment(
+            processed,
+            f"ImageReward: the job stopped in phase 1, before any candidate was finished; the best first pass of "
+            f"each requested image so far is shown ({len(shown)}), not saved.",
+        )
+        shown_all = list(range(len(candidates)))
+        self._apply(p, processed, hooks, candidates, shown_all, [], None, [math.nan] * len(candidates), job_params)
+        return None
+
+    def _phase_selection(self, candidates: list[Candidate], kept_count: int) -> Selection | None:
+        """Phase 1's ranks, for the finished images (their positions in `candidates`)."""
+        phases = self.phases
+        assert phases is not None
+        chosen = phases.selection
+        if chosen is None:
+            return None
+        where = {g: i for i, g in enumerate(phases.competing)}
+        positions = [where[phases.source(c.index).source] for c in candidates]
+        return Selection(
+            kept=list(range(kept_count)),
+            discarded=list(range(kept_count, len(candidates))),
+            rank=[chosen.rank[i] for i in positions],
+            group_of=[chosen.group_of[i] for i in positions],
+            group_size=[chosen.group_size[i] for i in positions],
+            fallback=chosen.fallback,
+            message=chosen.message,
+            below_threshold=chosen.below_threshold,
+        )
+
+    def _phase_comments(self, processed: Any, unfinished: int) -> None:
+        phases = self.phases
+        assert phases is not None
+        chosen = phases.selection
+        if self.failure is not None:
+            self._comment(processed, f"ImageReward: {self.failure}; each requested image's first candidate (the "
+                          "WebUI's own seed) was finished, unranked.", False)  # fmt: skip
+        elif chosen is not None and chosen.message:
+            self._comment(processed, f"ImageReward: {chosen.message}")
+        finished = sum(1 for slot in phases.layout or [] if not slot.filler)
+        cost = Cost(len(phases.first_images), finished, phases.sampling)
+        self._comment(processed, f"ImageReward: {cost.sentence()}.")
+        if unfinished:
+            self._comment(
+                processed,
+                f"ImageReward: {unfinished} image(s) of the interrupted batch are shown last, unranked; like the "
+                "WebUI, they were not saved.",
+            )
+
+    def _keep_first_passes_aside(self, p: Any, hooks: SaveHooks, finished: set[int]) -> None:
+        """With "keep discarded": the first passes of candidates that were never finished go to the discarded
+        folder, named and marked as first passes."""
+        phases = self.phases
+        if phases is None or not self.args.keep_discarded:
+            return
+        folder = hooks.discarded_dir(p)
+        for g in sorted(phases.first_images):
+            if g in finished or g >= phases.plan.total:
+                continue
+            text = with_setting(phases.first_infotexts.get(g, ""), self._first_key, self._first_text(g))
+            seed = _at(getattr(p, "all_seeds", []), g, -1)
+            try:
+                hooks.save_first_pass(p, phases.first_images[g], seed, self.prompts.get(g, ""), text, folder)
+            except Exception:
+                log.error("ImageReward: could not keep first pass %d aside", g + 1, exc_info=True)
+
+    @property
+    def _first_key(self) -> str:
+        preview = self.phases is not None and self.phases.sampling.preview_steps is not None
+        return f"{self.score_key} {'preview' if preview else 'first pass'}"
+
+    def _first_text(self, g: int) -> str | None:
+        value = self.phases.first_scores.get(g) if self.phases is not None else None
+        return None if value is None or math.isnan(value) else format_score(value, score_decimals(self.args.scorer))
+
     def _groups(self, candidates: list[Candidate]) -> tuple[list[list[int]], list[str]]:
         """Groups of positions in `candidates` that compete, and a name for each (the requested image)."""
         by_key: dict[Any, list[int]] = {}
@@ -316,6 +565,10 @@ class BestOfNJob:
 
     def final_infotext(self, candidate: Candidate) -> str:
         text = with_setting(candidate.infotext, self.score_key, self.score_text(candidate.index))
+        if self.phases is not None and self.phases.broken is None:
+            slot = self.phases.source(candidate.index)
+            source = slot.source if slot is not None else candidate.index
+            text = with_setting(text, self._first_key, self._first_text(source))
         for name, value in sorted(self.member_scores.get(candidate.index, {}).items()):
             shown = None if math.isnan(value) else format_score(value, score_decimals(name))
             text = with_setting(text, score_key(name), shown)
@@ -355,6 +608,7 @@ class BestOfNJob:
         show_grid = save_grid = False
         if chosen:
             show_grid, save_grid = hooks.grid_wanted(p, len(chosen))
+            save_grid = save_grid and not self.writes_nothing
             if show_grid or save_grid:
                 grid = hooks.make_grid(p, list(images), grid_text)
         gallery_images, gallery_texts = list(images), list(texts)
@@ -484,6 +738,24 @@ def job_of(p: Any) -> BestOfNJob | None:
 
 def _at(values: Sequence[Any], index: int, default: Any) -> Any:
     return values[index] if 0 <= index < len(values) else default
+
+
+def _to_pil(image: Any) -> Any:
+    """A decoded CHW float image in 0..1 as the WebUI turns it into pixels: scaled by 255 and truncated."""
+    import numpy as np
+    from PIL import Image
+
+    if isinstance(image, Image.Image):
+        return image
+    array = np.moveaxis(image.detach().to("cpu").float().numpy(), 0, 2)
+    return Image.fromarray((255.0 * array).astype(np.uint8))
+
+
+def _safe(make: Callable[[], str], default: str) -> str:
+    try:
+        return make()
+    except Exception:
+        return default
 
 
 def _round(value: float | None) -> float | None:

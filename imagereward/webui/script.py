@@ -7,8 +7,10 @@ replays do nothing.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -21,6 +23,7 @@ from .access import endpoint_enabled, parse_api_auth
 from .args import (
     ENSEMBLE_LABEL,
     FIELD_NAMES,
+    MIN_PREVIEW_PERCENT,
     PASTE_FIELDS,
     ArgumentError,
     JobArgs,
@@ -131,6 +134,13 @@ class WebUISaveHooks:
             grid.info["parameters"] = infotext
         return grid
 
+    def save_first_pass(self, p: Any, image: Any, seed: int, prompt: str, infotext: str, folder: str) -> None:
+        if shared.opts.enable_pnginfo:
+            image.info["parameters"] = infotext
+        _original_save_image()(
+            image, folder, "", seed, prompt, shared.opts.samples_format, info=infotext, p=p, suffix="-first-pass"
+        )
+
     def save_grid(self, p: Any, grid: Any, infotext: str) -> None:
         opts = shared.opts
         _original_save_image()(
@@ -145,6 +155,109 @@ class WebUISaveHooks:
             p=p,
             grid=True,
         )
+
+
+# ------------------------------------------------------------------------------------- two phases: the sampling
+
+NO_SAMPLER_FACTORY = "this WebUI has no `modules.sd_samplers.create_sampler` to split its sampling at"
+PHASE_ATTR = "_imagereward_phase_sample"
+
+
+def _sampler_factory() -> Any:
+    try:
+        from modules import sd_samplers
+    except ImportError:
+        return None
+    return sd_samplers if callable(getattr(sd_samplers, "create_sampler", None)) else None
+
+
+@contextlib.contextmanager
+def first_sampler_calls(wrap: Callable[[Callable[..., Any]], Callable[..., Any]]) -> Iterator[None]:
+    """While `p.sample` runs: the first sampler it creates (the first pass's; hires fix creates its own after it)
+    has its `sample`/`sample_img2img` wrapped by `wrap`. Everything else in `p.sample` is the WebUI's own code."""
+    factory = _sampler_factory()
+    original = factory.create_sampler
+    state = {"done": False}
+
+    def create_sampler(*args: Any, **kwargs: Any) -> Any:
+        sampler = original(*args, **kwargs)
+        if not state["done"]:
+            state["done"] = True
+            for name in ("sample", "sample_img2img"):
+                method = getattr(sampler, name, None)
+                if callable(method):
+                    setattr(sampler, name, wrap(method))
+        return sampler
+
+    factory.create_sampler = create_sampler
+    try:
+        yield
+    finally:
+        factory.create_sampler = original
+
+
+def install_phase_sampling(p: Any, job: BestOfNJob) -> None:
+    """`p.sample` for a two-phase job (an instance attribute over the WebUI's method, removed in `postprocess`).
+
+    Phase 1: the first pass only, at the preview steps when asked; the sampler's output is recorded. Phase 2: the
+    first pass's sampler returns the recorded output of the image it finishes, so the WebUI's own code then decodes
+    it or upscales its latents, and runs the hires pass exactly as in one go (with previews: a full sampling)."""
+    original = p.sample
+
+    def record(method: Callable[..., Any]) -> Callable[..., Any]:
+        def sampled(*args: Any, **kwargs: Any) -> Any:
+            samples = method(*args, **kwargs)
+            if job.phases is not None:
+                job.phases.record_latents(p.iteration, samples)
+            return samples
+
+        return sampled
+
+    def sample(*args: Any, **kwargs: Any) -> Any:
+        phases = job.phases
+        if phases is None or phases.broken is not None:
+            return original(*args, **kwargs)
+        if phases.phase_of(p.iteration) == 1:
+            with job.phase_one_sampling(p), first_sampler_calls(record):
+                return original(*args, **kwargs)
+        if not phases.sampling.replays_latents:
+            return original(*args, **kwargs)
+        latents = phases.latents_for(p.iteration, len(p.prompts))
+        if latents is None:  # (an interrupted phase 1 never reaches here) sample again: same seed, same image
+            log.warning("ImageReward: no first pass recorded for batch %d; it is sampled again", p.iteration + 1)
+            return original(*args, **kwargs)
+
+        def replay(method: Callable[..., Any]) -> Callable[..., Any]:
+            def recorded(sampling_p: Any, x: Any, *args: Any, **kwargs: Any) -> Any:
+                import torch
+
+                return torch.stack(latents).to(device=getattr(x, "device", "cpu"))
+
+            return recorded
+
+        with first_sampler_calls(replay):
+            return original(*args, **kwargs)
+
+    setattr(sample, PHASE_ATTR, True)
+    p.sample = sample
+
+
+def remove_phase_sampling(p: Any) -> None:
+    if getattr(getattr(p, "sample", None), PHASE_ATTR, False):
+        with contextlib.suppress(AttributeError):
+            delattr(p, "sample")
+
+
+def infotext_maker(p: Any) -> Callable[[int], str]:
+    """The infotext the WebUI would write for image i of the current batch (for first passes kept aside)."""
+    from modules import processing
+
+    prompts, seeds, subseeds, negatives = list(p.prompts), list(p.seeds), list(p.subseeds), list(p.negative_prompts)
+
+    def make(i: int) -> str:
+        return processing.create_infotext(p, prompts, seeds, subseeds, index=i, all_negative_prompts=negatives)
+
+    return make
 
 
 def scorer_changed(label: str, threshold: float) -> tuple[Any, Any]:
@@ -240,6 +353,29 @@ class ImageRewardScript(scripts.Script):
                     value=defaults.keep_discarded,
                     elem_id=self.elem_id("imagereward_keep_discarded"),
                 )
+            with gr.Row():
+                finish_kept = gr.Checkbox(
+                    label="Finish only the kept candidates",
+                    info="Candidates get the first pass only; hires fix, ADetailer, face restoration and saving run "
+                    "for the kept ones",
+                    value=defaults.finish_kept,
+                    elem_id=self.elem_id("imagereward_finish_kept"),
+                )
+                preview_percent = gr.Slider(
+                    label="Preview steps (% of the steps for the candidates; 100: full steps)",
+                    info="Below 100 the kept seeds are sampled again at full steps: a trade-off, see the README",
+                    minimum=MIN_PREVIEW_PERCENT,
+                    maximum=100,
+                    step=5,
+                    value=defaults.preview_percent,
+                    elem_id=self.elem_id("imagereward_preview_percent"),
+                )
+                check_previews = gr.Checkbox(
+                    label="Check the previews",
+                    info="Also finish the discarded candidates and report how well the first scores predicted",
+                    value=defaults.check_previews,
+                    elem_id=self.elem_id("imagereward_check_previews"),
+                )
         scorer.change(fn=scorer_changed, inputs=[scorer, threshold], outputs=[threshold, weights], show_progress=False)
         controls = {
             "scorer": scorer,
@@ -252,6 +388,9 @@ class ImageRewardScript(scripts.Script):
             "by_prompt": by_prompt,
             "clean_prompt": clean_prompt,
             "keep_discarded": keep_discarded,
+            "finish_kept": finish_kept,
+            "preview_percent": preview_percent,
+            "check_previews": check_previews,
         }
         self.infotext_fields = [(controls[name], key) for name, key in PASTE_FIELDS]
         self.paste_field_names = [key for _, key in PASTE_FIELDS if isinstance(key, str)]
@@ -296,7 +435,9 @@ class ImageRewardScript(scripts.Script):
         if job is None or not job.owns(p) or job.capturing:
             return
         install_save_hook()  # (normally done at load; again in case another extension replaced the function)
-        job.make_plan(p)
+        job.make_plan(p, split_refused=None if _sampler_factory() is not None else NO_SAMPLER_FACTORY)
+        if job.phases is not None:
+            install_phase_sampling(p, job)
         _RUNNING.add(job)
 
     def postprocess_batch_list(self, p: Any, pp: Any, *args: Any, **kwargs: Any) -> None:
@@ -306,6 +447,10 @@ class ImageRewardScript(scripts.Script):
             cut_short = bool(getattr(state, "interrupted", False) or getattr(state, "skipped", False))
             finished = not cut_short or bool(getattr(opts, "save_incomplete_images", False))
             job.check_batch(p, len(pp.images), finished=finished)
+            if job.splits(p):  # phase 1: scored here, and nothing of the batch goes on to the per-image work
+                job.phase_one_batch(p, list(pp.images), infotext_maker(p))
+                pp.images = []
+                p.prompts, p.negative_prompts, p.seeds, p.subseeds = [], [], [], []
 
     def postprocess_image_after_composite(self, p: Any, pp: Any, *args: Any) -> None:
         job = job_of(p)
@@ -324,6 +469,7 @@ class ImageRewardScript(scripts.Script):
             return
         setattr(p, JOB_ATTR, None)
         _RUNNING.discard(job)
+        remove_phase_sampling(p)
         try:
             job.finish(p, processed, WebUISaveHooks())
         except Exception:
