@@ -7,7 +7,8 @@
 - A move removes the original only after its copy (or hard link) is complete and has the original's size, and only
   when the file is still the one that was scored (same size and modification time); the store then records the new
   place (the old row is marked ``moved``, a new row carries the score), so a re-run scores nothing again.
-- Images inside tar shards can be copied (the member's bytes become a file) but not moved.
+- Images inside tar shards can be copied (the member's bytes become a file) but not moved. A copy lists each shard
+  once (its headers: one pass), then reads the selected members by seeking, best first.
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ import errno
 import filecmp
 import os
 import shutil
+import threading
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from ..errors import ImageRewardError
 from .items import MOVED, as_text, path_bytes, real_path
@@ -117,23 +120,116 @@ def _write_temporary(folder: Path, source: Path | bytes) -> Path:
 
 
 def row_bytes(row: dict[str, Any]) -> bytes:
-    """The image file's bytes of a store row (a file, or a member of a tar shard), e.g. for a gallery's thumbnail."""
+    """The image file's bytes of a store row (a file, or a member of a tar shard), e.g. for a gallery's thumbnail.
+
+    A shard is listed once and its listing kept (the last few shards, while unchanged), so a page of rows from one
+    shard lists it once, not once per row."""
     if row.get("member") is None:
         try:
             return Path(real_path(row)).read_bytes()
         except OSError as exc:
             raise ImageRewardError(f"{row['path']}: cannot read it ({exc.strerror or exc})") from None
+    path = real_path(row)
+    try:
+        st = os.stat(path)
+        cache_key = (path, st.st_mtime_ns, st.st_size)
+        with _LISTINGS_LOCK:
+            listing = _LISTINGS.get(cache_key)
+            if listing is not None:
+                _LISTINGS.move_to_end(cache_key)
+        if listing is None:
+            listing = _list_shard(path)
+            with _LISTINGS_LOCK:
+                _LISTINGS[cache_key] = listing
+                while len(_LISTINGS) > _LISTINGS_KEPT:
+                    _LISTINGS.popitem(last=False)
+        offset, size = listing.place(row)
+        with open(path, "rb") as handle:
+            return _read_exactly(handle, offset, size)
+    except OSError as exc:
+        raise ImageRewardError(f"{row['key']}: cannot read it ({exc.strerror or exc})") from None
+    except ImageRewardError as exc:
+        raise ImageRewardError(f"{row['key']}: {exc}") from None
+
+
+@dataclass
+class _Listing:
+    """Where a shard's image members are: stored member name -> (offset, size); why the listing stopped early."""
+
+    places: dict[str, tuple[int, int]]
+    problem: str | None = None
+
+    def place(self, row: dict[str, Any]) -> tuple[int, int]:
+        found = self.places.get(row["member"])
+        if found is None:
+            why = f"not found in its shard ({self.problem})" if self.problem else "no longer in its shard"
+            raise ImageRewardError(why)
+        return found
+
+
+#: Listings kept for `row_bytes`: (path, mtime_ns, size) -> listing, the most recently used last.
+_LISTINGS: OrderedDict[tuple[str, int, int], _Listing] = OrderedDict()
+_LISTINGS_KEPT = 4
+_LISTINGS_LOCK = threading.Lock()
+
+
+def _list_shard(path: str, keep: set[str] | None = None) -> _Listing:
+    """One pass over a shard's members (headers only); `keep`: only these member names (as stored)."""
     from .sources import SourceError, shard_items
 
+    places: dict[str, tuple[int, int]] = {}
     try:
-        for item in shard_items(real_path(row)):
-            if as_text(item.member or "") == row["member"]:
-                with open(real_path(row), "rb") as handle:
-                    handle.seek(item.offset or 0)
-                    return handle.read(item.size)
-    except (OSError, SourceError) as exc:
-        raise ImageRewardError(f"{row['key']}: cannot read it ({exc})") from None
-    raise ImageRewardError(f"{row['key']}: no longer in its shard")
+        for item in shard_items(path):
+            name = as_text(item.member or "")
+            if item.error is None and (keep is None or name in keep):
+                places.setdefault(name, (item.offset or 0, item.size))
+    except SourceError as exc:  # unreadable, or cut short: the members found before are still there
+        return _Listing(places, str(exc))
+    return _Listing(places)
+
+
+def _read_exactly(handle: BinaryIO, offset: int, size: int) -> bytes:
+    handle.seek(offset)
+    data = handle.read(size)
+    if len(data) != size:
+        raise ImageRewardError("its shard is truncated")
+    return data
+
+
+class _ShardReader:
+    """Members of the rows to copy: each shard listed once (only the wanted members kept), read by seeking."""
+
+    def __init__(self, rows: list[dict[str, Any]]) -> None:
+        self.wanted: dict[str, set[str]] = {}
+        for row in rows:
+            if row["member"] is not None:
+                self.wanted.setdefault(real_path(row), set()).add(row["member"])
+        self.listings: dict[str, tuple[_Listing, int]] = {}  # path -> (listing, the shard's mtime_ns)
+        self.handles: OrderedDict[str, BinaryIO] = OrderedDict()
+
+    def read(self, row: dict[str, Any]) -> bytes:
+        path = real_path(row)
+        if path not in self.listings:
+            try:
+                mtime_ns = os.stat(path).st_mtime_ns
+            except OSError as exc:
+                raise ImageRewardError(f"cannot read its shard ({exc.strerror or exc})") from None
+            self.listings[path] = (_list_shard(path, self.wanted.get(path)), mtime_ns)
+        listing, mtime_ns = self.listings[path]
+        offset, size = listing.place(row)
+        if mtime_ns != row["mtime_ns"] or size != row["size"]:
+            raise ImageRewardError("its shard changed since it was scored (score it again first)")
+        handle = self.handles.get(path)
+        if handle is None:
+            if len(self.handles) >= 16:
+                self.handles.popitem(last=False)[1].close()
+            handle = self.handles[path] = open(path, "rb")  # noqa: SIM115  (closed by close())
+        return _read_exactly(handle, offset, size)
+
+    def close(self) -> None:
+        for handle in self.handles.values():
+            handle.close()
+        self.handles.clear()
 
 
 def _unchanged(row: dict[str, Any]) -> str | None:
@@ -148,40 +244,48 @@ def _unchanged(row: dict[str, Any]) -> str | None:
 
 def _run(store: ResultStore, folder: Path, filters: Filters, move: bool, report: ActionReport) -> ActionReport:
     _check_target(folder)
-    table = sort_table(selected(store, filters))
-    for row in table.to_pylist():
-        label = row["key"]
-        try:
-            if row["member"] is not None:
-                if move:
-                    report.problems.append(f"{label}: inside a tar shard; it can be copied, not moved")
-                    continue
-                source: Path | bytes = row_bytes(row)
-                name = os.path.basename(row["member"])  # (shown text: escaped if it was not UTF-8)
-            else:
-                problem = _unchanged(row)
-                if problem:
-                    report.problems.append(f"{label}: {problem}")
-                    continue
-                source = Path(real_path(row))
-                name = source.name
-            if _already_copied(folder, name, source):
-                report.already_there += 1
-                continue
-            temporary = _write_temporary(folder, source)
-            target, renamed = _place(temporary, folder, name)
-            if move:
-                assert isinstance(source, Path)
-                if target.stat().st_size != row["size"]:
-                    report.problems.append(f"{label}: the copy at {target} is incomplete; the original is kept")
-                    continue
-                source.unlink()
-            report.done += 1
-            report.renamed += renamed
-            report.placed.append((row["key"], str(target)))
-        except (OSError, ImageRewardError) as exc:
-            report.problems.append(f"{label}: {getattr(exc, 'strerror', None) or exc}")
+    rows = sort_table(selected(store, filters)).to_pylist()
+    shards = _ShardReader([] if move else rows)  # (members cannot be moved out of a shard: nothing to read then)
+    try:
+        for row in rows:
+            _act(row, folder, move, report, shards)
+    finally:
+        shards.close()
     return report
+
+
+def _act(row: dict[str, Any], folder: Path, move: bool, report: ActionReport, shards: _ShardReader) -> None:
+    label = row["key"]
+    try:
+        if row["member"] is not None:
+            if move:
+                report.problems.append(f"{label}: inside a tar shard; it can be copied, not moved")
+                return
+            source: Path | bytes = shards.read(row)
+            name = os.path.basename(row["member"])  # (shown text: escaped if it was not UTF-8)
+        else:
+            problem = _unchanged(row)
+            if problem:
+                report.problems.append(f"{label}: {problem}")
+                return
+            source = Path(real_path(row))
+            name = source.name
+        if _already_copied(folder, name, source):
+            report.already_there += 1
+            return
+        temporary = _write_temporary(folder, source)
+        target, renamed = _place(temporary, folder, name)
+        if move:
+            assert isinstance(source, Path)
+            if target.stat().st_size != row["size"]:
+                report.problems.append(f"{label}: the copy at {target} is incomplete; the original is kept")
+                return
+            source.unlink()
+        report.done += 1
+        report.renamed += renamed
+        report.placed.append((row["key"], str(target)))
+    except (OSError, ImageRewardError) as exc:
+        report.problems.append(f"{label}: {getattr(exc, 'strerror', None) or exc}")
 
 
 def _moved_rows(store: ResultStore, report: ActionReport) -> list[dict[str, Any]]:

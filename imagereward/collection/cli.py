@@ -3,6 +3,7 @@
     python -m imagereward.collection outputs -r --store outputs.scores            # score what is new
     python -m imagereward.collection --shards 'data/*.tar' --store data.scores --workers 2
     python -m imagereward.collection --store outputs.scores --min-score 1 --copy-to best   # no scoring: select
+    python -m imagereward.collection --store outputs.scores --check        # parts, rows, damaged parts (--repair)
 
 `add_arguments` adds the collection options to a parser that already has the main command line's options (paths,
 -p, -r, -f, -o, --copy-to, --clean-prompt, --models-dir, --offline, --device, --dtype, --batch-size, -q); `run`
@@ -21,6 +22,7 @@ from typing import Any
 
 from ..errors import ImageRewardError
 from . import deps
+from .store import DAMAGED, ResultStore
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_NOTHING_SCORED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 FORMATS = {".csv": "csv", ".json": "json", ".txt": "table"}
@@ -46,7 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--store", metavar="DIR", help="the results store (a folder of Parquet files, created if new)")
     group.add_argument("--rescore", action="store_true", help="score every image again, even unchanged ones")
     group.add_argument("--shards", action="append", metavar="GLOB", help="webdataset tar shards (repeatable)")
-    group.add_argument("--paths-file", metavar="FILE", help="a text file of image paths, one a line")
+    group.add_argument(
+        "--paths-file", metavar="FILE", help="a text file of image paths, one a line (UTF-8, or UTF-16/32 with a BOM)"
+    )
     group.add_argument("--parquet-in", metavar="FILE", help="a Parquet file of image paths (and prompts)")
     group.add_argument("--path-column", default="path", help="--parquet-in's column of paths (default: path)")
     group.add_argument("--prompt-column", default="prompt", help="--parquet-in's column of prompts (default: prompt)")
@@ -75,6 +79,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--ray-actors", type=int, default=1, help="scoring actors, one model each (default 1)")
     group.add_argument("--ray-gpus", type=float, default=0.0, help="GPUs per scoring actor (default 0: CPU)")
+    group.add_argument(
+        "--check",
+        action="store_true",
+        help="report the store's health (parts, rows, damaged parts, what killed runs left) and change nothing; "
+        "exit 1 when a part is damaged",
+    )
+    group.add_argument(
+        "--repair",
+        action="store_true",
+        help=f"set damaged parts aside into STORE/{DAMAGED}/ (moved, never deleted; their images are scored again "
+        "on the next run), clear unfinished temporary parts, adopt what killed Ray runs finished",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,6 +129,8 @@ COLLECTION_ONLY = (
     "prompt_contains",
     "move_to",
     "ray",
+    "check",
+    "repair",
 )
 
 
@@ -130,8 +148,12 @@ def _check(args: argparse.Namespace) -> None:
     if not args.store:
         raise UsageError(
             "--shards, --paths-file, --parquet-in, --rescore, --hash, --min-score, --max-score, --prompt-contains, "
-            "--move-to and --ray work with a results store: add --store DIR"
+            "--move-to, --ray, --check and --repair work with a results store: add --store DIR"
         )
+    if args.check or args.repair:
+        others = [args.paths, args.shards, args.paths_file, args.parquet_in, args.output, args.move_to, args.rescore]
+        if (args.check and args.repair) or any(others) or getattr(args, "copy_to", None):
+            raise UsageError("give --check or --repair with --store alone (no inputs, -o, --copy-to or --move-to)")
     inputs = [bool(args.paths), bool(args.shards), bool(args.paths_file), bool(args.parquet_in)]
     if sum(inputs) > 1:
         raise UsageError("give one kind of input: paths, --shards, --paths-file or --parquet-in")
@@ -174,13 +196,13 @@ def make_source(args: argparse.Namespace) -> Any:
     return None
 
 
-def _score(args: argparse.Namespace, source: Any) -> Any:
+def _score(args: argparse.Namespace, store: ResultStore, source: Any) -> Any:
     if args.ray:
         from .ray_job import run_ray
 
         return run_ray(
             source,
-            args.store,
+            store,
             address=args.ray,
             models_dir=args.models_dir,
             offline=args.offline,
@@ -210,7 +232,7 @@ def _score(args: argparse.Namespace, source: Any) -> Any:
     try:
         return score_collection(
             source,
-            args.store,
+            store,
             models_dir=args.models_dir,
             device=args.device,
             dtype=args.dtype,
@@ -255,21 +277,49 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_NOTHING_SCORED
 
 
+def _health(store: ResultStore, repair: bool) -> int:
+    if repair:
+        done, health = store.repair()
+        for line in done:
+            _say(line)
+        if not done:
+            _say("nothing to repair")
+    else:
+        health = store.check()
+    for line in health.lines():
+        print(line)
+    return EXIT_OK if health.ok else EXIT_SOME_FAILED
+
+
 def _run(args: argparse.Namespace) -> int:
     from .query import Filters, export, query, selected, sort_table
     from .sources import SourceError
 
     _check(args)
     deps.pyarrow()  # before anything is created: a missing pyarrow is one message saying what to install
+    if args.check or args.repair:
+        return _health(ResultStore.open_existing(args.store), args.repair)
     try:
         source = make_source(args)
     except SourceError as exc:
         raise UsageError(str(exc)) from None
     status = EXIT_OK
+    # One store object throughout: a damaged part any reader meets is set aside once, and said once.
+    store = ResultStore.create(args.store) if source is not None else ResultStore.open_existing(args.store)
+    said: list[str] = []
+
+    def say_store_problems() -> None:
+        for problem in store.problems:
+            if problem not in said:
+                said.append(problem)
+                _say(problem)
+
     if source is not None:
-        summary = _score(args, source)
+        summary = _score(args, store, source)
         for problem in summary.problems:
+            said.append(problem)
             _say(problem)
+        say_store_problems()
         if not args.quiet:
             skipped = "" if args.ray else f", {summary.skipped} already in the store ({summary.total} found)"
             _say(
@@ -285,18 +335,20 @@ def _run(args: argparse.Namespace) -> int:
     if args.output:
         if fmt not in ("csv", "json"):
             raise UsageError("-o writes .csv or .json (or give -f csv / -f json)")
-        table = sort_table(selected(args.store, filters))
+        table = sort_table(selected(store, filters))
+        say_store_problems()
         export(table, args.output, fmt)
         if not args.quiet:
             _say(f"{table.num_rows} rows written to {args.output}")
     elif not args.quiet or source is None:
         page = query(
-            args.store,
+            store,
             min_score=args.min_score,
             max_score=args.max_score,
             prompt_contains=args.prompt_contains,
             limit=args.limit,
         )
+        say_store_problems()
         print(_table(page.rows))
         if page.total > len(page.rows):
             print(f"… {page.total - len(page.rows)} more (--limit N, or -o FILE.csv for all)")
@@ -305,7 +357,8 @@ def _run(args: argparse.Namespace) -> int:
         from .actions import copy_selection, move_selection
 
         act = move_selection if args.move_to else copy_selection
-        report = act(args.store, target, filters)
+        report = act(store, target, filters)
+        say_store_problems()
         verb = "moved" if args.move_to else "copied"
         for problem in report.problems:
             _say(problem)

@@ -64,6 +64,12 @@ class Item:
     offset: int | None = None  # where the member's bytes start inside the shard
     prompt: str | None = None  # known before decoding (Parquet input); None: from a caption or the image's infotext
     caption: Caption | None = None
+    error: str | None = None  # known while listing (a duplicate key, a member past the end of its shard): not read
+
+
+def member_label(item: Item) -> str:
+    """How messages name an item: ``shard.tar:member`` for a tar member, else its path."""
+    return f"{os.path.basename(item.path)}:{item.member}" if item.member is not None else item.path
 
 
 def as_text(value: str) -> str:

@@ -22,7 +22,6 @@ import numpy as np
 import torch
 
 from ..errors import ImageRewardError
-from . import deps
 from .items import FAILED, SCORED, Item, as_text, fingerprint, path_bytes
 from .prepare import ItemReader, Prepared, ReadOptions
 from .sources import Source
@@ -55,7 +54,7 @@ class RunSummary:
     elapsed_s: float = 0.0
     interrupted: bool = False
     store: str = ""
-    problems: list[str] = field(default_factory=list)  # inputs that could not be listed (broken shards)
+    problems: list[str] = field(default_factory=list)  # inputs that could not be listed (broken shards), damaged parts
 
 
 @dataclass
@@ -231,6 +230,7 @@ def score_collection(
             writer.append(pending)  # what was scored is never lost, whatever ends the run
             summary.elapsed_s = time.monotonic() - started
         _maybe_compact(results)
+    summary.problems.extend(p for p in results.problems if p not in summary.problems)  # damaged parts set aside
     return summary
 
 
@@ -291,11 +291,10 @@ def score_rows(
 
 
 def _maybe_compact(store: ResultStore) -> None:
-    pq = deps.pyarrow().parquet
     parts = store.parts()
     if len(parts) < 2:
         return
-    rows = sum(pq.read_metadata(p).num_rows for p in parts)
+    rows = store.rows()  # (sets a part with a damaged footer aside)
     if rows <= COMPACT_ROWS or len(parts) >= COMPACT_PARTS:
         with contextlib.suppress(ImageRewardError):  # a full disk leaves the parts as they are: still correct
             store.compact()

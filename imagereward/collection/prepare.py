@@ -18,7 +18,7 @@ from ..errors import ImageRewardError
 from ..infotext import parse_infotext, read_image_infotext
 from ..limits import open_image
 from ..preprocess import apply_exif_orientation, pil_to_uint8
-from .items import Item
+from .items import Item, member_label
 from .sources import caption_text
 
 NO_PROMPT = "no prompt: the image has no WebUI generation parameters and no caption; pass --prompt"
@@ -77,6 +77,8 @@ class ItemReader:
         return self._read_at(item.path, item.offset, item.size)
 
     def prepare(self, item: Item) -> Prepared:
+        if item.error is not None:  # found while listing (a duplicate key, a member past the shard's end)
+            return Prepared(item, None, None, None, item.error)
         try:
             data = self.raw(item)
             caption = None
@@ -97,8 +99,9 @@ def _message(exc: Exception, item: Item) -> str:
 def prepare_data(item: Item, data: bytes, caption: bytes | None, options: ReadOptions) -> Prepared:
     """The item's prompt and pixels from its bytes (and its caption member's bytes, for a tar member)."""
     digest = hashlib.sha256(data).hexdigest() if options.hash_files else None
+    stream = io.BytesIO(data)
     try:
-        image = open_image(io.BytesIO(data), name=item.member or item.path)
+        image = open_image(stream, name=item.member or item.path)
         prompt = options.fixed_prompt if options.fixed_prompt is not None else item.prompt
         if prompt is None and caption is not None and item.caption is not None:
             prompt = caption_text(caption, item.caption.kind, options.caption_field)
@@ -110,6 +113,6 @@ def prepare_data(item: Item, data: bytes, caption: bytes | None, options: ReadOp
         if options.exif_orientation:
             image = apply_exif_orientation(image)
         pixels = pil_to_uint8(image)
-    except ImageRewardError as exc:
-        return Prepared(item, None, None, digest, _message(exc, item))
+    except ImageRewardError as exc:  # (PIL names an in-memory image by its object: name the member or file)
+        return Prepared(item, None, None, digest, _message(exc, item).replace(repr(stream), repr(member_label(item))))
     return Prepared(item, pixels, prompt, digest, None)

@@ -6,7 +6,7 @@ import json
 import math
 import os
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ class Page:
     total: int  # rows matching the filters, over all pages
     offset: int
     limit: int | None
+    problems: list[str] = field(default_factory=list)  # damaged parts set aside (or left out) while reading
 
 
 def _open(store: str | os.PathLike[str] | ResultStore) -> ResultStore:
@@ -86,11 +87,13 @@ def query(
     """One page of the store's rows (best first by default), for a table or a gallery that pages."""
     if offset < 0 or (limit is not None and limit < 0):
         raise ImageRewardError("offset and limit must not be negative")
-    table = selected(store, Filters(min_score, max_score, prompt_contains, include_errors))
+    results = _open(store)
+    before = len(results.problems)
+    table = selected(results, Filters(min_score, max_score, prompt_contains, include_errors))
     table = sort_table(table, sort_by, descending)
     stop = table.num_rows if limit is None else min(table.num_rows, offset + limit)
     page = table.slice(offset, max(0, stop - offset)).select([*SHOWN, "path_bytes"])  # (path_bytes: row_bytes)
-    return Page(page.to_pylist(), table.num_rows, offset, limit)
+    return Page(page.to_pylist(), table.num_rows, offset, limit, results.problems[before:])
 
 
 def _plain(value: Any) -> Any:

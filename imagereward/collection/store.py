@@ -15,19 +15,27 @@ Atomicity: a part is written to a hidden temporary name, flushed to disk and ren
 complete or absent. A run killed at any moment (SIGKILL included) loses at most the rows not yet flushed, and the next
 run scores exactly those again. `compact` merges the parts into one (written the same way) and only then removes the
 parts it merged; killed in between, the merged part (numbered last) holds the same rows, so the table is unchanged.
+
+Damage: a part that cannot be read (cut short or overwritten by a disk or copy fault, or a foreign file under a part's
+name) is set aside by whichever reader finds it: moved, never deleted, into ``STORE/_damaged/`` (a folder Parquet
+readers skip, as its name starts with an underscore), with a one-line message; the read goes on with the other parts.
+Its rows are then absent from the index, so the next scoring run scores those images again. Setting aside takes the
+store's lock; a reader that cannot (another run is writing) leaves the part out of that read only and says so.
+`check` reports a store's health; `repair` sets damaged parts aside and adopts what killed runs left behind.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import shutil
 import uuid
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -38,12 +46,69 @@ from .items import COLUMNS, MOVED, SCORED, key_hash
 MARKER = ".imagereward-store"
 LOCK = ".lock"
 PART = re.compile(r"^part-(\d{8})-[0-9a-f]{8}\.parquet$")
+#: Where damaged parts are set aside (inside the store; the underscore makes Parquet dataset readers skip it).
+DAMAGED = "_damaged"
 #: Rows per Parquet row group when parts are written or compacted.
 ROW_GROUP = 8192
+#: Reads started again when parts vanish under a reader (another run compacted them meanwhile).
+_RETRIES = 8
+
+log = logging.getLogger("imagereward")
+_T = TypeVar("_T")
 
 
 class StoreError(ImageRewardError):
     """The store folder cannot be used (not a store, not writable, in use by another run)."""
+
+
+class StoreBusyError(StoreError):
+    """Another run holds the store's lock."""
+
+
+class _PartDamaged(Exception):
+    """Internal: a part that cannot be read; it is set aside and the read started again without it."""
+
+    def __init__(self, part: Path, reason: str) -> None:
+        super().__init__(reason)
+        self.part, self.reason = part, reason
+
+
+class _PartGone(Exception):
+    """Internal: a part vanished while it was read (compacted by another run); the read is started again."""
+
+
+@dataclass
+class StoreHealth:
+    """What `ResultStore.check` finds."""
+
+    folder: str
+    parts: int = 0  # parts in place, damaged ones included
+    rows: int = 0  # rows in the readable parts, every version of every image
+    images: int = 0  # current rows: one per image
+    damaged: list[tuple[str, str]] = field(default_factory=list)  # (part, reason): still in place
+    set_aside: list[str] = field(default_factory=list)  # files under _damaged/, set aside earlier
+    staging: list[str] = field(default_factory=list)  # what killed runs left: .ray-* folders, .tmp-*.parquet files
+    in_use: bool = False  # another run holds the lock (then staging files may be its own, not leftovers)
+
+    @property
+    def ok(self) -> bool:
+        return not self.damaged
+
+    def lines(self) -> list[str]:
+        out = [f"store {self.folder}: {self.parts} part(s), {self.rows} row(s), {self.images} image(s)"]
+        for name, reason in self.damaged:
+            out.append(f"damaged: {name} ({reason}); --repair sets it aside, its images are then scored again")
+        if self.set_aside:
+            shown = ", ".join(self.set_aside[:3]) + (" …" if len(self.set_aside) > 3 else "")
+            out.append(f"set aside earlier in {DAMAGED}/: {len(self.set_aside)} file(s) ({shown}); kept for you")
+        if self.staging:
+            shown = ", ".join(self.staging[:3]) + (" …" if len(self.staging) > 3 else "")
+            whose = "of the run writing now" if self.in_use else "left by killed runs; --repair adopts or clears them"
+            out.append(f"staging: {len(self.staging)} ({shown}), {whose}")
+        if self.in_use:
+            out.append("in use: another run is writing to the store")
+        out.append("healthy" if self.ok else f"{len(self.damaged)} damaged part(s)")
+        return out
 
 
 def arrow_schema() -> Any:
@@ -94,6 +159,10 @@ class ResultStore:
 
     def __init__(self, folder: str | os.PathLike[str]) -> None:
         self.folder = Path(folder)
+        #: One line for each damaged part this object found (set aside, or left out of a read), in order.
+        self.problems: list[str] = []
+        self._skipped: set[Path] = set()  # damaged parts that could not be set aside: left out of reads
+        self._writing = False  # this object holds the lock (inside `writer`)
 
     # ------------------------------------------------------------------------------------------------ creating
 
@@ -132,6 +201,9 @@ class ResultStore:
         found = [(int(m.group(1)), p) for p in self.folder.iterdir() if (m := PART.match(p.name))]
         return [p for _, p in sorted(found)]
 
+    def _readable(self) -> list[Path]:
+        return [p for p in self.parts() if p not in self._skipped]
+
     def _next_number(self) -> int:
         parts = self.parts()
         return int(PART.match(parts[-1].name).group(1)) + 1 if parts else 0  # type: ignore[union-attr]
@@ -143,7 +215,17 @@ class ResultStore:
         schema = arrow_schema()
         wanted = list(columns) if columns is not None else schema.names
         read_cols = list(dict.fromkeys([*wanted, "key"])) if not raw else wanted
-        tables = [pq.read_table(p, columns=read_cols, schema=schema) for p in self.parts()]
+
+        def read_parts(parts: list[Path]) -> list[Any]:
+            tables = []
+            for part in parts:
+                with self._reading(part):
+                    handle = pq.ParquetFile(part)
+                    present = self._present(part, handle.schema_arrow, read_cols)
+                    tables.append(_conform(handle.read(columns=present), read_cols))
+            return tables
+
+        tables = self._retrying(read_parts)
         if not tables:
             return schema.empty_table().select(wanted)
         table = pa.concat_tables(tables)
@@ -151,20 +233,36 @@ class ResultStore:
             table = latest_per_key(table)
         return table.select(wanted)
 
-    def _batches(self, columns: Sequence[str]) -> Iterator[Any]:
-        """Every row of every part, oldest first, in record batches (bounded memory)."""
+    def _batches(self, columns: Sequence[str], parts: Sequence[Path]) -> Iterator[Any]:
+        """Every row of `parts`, in order, in record batches (bounded memory). A part that cannot be read raises
+        `_PartDamaged` (or `_PartGone`): the caller sets it aside and starts again."""
         pq = deps.pyarrow().parquet
-        for part in self.parts():
-            yield from pq.ParquetFile(part).iter_batches(batch_size=ROW_GROUP, columns=list(columns))
+        for part in parts:
+            with self._reading(part):
+                handle = pq.ParquetFile(part)
+                present = self._present(part, handle.schema_arrow, columns)
+                batches = handle.iter_batches(batch_size=ROW_GROUP, columns=present)
+            while True:
+                with self._reading(part):
+                    batch = next(batches, None)
+                    if batch is None:
+                        break
+                    batch = _conform(batch, columns)
+                yield batch
 
     def _current_rows(self, extra: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """A mask of the rows that count, over every row of every part in order, and the key hashes (``"hash"``) and
         `extra` columns (name -> a function from the Arrow column of a batch to a numpy array) of every row. Costs 9
         bytes a row plus the extra arrays: no key or other string is held beyond one batch."""
+        return self._retrying(lambda parts: self._current_rows_of(parts, extra))
+
+    def _current_rows_of(
+        self, parts: Sequence[Path], extra: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         extra = extra or {}
         hashes: list[np.ndarray] = []
         values: dict[str, list[np.ndarray]] = {name: [] for name in extra}
-        for batch in self._batches(["key", *extra]):
+        for batch in self._batches(["key", *extra], parts):
             keys = batch.column(0).to_pylist()
             hashes.append(np.fromiter((key_hash(k) for k in keys), np.uint64, len(keys)))
             for i, (name, convert) in enumerate(extra.items(), start=1):
@@ -195,37 +293,215 @@ class ResultStore:
     @contextlib.contextmanager
     def writer(self) -> Iterator[StoreWriter]:
         """Hold the store's lock and append parts; temporary files of runs killed earlier are cleared first."""
-        with _locked(self.folder / LOCK):
-            for stale in self.folder.glob(".tmp-*.parquet"):
-                with contextlib.suppress(OSError):
-                    stale.unlink()  # our own unfinished temporary parts, never a user's file
-            writer = StoreWriter(self)
-            writer.adopt_staging()  # what a killed Ray run finished
+        with self._holding() as (writer, _):
             yield writer
+
+    @contextlib.contextmanager
+    def _holding(self) -> Iterator[tuple[StoreWriter, tuple[int, int, int]]]:
+        """Hold the lock; remove our own unfinished temporary parts (never a user's file) and adopt what killed Ray
+        runs finished. Yields a writer and (temporary files removed, rows scored, rows failed adopted)."""
+        with _locked(self.folder / LOCK):
+            self._writing = True
+            self._skipped.clear()  # found again by the next read, and set aside then (the lock is held)
+            try:
+                removed = 0
+                for stale in self.folder.glob(".tmp-*.parquet"):
+                    with contextlib.suppress(OSError):
+                        stale.unlink()
+                        removed += 1
+                writer = StoreWriter(self)
+                scored, failed = writer.adopt_staging()  # what a killed Ray run finished
+                yield writer, (removed, scored, failed)
+            finally:
+                self._writing = False
 
     def compact(self) -> None:
         """Merge every part into one holding only the current rows; call with the lock held (inside `writer`).
-        Streams row groups through: memory stays at a few bytes a row, whatever the store's size."""
-        parts = self.parts()
-        if len(parts) <= 1:
-            return
-        current, _ = self._current_rows()
+        Streams row groups through: memory stays at a few bytes a row, whatever the store's size. A damaged part is
+        set aside first, and the others are merged."""
         schema = arrow_schema()
         pq = deps.pyarrow().parquet
 
-        def write(handle: Any) -> None:
-            with pq.ParquetWriter(handle, schema, compression="zstd") as out:
-                start = 0
-                for batch in self._batches(schema.names):
-                    keep = current[start : start + batch.num_rows]
-                    start += batch.num_rows
-                    if keep.any():
-                        out.write_batch(batch.filter(deps.pyarrow().array(keep)), row_group_size=ROW_GROUP)
+        def merge(parts: list[Path]) -> list[Path]:
+            if len(parts) <= 1:
+                return []
+            current, _ = self._current_rows_of(parts)
 
-        _write_atomically(self, write)
-        for part in parts:
+            def write(handle: Any) -> None:
+                with pq.ParquetWriter(handle, schema, compression="zstd") as out:
+                    start = 0
+                    for batch in self._batches(schema.names, parts):
+                        keep = current[start : start + batch.num_rows]
+                        start += batch.num_rows
+                        if keep.any():
+                            out.write_batch(batch.filter(deps.pyarrow().array(keep)), row_group_size=ROW_GROUP)
+
+            _write_atomically(self, write)
+            return parts
+
+        for part in self._retrying(merge):
             with contextlib.suppress(FileNotFoundError):
                 part.unlink()
+
+    def rows(self) -> int:
+        """Rows in the parts (every version of every image), from the parts' footers."""
+        pq = deps.pyarrow().parquet
+
+        def count(parts: list[Path]) -> int:
+            total = 0
+            for part in parts:
+                with self._reading(part):
+                    total += pq.read_metadata(part).num_rows
+            return total
+
+        return self._retrying(count)
+
+    # ------------------------------------------------------------------------------------------------ damage
+
+    @contextlib.contextmanager
+    def _reading(self, part: Path) -> Iterator[None]:
+        """Turns what reading `part` raises into `_PartDamaged` or `_PartGone` (a file system error on a part that is
+        there, such as no permission, stays a `StoreError`: moving the part would not help)."""
+        try:
+            yield
+        except (_PartDamaged, _PartGone, MemoryError):
+            raise
+        except Exception as exc:
+            if not part.exists():
+                raise _PartGone(part) from None
+            if isinstance(exc, OSError) and exc.errno is not None:  # pyarrow's decoding errors carry no errno
+                raise StoreError(f"store {self.folder}: cannot read {part.name} ({exc.strerror or exc})") from None
+            raise _PartDamaged(part, _one_line(exc)) from None
+
+    def _present(self, part: Path, schema: Any, columns: Sequence[str]) -> list[str]:
+        """Those of `columns` that the part holds (the others are read as nulls, as in a store written before they
+        were added); raises `_PartDamaged` when the part has no key or a column of another kind."""
+        expected = arrow_schema()
+        names = set(schema.names)
+        if "key" not in names:
+            raise _PartDamaged(part, "not a part of a results store: it has no 'key' column")
+        for name in columns:
+            if name in names and not _compatible(schema.field(name).type, expected.field(name).type):
+                raise _PartDamaged(
+                    part, f"column '{name}' holds {schema.field(name).type}, expected {expected.field(name).type}"
+                )
+        return [name for name in columns if name in names]
+
+    def _retrying(self, attempt: Callable[[list[Path]], _T]) -> _T:
+        """`attempt(parts)` over the readable parts; each damaged part it meets is set aside (or left out) and it is
+        called again without it."""
+        gone = 0
+        while True:
+            try:
+                return attempt(self._readable())
+            except _PartDamaged as damaged:
+                self._set_aside(damaged.part, damaged.reason)
+            except _PartGone:
+                gone += 1
+                if gone > _RETRIES:
+                    raise StoreError(
+                        f"store {self.folder}: its parts keep changing while they are read (another run compacting "
+                        "it?); try again when it is done"
+                    ) from None
+
+    def _set_aside(self, part: Path, reason: str) -> None:
+        """Move a damaged part into _damaged/ (with the lock: never under a writer), or leave it out of this object's
+        reads when the lock is taken or the folder is read-only. One line in `problems` and the log either way."""
+        where = f"store {self.folder}: {part.name} is damaged ({reason})"
+        try:
+            if self._writing:
+                moved = self._move_aside(part)
+            else:
+                with _locked(self.folder / LOCK):
+                    moved = self._move_aside(part)
+        except StoreBusyError:
+            self._skipped.add(part)
+            message = f"{where}; left out of this read, as another run is writing (it is set aside by that run)"
+        except (StoreError, OSError) as exc:
+            self._skipped.add(part)
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            message = f"{where}; left out of this read, as it cannot be moved aside ({why})"
+        else:
+            if moved is None:
+                return  # gone meanwhile (compacted by another run): nothing to say
+            message = (
+                f"{where}; set aside as {moved.relative_to(self.folder)} (nothing deleted); "
+                "its images are scored again on the next run"
+            )
+        self.problems.append(message)
+        log.warning(message)
+
+    def _move_aside(self, part: Path) -> Path | None:
+        """Rename `part` into _damaged/ under a free name; None when it is gone. Call with the lock held."""
+        if not part.exists():
+            return None
+        folder = self.folder / DAMAGED
+        folder.mkdir(exist_ok=True)
+        target, n = folder / part.name, 0
+        while target.exists():
+            n += 1
+            target = folder / f"{part.name}.{n}"
+        try:
+            os.rename(part, target)
+        except FileNotFoundError:
+            return None
+        _fsync_folder(self.folder)
+        return target
+
+    def _scan(self, part: Path) -> str | None:
+        """Why `part` is damaged, reading all of it; None when it reads. Changes nothing."""
+        try:
+            for _ in self._batches(arrow_schema().names, [part]):
+                pass
+        except _PartDamaged as damaged:
+            return damaged.reason
+        except _PartGone:
+            return None
+        return None
+
+    def check(self) -> StoreHealth:
+        """The store's health: parts, rows, images, damaged parts (read whole), what killed runs left. Changes
+        nothing (it takes the lock for an instant to see whether another run holds it)."""
+        health = StoreHealth(str(self.folder))
+        try:
+            with _locked(self.folder / LOCK):
+                pass
+        except StoreBusyError:
+            health.in_use = True
+        except StoreError:
+            pass  # a read-only store: nobody writes to it
+        for _ in range(_RETRIES):
+            damaged = [(part, reason) for part in self.parts() if (reason := self._scan(part)) is not None]
+            good = [part for part in self.parts() if part not in {p for p, _ in damaged}]
+            try:
+                current, _ = self._current_rows_of(good)
+                health.rows, health.images, health.parts = len(current), int(current.sum()), len(good) + len(damaged)
+            except (_PartDamaged, _PartGone):
+                continue  # changed under us: look again
+            health.damaged = [(part.name, reason) for part, reason in damaged]
+            break
+        aside = self.folder / DAMAGED
+        health.set_aside = sorted(p.name for p in aside.iterdir()) if aside.is_dir() else []
+        health.staging = sorted(p.name for p in [*self.folder.glob(".ray-*"), *self.folder.glob(".tmp-*.parquet")])
+        return health
+
+    def repair(self) -> tuple[list[str], StoreHealth]:
+        """Set damaged parts aside (read whole, not only their footers), remove unfinished temporary parts, adopt
+        what killed Ray runs finished. Holds the lock (`StoreBusyError` while another run writes). Returns a line
+        for each thing done and the health afterwards."""
+        done: list[str] = []
+        with self._holding() as (_, (removed, scored, failed)):
+            before = len(self.problems)
+            if removed:
+                done.append(f"removed {removed} unfinished temporary part(s) (.tmp-*.parquet)")
+            if scored or failed:
+                done.append(f"adopted {scored + failed} row(s) that a killed Ray run finished")
+            for part in self.parts():
+                reason = self._scan(part)
+                if reason is not None:
+                    self._set_aside(part, reason)
+            done.extend(self.problems[before:])
+        return done, self.check()
 
 
 def last_occurrence(hashes: np.ndarray) -> np.ndarray:
@@ -285,6 +561,42 @@ def latest_per_key(table: Any) -> Any:
     return kept.take(pc.sort_indices(kept["key"]))
 
 
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 160 else text[:159] + "…"
+
+
+def _compatible(found: Any, expected: Any) -> bool:
+    """Whether a part's column type reads as the store's (the same, or a wider or narrower kind of the same)."""
+    pa = deps.pyarrow()
+    if found == expected or pa.types.is_null(found):
+        return True
+    kinds = (
+        lambda t: pa.types.is_string(t) or pa.types.is_large_string(t),
+        lambda t: pa.types.is_binary(t) or pa.types.is_large_binary(t),
+        pa.types.is_integer,
+        pa.types.is_floating,
+        pa.types.is_timestamp,
+    )
+    return any(kind(found) and kind(expected) for kind in kinds)
+
+
+def _conform(data: Any, columns: Sequence[str]) -> Any:
+    """A table or record batch with exactly `columns`, of the store's types (missing ones: nulls)."""
+    pa = deps.pyarrow()
+    schema = arrow_schema()
+    arrays = []
+    for name in columns:
+        kind = schema.field(name).type
+        if name in data.schema.names:
+            column = data.column(name)
+            arrays.append(column if column.type == kind else column.cast(kind))
+        else:
+            arrays.append(pa.nulls(data.num_rows, kind))
+    make = pa.Table.from_arrays if isinstance(data, pa.Table) else pa.RecordBatch.from_arrays
+    return make(arrays, schema=pa.schema([schema.field(name) for name in columns]))
+
+
 def _write_part(store: ResultStore, table: Any) -> Path:
     pq = deps.pyarrow().parquet
     table = table.cast(arrow_schema())
@@ -305,10 +617,12 @@ def _write_atomically(store: ResultStore, write: Any) -> Path:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, target)
-    except OSError as exc:
+    except BaseException as exc:  # (a part found damaged while compacting, too: no temporary file is left)
         with contextlib.suppress(OSError):
             temporary.unlink()
-        raise StoreError(f"store {folder}: cannot write ({exc.strerror or exc})") from None
+        if isinstance(exc, OSError):
+            raise StoreError(f"store {folder}: cannot write ({exc.strerror or exc})") from None
+        raise
     _fsync_folder(folder)
     return target
 
@@ -341,7 +655,7 @@ def _locked(path: Path) -> Iterator[None]:
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            raise StoreError(
+            raise StoreBusyError(
                 f"store {path.parent}: another run is writing to it; wait for it to finish (or stop it)"
             ) from None
         try:

@@ -237,7 +237,7 @@ def from_script_args(args: Sequence[Any]) -> JobArgs:
 
 
 def _pasted_percent(value: Any) -> int:
-    """"25%" -> 25; missing or unreadable: 100 (full steps)."""
+    """ "25%" -> 25; missing or unreadable: 100 (full steps)."""
     try:
         number = int(float(str(value).strip().rstrip("%")))
     except (TypeError, ValueError):
