@@ -48,11 +48,10 @@ def folder_limit_note(policy: FolderPolicy) -> str | None:
         return None
     from .folders import LIFT_FLAG
 
-    allowed = ", ".join(f"`{root}`" for root in policy.roots)
+    allowed = ", ".join(f"`{root}`" for root in policy.shown_roots())
     return (
-        "This WebUI is reachable from other machines, so this tab works only inside the WebUI's output folders and "
-        f"the folders listed in Settings → ImageReward: {allowed}. Start the WebUI with `{LIFT_FLAG}` to lift "
-        "the limit."
+        f"This WebUI is reachable from other machines, so this tab works only inside {allowed} (the WebUI's output "
+        f"folders and those listed in Settings → ImageReward). Start the WebUI with `{LIFT_FLAG}` to lift the limit."
     )
 
 

@@ -100,13 +100,16 @@ class FolderPolicy:
     def roots(self) -> tuple[Path, ...]:
         return self.output_roots + self.extra_roots
 
+    def shown_roots(self) -> list[Path]:
+        """The allowed folders as a person reads them: those not inside another one."""
+        return [root for root in self.roots if not any(other in root.parents for other in self.roots)]
+
     def _refusal(self, path: Path, what: str) -> FolderRefused:
-        allowed = ", ".join(str(root) for root in self.roots) or "none"
+        allowed = ", ".join(str(root) for root in self.shown_roots()) or "none"
         return FolderRefused(
             f"{path} is outside the folders the ImageReward tab may {what} while this WebUI is reachable from other "
-            f"machines (--listen, --share, --ngrok or --server-name): the WebUI's output folders and the folders "
-            f"listed in Settings → ImageReward (now: {allowed}). Add the folder there, or start the WebUI with "
-            f"{LIFT_FLAG} to lift this limit."
+            f"machines (--listen, --share): {allowed}. Add the folder in Settings → ImageReward, or start the WebUI "
+            f"with {LIFT_FLAG} to lift this limit."
         )
 
     def permits(self, path: str | os.PathLike[str]) -> bool:

@@ -116,7 +116,8 @@ class BestOfNJob:
 
     def _score_keys(self) -> list[str]:
         """Every infotext key the job writes a score under (the ranking one first)."""
-        return [self.score_key, *(score_key(name) for name in self._members())]
+        keys = [self.score_key, *(score_key(name) for name in self._members())]
+        return [*keys, self._first_key] if self.phases is not None else keys
 
     def _members(self) -> list[str]:
         return sorted({name for values in self.member_scores.values() for name in values})

@@ -57,7 +57,9 @@ def build(
             score_button = gr.Button("Score new images", variant="primary")
             stop_button = gr.Button("Stop")
         status = gr.Markdown(
-            "Scores go into the folder's `.imagereward-scores` store; a second run scores only new images."
+            "A folder inside the WebUI's outputs keeps its scores in its own `.imagereward-scores` store; any other "
+            "folder is only read, and its scores go to the stores folder (Settings → ImageReward). A second run "
+            "scores only new images."
         )
         with gr.Row():
             min_score = gr.Textbox(label="Lowest score (empty: none)", value="")
