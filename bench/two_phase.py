@@ -93,7 +93,8 @@ def run_once(args: argparse.Namespace, name: str, finish_kept: bool, preview: in
     answer = post(args.url, job(args, finish_kept, preview), args.timeout, args.auth)
     seconds = time.perf_counter() - began
     info = json.loads(answer.get("info") or "{}")
-    comments = [c for c in (info.get("comments") or "").splitlines() if c.startswith("ImageReward")]
+    details = (info.get("extra_generation_params") or {}).get("ImageReward details") or {}
+    comments = list((details.get("summary") or {}).get("messages") or [])  # the job's comments (the UI shows them)
     return {
         "variant": name,
         "seconds": round(seconds, 2),
