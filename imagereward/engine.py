@@ -101,7 +101,7 @@ class Scorer:
         preprocess_workers: int | None = None,
     ) -> None:
         self.model = model
-        self.tokenizer = encoder
+        self.encoder = encoder
         self.batch_size = max(1, int(batch_size))
         self.preprocess_workers = preprocess_workers
         self._lock = threading.RLock()
@@ -143,11 +143,11 @@ class Scorer:
 
     def _tokens(self, prompts: Sequence[str], clean: bool) -> tuple[torch.Tensor, torch.Tensor, list[bool]]:
         """Token ids (B, L) and mask for each image's prompt; each distinct prompt is tokenized once."""
-        if self.tokenizer is None:
+        if self.encoder is None:
             raise PromptError(f"{'/'.join(self.outputs)} reads no prompt")
         new = [p for p in dict.fromkeys(prompts) if (p, clean) not in self._token_cache]
         if new:
-            encoded = self.tokenizer([encodable(clean_prompt(p) if clean else p) for p in new])
+            encoded = self.encoder([encodable(clean_prompt(p) if clean else p) for p in new])
             for i, prompt in enumerate(new):
                 ids = encoded.input_ids[i][encoded.attention_mask[i].bool()]
                 self._token_cache[(prompt, clean)] = (ids, bool(encoded.truncated[i]))
@@ -166,7 +166,7 @@ class Scorer:
         """For each prompt, whether it is longer than the model reads and was cut (always False without a prompt)."""
         if not prompts:
             return []
-        if self.tokenizer is None:
+        if self.encoder is None:
             return [False] * len(prompts)
         with self._lock:
             return self._tokens(list(prompts), clean)[2]

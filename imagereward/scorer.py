@@ -6,47 +6,21 @@
 Defaults: the device is CUDA when there is one, else an Apple GPU (MPS), else the CPU; fp16 on a GPU with the reward
 head in fp32, fp32 on the CPU. bf16 only on request (measurably less accurate). On an out-of-memory error the batch is
 halved and retried, down to one image. Batching, devices and the memory fallback are the shared engine's
-(`engine.py`); this module adds only how ImageReward's files are found and loaded.
+(`engine.py`); loading is the registry's, as for every other scorer (`scorers/registry.load_family`, with
+ImageReward's files and loader in `scorers/imagereward_family.py`). This module is the public name for both.
 """
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import torch
 
-from .config import TextConfig
-from .engine import (
-    DTYPES,
-    Scorer,
-    ScoringOutOfMemoryError,
-    empty_cache,
-    expand_prompts,
-    flatten_images,
-    is_out_of_memory,
-    mps_available,
-    resolve_device,
-    resolve_dtype,
-)
+from .engine import Scorer
 from .model import ImageRewardModel
 from .text import PromptTokenizer
-from .weights import build_model, load_state
 
-log = logging.getLogger("imagereward")
-
-__all__ = [
-    "DTYPES",
-    "ImageRewardScorer",
-    "ScoringOutOfMemoryError",
-    "empty_cache",
-    "expand_prompts",
-    "flatten_images",
-    "is_out_of_memory",
-    "mps_available",
-    "resolve_device",
-    "resolve_dtype",
-]
+__all__ = ["ImageRewardScorer"]
 
 
 class ImageRewardScorer(Scorer):
@@ -57,12 +31,12 @@ class ImageRewardScorer(Scorer):
     def __init__(
         self,
         model: ImageRewardModel,
-        tokenizer: PromptTokenizer,
+        encoder: PromptTokenizer,
         *,
         batch_size: int = 16,
         preprocess_workers: int | None = None,
     ) -> None:
-        super().__init__(model, tokenizer, batch_size=batch_size, preprocess_workers=preprocess_workers)
+        super().__init__(model, encoder, batch_size=batch_size, preprocess_workers=preprocess_workers)
 
     @classmethod
     def from_files(
@@ -77,18 +51,15 @@ class ImageRewardScorer(Scorer):
         convert: bool = True,
     ) -> ImageRewardScorer:
         """Load from explicit local files (no network)."""
-        target = resolve_device(device)
-        weight_dtype = resolve_dtype(dtype, target)
-        text_config = TextConfig.from_file(med_config)
-        tokenizer = PromptTokenizer(tokenizer_dir)
-        # Loading must not happen under an inference-mode context (the WebUI generates under one): parameters made
-        # there could not be moved between devices later.
-        with torch.inference_mode(False), torch.no_grad():
-            state, source = load_state(checkpoint, convert=convert, text_config=text_config)
-            model = build_model(state, text_config, device=target, dtype=weight_dtype)
-        del state
-        log.info("ImageReward loaded from %s on %s (%s)", source, target, str(weight_dtype).replace("torch.", ""))
-        return cls(model, tokenizer, batch_size=batch_size)
+        from .scorers import imagereward_family
+        from .scorers.registry import load_on_device
+
+        def build(target: torch.device, weight_dtype: torch.dtype):
+            return imagereward_family.load_files(
+                Path(checkpoint), Path(med_config), Path(tokenizer_dir), target, weight_dtype, convert=convert
+            )
+
+        return load_on_device(build, "ImageReward", checkpoint, device, dtype, batch_size, scorer_class=cls)
 
     @classmethod
     def load(
@@ -102,13 +73,16 @@ class ImageRewardScorer(Scorer):
         progress: bool = True,
     ) -> ImageRewardScorer:
         """Load from `models_dir`, downloading the checkpoint and tokenizer there on first use."""
-        from .hub import CHECKPOINT_NAME, resolve_model_files
+        from .scorers.registry import load_family
 
-        files = resolve_model_files(models_dir, offline=offline, progress=progress)
-        # Given the .pt, loading checks that a conversion beside it is up to date (the .pt may have been replaced).
-        checkpoint = files.checkpoint.with_name(CHECKPOINT_NAME)
-        if not checkpoint.exists():
-            checkpoint = files.checkpoint
-        return cls.from_files(
-            checkpoint, files.med_config, files.tokenizer_dir, device=device, dtype=dtype, batch_size=batch_size
+        scorer = load_family(
+            "",
+            ("imagereward",),
+            models_dir,
+            device=device,
+            dtype=dtype,
+            batch_size=batch_size,
+            offline=offline,
+            progress=progress,
         )
+        return scorer if isinstance(scorer, cls) else cls(scorer.model, scorer.encoder, batch_size=scorer.batch_size)

@@ -2,21 +2,20 @@
 
 The release is `ImageReward.pt`: a plain `torch.save` of the reference model's state dict (625 tensors, fp32).
 It is read with `weights_only=True` (never unpickling arbitrary objects), checked key by key against what the model
-needs, converted once to `ImageReward.safetensors` beside it, and afterwards read from that file, which needs no
-unpickler and loads at the speed of the disk.
+needs, converted once to `ImageReward.safetensors` beside it (a plain safetensors file holding only the checkpoint's
+tensors, written by `safetensors.torch.save_file`), and afterwards read from that file, which needs no unpickler and
+loads at the speed of the disk. Every family's release goes through the same `load_with_cache`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import pickle
 import re
 import shutil
 import stat
-import struct
 import tempfile
 import time
 import zipfile
@@ -60,8 +59,14 @@ _HEAD_RULE = re.compile(r"^mlp\.layers\.(\d+)\.(weight|bias)$")
 # Present in the release but unused by the score: BLIP's contrastive projections and BERT's position-id buffer.
 IGNORED_KEYS = re.compile(r"^blip\.(vision_proj|text_proj)\.(weight|bias)$|" + _BERT + r"position_ids$")
 
-#: v2: tensors aligned to 64 bytes, source stamp with change time and inode. Older conversions are rewritten.
-_CACHE_FORMAT = "imagereward-state-dict-v2"
+#: v3: a plain safetensors file (v2 inserted `__imagereward_padding_N` tensors to align the others to 64 bytes),
+#: source stamp with change time and inode. Older conversions are rewritten once, with a message.
+_CACHE_FORMAT = "imagereward-state-dict-v3"
+#: The pseudo-tensors of a v2 conversion, left out when one is read (the source .pt gone, so it is not rewritten).
+_OLD_PADDING_PREFIX = "__imagereward_padding_"
+#: CPU kernels (AVX-512) may round differently on weights that are not 64-byte aligned; torch's allocator aligns to
+#: 64, safetensors' data only to 8. Tensors read at another offset are copied once (1.2e-7 in a score otherwise).
+_ALIGN = 64
 
 log = logging.getLogger("imagereward")
 
@@ -310,74 +315,31 @@ def load_torch_file(path: Path) -> object:
 
 
 def read_safetensors(path: Path, device: torch.device | str = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Every tensor of a safetensors file (our alignment padding left out) and its metadata."""
+    """Every tensor of a safetensors file and its metadata (the padding pseudo-tensors of our v2 conversions left
+    out). On the CPU, a tensor that does not start on a 64-byte boundary is copied to one (see `_ALIGN`)."""
     from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(path), framework="pt", device=str(device)) as handle:
             metadata = handle.metadata() or {}
-            keys = [key for key in handle.keys() if not key.startswith(_PAD_PREFIX)]  # noqa: SIM118
-            return {key: handle.get_tensor(key) for key in keys}, metadata
+            keys = [key for key in handle.keys() if not key.startswith(_OLD_PADDING_PREFIX)]  # noqa: SIM118
+            tensors = {key: handle.get_tensor(key) for key in keys}
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path} is not a readable safetensors file (truncated or corrupt?): {exc}") from None
+    if torch.device(device).type == "cpu":
+        tensors = {k: t.clone() if t.data_ptr() % _ALIGN else t for k, t in tensors.items()}
+    return tensors, metadata
 
 
 # ---------------------------------------------------------------------------------------------------------- writing
 
-#: safetensors names of our dtypes; the conversion holds floating-point weights only (checked before writing).
-_ST_DTYPES = {
-    torch.float32: "F32",
-    torch.float16: "F16",
-    torch.bfloat16: "BF16",
-    torch.float64: "F64",
-    torch.int64: "I64",
-    torch.int32: "I32",
-    torch.uint8: "U8",
-}
-#: Every tensor of the conversion starts on a 64-byte boundary of the file (and so of its memory map), as in a
-#: `torch.save` zip. safetensors itself aligns to 8 bytes only; misaligned weights make AVX-512 kernels round
-#: differently, so the same image scored 0.66703796 from the `.pt` and 0.66703808 from the conversion. Aligning
-#: at write time costs nothing at load time (no copy) and at most 63 bytes per tensor on disk.
-_ALIGN = 64
-_PAD_PREFIX = "__imagereward_padding_"
 
+def _write_safetensors(tensors: Mapping[str, torch.Tensor], path: str, metadata: Mapping[str, str]) -> None:
+    """A plain safetensors file (`safetensors.torch.save_file`), flushed to the disk before it is renamed."""
+    from safetensors.torch import save_file
 
-def _aligned_layout(
-    tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]
-) -> tuple[bytes, list[torch.Tensor]]:
-    """The file header and the byte buffers to write after it, with padding tensors (uint8, ignored on reading)
-    filling the gaps; safetensors requires the data to be indexed without holes."""
-    header: dict[str, object] = {"__metadata__": dict(metadata)}
-    chunks: list[torch.Tensor] = []
-    offset = 0
-    for name in sorted(tensors):
-        tensor = tensors[name]
-        gap = -offset % _ALIGN
-        if gap:
-            pad = {"dtype": "U8", "shape": [gap], "data_offsets": [offset, offset + gap]}
-            header[f"{_PAD_PREFIX}{len(chunks)}"] = pad
-            chunks.append(torch.zeros(gap, dtype=torch.uint8))
-            offset += gap
-        data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
-        header[name] = {
-            "dtype": _ST_DTYPES[tensor.dtype],
-            "shape": list(tensor.shape),
-            "data_offsets": [offset, offset + data.numel()],
-        }
-        chunks.append(data)
-        offset += data.numel()
-    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    text += b" " * (-(8 + len(text)) % _ALIGN)  # the data then starts on a boundary too; spaces are allowed there
-    return struct.pack("<Q", len(text)) + text, chunks
-
-
-def _write_aligned_safetensors(tensors: Mapping[str, torch.Tensor], path: str, metadata: Mapping[str, str]) -> None:
-    head, chunks = _aligned_layout(tensors, metadata)
-    with open(path, "wb") as fh:
-        fh.write(head)
-        for chunk in chunks:
-            fh.write(memoryview(chunk.numpy()))
-        fh.flush()
+    save_file({k: t.detach().to("cpu").contiguous() for k, t in tensors.items()}, path, metadata=dict(metadata))
+    with open(path, "rb+") as fh:
         os.fsync(fh.fileno())
 
 
@@ -390,7 +352,7 @@ def write_safetensors_cache(state: Mapping[str, torch.Tensor], target: Path, sou
     from safetensors import SafetensorError
 
     tensors = {key: value for key, value in state.items() if not IGNORED_KEYS.match(key)}
-    needed = sum(t.numel() * t.element_size() + _ALIGN for t in tensors.values()) + (1 << 20)
+    needed = sum(t.numel() * t.element_size() + 256 for t in tensors.values()) + (1 << 20)
     try:
         free = shutil.disk_usage(target.parent).free
     except OSError:
@@ -410,7 +372,7 @@ def write_safetensors_cache(state: Mapping[str, torch.Tensor], target: Path, sou
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=".ImageReward-", suffix=".safetensors.tmp", dir=target.parent)
         os.close(fd)
-        _write_aligned_safetensors(tensors, tmp_name, metadata)
+        _write_safetensors(tensors, tmp_name, metadata)
         with contextlib.suppress(OSError):  # mkstemp makes 0600; the conversion gets its neighbour's mode (0644)
             os.chmod(tmp_name, stat.S_IMODE(source.stat().st_mode) | stat.S_IRUSR | stat.S_IWUSR)
         os.replace(tmp_name, target)
@@ -451,7 +413,8 @@ def _cache_matches(cache: Path, source: Path | None) -> bool:
             metadata = handle.metadata() or {}
     except Exception:
         return False
-    if metadata.get("imagereward") != _CACHE_FORMAT:
+    if metadata.get("imagereward", _CACHE_FORMAT) != _CACHE_FORMAT:
+        log.info("%s was converted by an older version of this extension; converting %s again", cache.name, source.name)
         return False
     return all(metadata.get(key) == value for key, value in _file_stamp(source).items())
 
@@ -493,31 +456,19 @@ def check_state(state: Mapping[str, torch.Tensor], text_config: TextConfig | Non
 def load_state(
     checkpoint: str | Path, *, convert: bool = True, text_config: TextConfig | None = None
 ) -> tuple[dict[str, torch.Tensor], Path]:
-    """Read the official-format state dict from `.pt` or `.safetensors`; returns it and the file actually read.
-
-    For a `.pt`, a matching `ImageReward.safetensors` beside it is read instead; when there is none, the `.pt` is
-    read and (with `convert`) written once as safetensors so the next load is fast and needs no unpickling. Only a
-    checkpoint that passes `check_state` (against `text_config`, the med_config.json, when given) is converted.
-    """
+    """ImageReward's state dict (official key names) from `.pt` or `.safetensors`, through `load_with_cache`; a
+    folder stands for the conversion in it, else its `ImageReward.pt`. Only a checkpoint that passes `check_state`
+    (against `text_config`, the med_config.json, when given) is converted."""
     path = Path(checkpoint)
     if path.is_dir():
         candidates = [path / SAFETENSORS_NAME, path / CHECKPOINT_NAME]
         path = next((c for c in candidates if c.exists()), candidates[1])
-    if path.suffix == ".safetensors":
-        if not path.exists():
-            raise CheckpointError(f"checkpoint not found: {path}")
-        return read_safetensors(path)[0], path
-    cache = path.with_name(path.stem + ".safetensors")
-    if cache.exists() and _cache_matches(cache, path):
-        return read_safetensors(cache)[0], cache
-    if not path.exists():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    state = read_torch_checkpoint(path)
-    if convert:
-        stripped = _strip_prefix(state)
-        check_state(stripped, text_config)  # validate first: a refused checkpoint is never converted
-        write_safetensors_cache(stripped, cache, path)
-    return state, path
+    return load_with_cache(
+        path,
+        read=lambda source: _strip_prefix(read_torch_checkpoint(source)),
+        check=lambda state: check_state(state, text_config),
+        convert=convert,
+    )
 
 
 def load_with_cache(
@@ -527,12 +478,13 @@ def load_with_cache(
     check: Callable[[Mapping[str, torch.Tensor]], object] | None = None,
     convert: bool = True,
 ) -> tuple[dict[str, torch.Tensor], Path]:
-    """Any model's release checkpoint through the same safetensors cache as ImageReward's.
+    """Any model's release checkpoint through one safetensors cache.
 
-    A `<stem>.safetensors` beside `source` that was converted from it as it is now is read instead; otherwise
-    `source` is read with `read` (by default `torch.load` restricted to tensors), validated with `check` (which
-    raises `CheckpointError` on anything but the expected checkpoint), and, with `convert`, written beside it so the
-    next load needs no unpickling. Returns the state dict and the file actually read.
+    A `<stem>.safetensors` beside `source` that was converted from it as it is now is read instead (any valid
+    safetensors file, ours or another tool's); otherwise `source` is read with `read` (by default `torch.load`
+    restricted to tensors), validated with `check` (which raises `CheckpointError` on anything but the expected
+    checkpoint), and, with `convert`, written beside it so the next load needs no unpickling. Returns the state dict
+    and the file actually read.
     """
     path = Path(source)
     if path.suffix == ".safetensors":

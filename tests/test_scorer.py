@@ -10,8 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
+from imagereward.engine import ScoringOutOfMemoryError
 from imagereward.errors import ImageInputError, PromptError
-from imagereward.scorer import ImageRewardScorer, ScoringOutOfMemoryError
+from imagereward.scorer import ImageRewardScorer
 
 IMAGES = sorted((Path(__file__).parent / "fixtures" / "images").glob("*.png"))
 PROMPT = "a painting of an ocean with clouds and birds, day time, low depth field effect"
@@ -229,7 +230,7 @@ def test_shape_errors_name_the_shape_that_was_given(scorer: ImageRewardScorer) -
 
 
 def test_auto_device_prefers_cuda_then_apple_gpu_then_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    from imagereward.scorer import resolve_device, resolve_dtype
+    from imagereward.engine import resolve_device, resolve_dtype
 
     def machine(cuda: bool, mps: bool) -> None:
         monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)

@@ -92,7 +92,7 @@ def test_both_scores_equal_the_reference_goldens(golden: dict, tmp_path: Path, b
 
 def test_aesthetic_alone_reads_no_prompt_and_builds_no_text_tower(golden: dict, tmp_path: Path) -> None:
     scorer = load_family(KEY, ["aesthetic"], models_dir(tmp_path), offline=True, progress=False, device="cpu")
-    assert not scorer.needs_prompt and scorer.tokenizer is None and scorer.outputs == ("aesthetic",)
+    assert not scorer.needs_prompt and scorer.encoder is None and scorer.outputs == ("aesthetic",)
     clip = scorer.model.clip
     assert not hasattr(clip, "text_model") and not any(n.startswith("text") for n, _ in clip.named_parameters())
     _, images = golden_args(golden)

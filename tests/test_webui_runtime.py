@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from imagereward.scorer import ScoringOutOfMemoryError
+from imagereward.engine import ScoringOutOfMemoryError
 from imagereward.webui.runtime import RuntimeSettings, ScorerRuntime
 
 

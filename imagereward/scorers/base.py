@@ -112,3 +112,5 @@ class ModelFamily:
     load: Loader
     backbone: str = ""  # for the documentation: "OpenAI CLIP ViT-L/14", ...
     size_mb: int = 0  # download size (documentation; the README's table quotes it)
+    #: The `engine.Scorer` subclass a load returns (None: `Scorer` itself); ImageReward's names its model's type.
+    scorer_class: type | None = None

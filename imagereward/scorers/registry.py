@@ -19,7 +19,7 @@ from ..ensemble import Ensemble, make_ensemble
 from ..errors import ImageRewardError
 from ..hub import HubFile
 from ..preprocess import ImageInput
-from .base import ModelFamily
+from .base import LoadedModel, ModelFamily
 from .specs import ENSEMBLE, SCORERS, canonical_name
 
 log = logging.getLogger("imagereward")
@@ -83,7 +83,8 @@ def load_family(
     offline: bool | None = None,
     progress: bool = True,
 ) -> Scorer:
-    """One family's model with the outputs asked for, its files downloaded on first use."""
+    """One family's model with the outputs asked for, its files downloaded on first use, as the family's
+    `scorer_class` (`ImageRewardScorer` for ImageReward, else the engine's `Scorer`)."""
     from ..hub import default_models_dir, resolve_files
 
     family = get_family(key)
@@ -92,14 +93,34 @@ def load_family(
     labels = "/".join(SCORERS[name].label for name in outputs)
     files = family_files(key, outputs)
     resolve_files(folder, files, offline=offline, progress=progress, what=f"{labels} model files")
+
+    def build(target: torch.device, weight_dtype: torch.dtype) -> LoadedModel:
+        return family.load(folder, frozenset(outputs), target, weight_dtype)
+
+    cls = family.scorer_class or Scorer
+    return load_on_device(build, labels, folder, device, dtype, batch_size, scorer_class=cls)
+
+
+def load_on_device(
+    build: Callable[[torch.device, torch.dtype], LoadedModel],
+    label: str,
+    source: str | Path,
+    device: str | torch.device | None,
+    dtype: str | torch.dtype | None,
+    batch_size: int,
+    *,
+    scorer_class: type[Scorer] = Scorer,
+) -> Scorer:
+    """`build(device, dtype)` with the device and dtype resolved (`engine.resolve_device`/`resolve_dtype`), outside
+    any inference-mode context, wrapped as `scorer_class`; the one place every model is loaded."""
     target = resolve_device(device)
     weight_dtype = resolve_dtype(dtype, target)
     # Loading must not happen under an inference-mode context (the WebUI generates under one): parameters made
     # there could not be moved between devices later.
     with torch.inference_mode(False), torch.no_grad():
-        loaded = family.load(folder, frozenset(outputs), target, weight_dtype)
-    log.info("%s loaded from %s on %s (%s)", labels, folder, target, str(weight_dtype).replace("torch.", ""))
-    return Scorer(loaded.model, loaded.encoder, batch_size=batch_size)
+        loaded = build(target, weight_dtype)
+    log.info("%s loaded from %s on %s (%s)", label, source, target, str(weight_dtype).replace("torch.", ""))
+    return scorer_class(loaded.model, loaded.encoder, batch_size=batch_size)
 
 
 class ScorerSet:

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from ..scorer import ImageRewardScorer, ScoringOutOfMemoryError, resolve_device
+from ..engine import ScoringOutOfMemoryError, resolve_device, resolve_dtype
 
 log = logging.getLogger("imagereward")
 
@@ -41,12 +41,7 @@ Loader = Callable[[RuntimeSettings], Any]
 
 
 def default_loader(settings: RuntimeSettings) -> Any:
-    """ImageReward alone as before (`ImageRewardScorer`); any other choice as a `ScorerSet`, whose `score` gives
-    every scorer's column."""
-    if settings.scorers == ("imagereward",):
-        return ImageRewardScorer.load(
-            settings.models_dir, device=settings.device, dtype=settings.dtype, batch_size=settings.batch_size
-        )
+    """The chosen scorers as a `ScorerSet` (ImageReward alone too), whose `score` gives every scorer's column."""
     from ..scorers.registry import load_scorers
 
     return load_scorers(
@@ -131,11 +126,12 @@ class ScorerRuntime:
                     scorer.to(home, resolve_dtype_name(settings.dtype, home))
             return as_table(result, settings.scorers)
 
-    def scorer(self, settings: RuntimeSettings) -> ImageRewardScorer:
-        """The loaded ImageReward scorer (loaded now if needed), for callers that drive it themselves (the folder
-        tab scores with ImageReward)."""
+    def scorer(self, settings: RuntimeSettings) -> Any:
+        """The loaded ImageReward scorer (loaded now if needed; the one model of its `ScorerSet`), for callers that
+        drive it themselves (the folder tab scores with ImageReward)."""
         with self._lock:
-            return self._get(replace(settings, scorers=("imagereward",), weights=""))
+            loaded = self._get(replace(settings, scorers=("imagereward",), weights=""))
+            return (getattr(loaded, "scorers", None) or [loaded])[0]
 
     def scoring_done(self, settings: RuntimeSettings) -> None:
         """After one scoring pass: with --lowvram/--medvram the diffusion model needs the VRAM back at once."""
@@ -213,8 +209,6 @@ class JobScoring:
 
 
 def resolve_dtype_name(dtype: str, device: torch.device | None) -> str:
-    from ..scorer import resolve_dtype
-
     return str(resolve_dtype(dtype, resolve_device(device))).replace("torch.", "")
 
 

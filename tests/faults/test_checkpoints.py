@@ -19,7 +19,7 @@ from imagereward.config import TextConfig
 from imagereward.errors import CheckpointError
 from imagereward.scorer import ImageRewardScorer
 from imagereward.weights import SAFETENSORS_NAME, infer_config, load_state, read_safetensors
-from tests.checkpoints import med_config, official_state_dict, write_model_dir
+from tests.checkpoints import VOCAB_DIR, med_config, official_state_dict, write_model_dir
 from tests.faults.craft import small_tmpfs
 
 TEXT = TextConfig.from_med_config(med_config())
@@ -199,19 +199,68 @@ def saved_bytes(folder: Path, state: dict) -> bytes:
     return _pt(folder, state).read_bytes()
 
 
-def test_conversion_is_aligned_and_has_its_neighbours_mode(tmp_path: Path) -> None:
-    """Issues 9.10 (mode 0600) and 9.11 (tensors 32 bytes off a 64-byte boundary: other AVX-512 rounding)."""
+def test_conversion_is_plain_safetensors_with_its_neighbours_mode(tmp_path: Path) -> None:
+    """Issue 9.10 (mode 0600); issue 20.3: the file holds the model's tensors and nothing else (no padding
+    pseudo-tensors), so every safetensors tool reads it; read back on the CPU, each tensor is 64-byte aligned (issue
+    9.11: other AVX-512 rounding otherwise)."""
+    from safetensors.torch import load_file
+
     path = _pt(tmp_path)
     os.chmod(path, 0o644)
     load_state(path)
     converted = tmp_path / SAFETENSORS_NAME
     assert (converted.stat().st_mode & 0o777) == 0o644
+    plain = load_file(str(converted))
+    original = official_state_dict()
+    used = {k for k in original if weights.official_to_ours(k) is not None}
+    assert set(plain) == used  # only the model's tensors: nothing added, the unused release keys left out
+    assert all(torch.equal(plain[k], original[k]) for k in plain)  # bit for bit
     tensors, metadata = read_safetensors(converted)
     assert metadata["imagereward"] == weights._CACHE_FORMAT
-    assert tensors and all(t.data_ptr() % 64 == 0 for t in tensors.values())
-    assert not any(name.startswith("__") for name in tensors)  # padding never reaches the caller
-    original = official_state_dict()
-    assert all(torch.equal(tensors[k], original[k]) for k in tensors)  # bit for bit
+    assert tensors.keys() == plain.keys() and all(t.data_ptr() % 64 == 0 for t in tensors.values())
+
+
+def _v2_conversion(path: Path, source: Path | None) -> dict[str, torch.Tensor]:
+    """A conversion as version 2 wrote it: the model's tensors with uint8 padding pseudo-tensors among them."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v for k, v in official_state_dict().items() if weights.official_to_ours(k) is not None}
+    padded = {**tensors, "__imagereward_padding_0": torch.zeros(40, dtype=torch.uint8)}
+    stamp = weights._file_stamp(source) if source is not None else {}
+    save_file(padded, str(path), metadata={"format": "pt", "imagereward": "imagereward-state-dict-v2", **stamp})
+    return tensors
+
+
+def test_an_old_padded_conversion_is_still_read_without_its_padding(tmp_path: Path) -> None:
+    converted = tmp_path / SAFETENSORS_NAME
+    tensors = _v2_conversion(converted, None)
+    state, source = load_state(tmp_path)  # no .pt beside it: the old file is read as it is
+    assert source == converted and state.keys() == tensors.keys()
+    scorer = ImageRewardScorer.from_files(converted, _med_config(tmp_path), VOCAB_DIR, device="cpu")
+    assert len(scorer.score(PROMPT, [torch.zeros(3, 32, 32)])) == 1
+
+
+def test_an_old_padded_conversion_is_converted_again_once_with_a_message(tmp_path: Path, caplog) -> None:
+    from safetensors.torch import load_file
+
+    path = _pt(tmp_path)
+    _v2_conversion(tmp_path / SAFETENSORS_NAME, path)
+    with caplog.at_level("INFO", logger="imagereward"):
+        _, source = load_state(path)
+    assert source == path and "converted by an older version" in caplog.text
+    assert not any(k.startswith("__") for k in load_file(str(tmp_path / SAFETENSORS_NAME)))
+    caplog.clear()
+    with caplog.at_level("INFO", logger="imagereward"):
+        _, source = load_state(path)
+    assert source == tmp_path / SAFETENSORS_NAME and "older version" not in caplog.text
+
+
+def _med_config(folder: Path) -> Path:
+    import json
+
+    path = folder / "med_config.json"
+    path.write_text(json.dumps(med_config()), encoding="utf-8")
+    return path
 
 
 def test_an_older_conversion_format_is_rewritten(tmp_path: Path) -> None:
@@ -246,7 +295,7 @@ def _safetensors_no_space(tensors, filename, metadata=None):
 def test_a_full_disk_stand_in_never_stops_loading(tmp_path: Path, model_dir: Path, monkeypatch, fault) -> None:
     """Issue 9.1: safetensors raises SafetensorError, not OSError; every load failed and left a .tmp behind."""
     folder = write_model_dir(tmp_path / "models")
-    monkeypatch.setattr(weights, "_write_aligned_safetensors", fault)
+    monkeypatch.setattr(weights, "_write_safetensors", fault)
     for _ in range(2):
         scorer = ImageRewardScorer.load(folder, device="cpu", offline=True, progress=False)
         assert len(scorer.score(PROMPT, [torch.zeros(3, 32, 32)])) == 1
