@@ -22,7 +22,13 @@ environment, ``Range`` resume) rather than ``http_get``, because ``http_get`` wr
 per-read timeout: a server trickling a few bytes a second kept it waiting for days with the bar standing still. Here a
 download that brings less than 1 MB in ``IMAGEREWARD_DOWNLOAD_STALL_S`` seconds (default 60; nothing at all included)
 ends with a message; what it brought is kept and the next run resumes. The partial file is ours and is kept until it
-is complete, then checked against the hash the hub announced and renamed into place.
+is complete, then checked against the hash the hub announced and renamed into place. Both limits of
+``hf_hub_download`` are shown against the installed version by tests/faults/test_download_retries.py. Only public
+names of huggingface_hub are used.
+
+Transient failures (HTTP 408, 429, 500, 502, 503, 504; a refused, reset or dropped connection; a failed DNS lookup)
+are tried again, for the first question to the hub as for the download, before the first byte as after it: waits of
+1, 2, 4, 8 s (a ``Retry-After`` is honoured up to 30 s), at most four retries in a row without new bytes.
 
 Housekeeping of ``.imagereward-download/``: an empty partial file (nothing to resume) is removed when a download fails;
 the lock file is removed when no partial download is left in the folder. A download that does not match its
@@ -44,6 +50,7 @@ import math
 import os
 import re
 import shutil
+import socket
 import struct
 import sys
 import time
@@ -74,7 +81,17 @@ PARTIAL_DIRNAME = ".imagereward-download"
 
 OFFLINE_ENV_VARS = ("IMAGEREWARD_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 _TRUE_VALUES = {"1", "ON", "YES", "TRUE"}
-_MAX_ATTEMPTS = 3  # per file and call; a further attempt is made only if the previous one brought new bytes
+#: Transient failures are tried again, before the first byte as after it: the server busy, restarting or rate
+#: limiting (these statuses), a refused, reset or dropped connection, a failed DNS lookup. The waits double from
+#: _BACKOFF_S up to _BACKOFF_MAX_S (a Retry-After the server sends is honoured up to _RETRY_AFTER_MAX_S); after
+#: _RETRIES failures in a row without new bytes the error is reported. A stall is not retried (see _Stalled).
+_TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+_RETRIES = 4
+_BACKOFF_S = 1.0
+_BACKOFF_MAX_S = 8.0
+_RETRY_AFTER_MAX_S = 30.0
+_MAX_ATTEMPTS = 20  # per file and call, whatever the progress: a connection that drops every few MB ends too
+_sleep = time.sleep  # tests record the waits
 _HASH_CHUNK = 8 * 1024 * 1024
 _READ_SIZE = 1024 * 1024  # at most this much per read; each read returns what has arrived
 STALL_ENV_VAR = "IMAGEREWARD_DOWNLOAD_STALL_S"
@@ -527,7 +544,7 @@ def _fetch_metadata(file: HubFile, endpoint: str | None, dest: Path) -> tuple[st
     for index, repo_id in enumerate(file.repo_ids):
         url = hub_file_url(file, endpoint, repo_id)
         try:
-            return repo_id, get_hf_file_metadata(url)
+            return repo_id, _retrying(lambda url=url: get_hf_file_metadata(url), f"the hub's answer for {url}")
         except RepositoryNotFoundError as err:
             if index + 1 < len(file.repo_ids):
                 logger.info("The hub does not know %s, trying %s", repo_id, file.repo_ids[index + 1])
@@ -579,11 +596,15 @@ def _fetch_url_metadata(file: HubFile, dest: Path) -> tuple[str, Any]:
 
     assert file.url is not None
     request = urllib.request.Request(file.url, method="HEAD", headers={"User-Agent": "sd-webui-imagereward"})
-    try:
+
+    def head() -> _UrlAnswer:
         with _opener().open(request, timeout=30) as response:
             length = response.headers.get("Content-Length")
             size = int(length) if length and length.isdigit() else None
-            return "", _UrlAnswer(etag=file.sha256, size=size, location=response.geturl())
+            return _UrlAnswer(etag=file.sha256, size=size, location=response.geturl())
+
+    try:
+        return "", _retrying(head, f"the answer of {file.url}")
     except urllib.error.HTTPError as err:
         raise DownloadError(
             f"{file.url} answered {err.code} {err.reason}. Download it yourself and save it as {dest}."
@@ -613,6 +634,7 @@ def _download_file(file: HubFile, root: Path, endpoint: str | None, answer: tupl
     stall_s = download_stall_seconds()
     partial.touch()  # so that an empty file on the hub still yields a (verified) empty file here
 
+    failures = 0  # in a row, without new bytes
     for attempt in range(1, _MAX_ATTEMPTS + 1):
         done = partial.stat().st_size if partial.exists() else 0
         if expected_size is not None and done > expected_size:
@@ -645,10 +667,10 @@ def _download_file(file: HubFile, root: Path, endpoint: str | None, answer: tupl
                 f"{_manual_hint(file, dest, endpoint)}"
             ) from None
         except _network_errors() as err:
-            now = partial.stat().st_size if partial.exists() else 0
-            if now > done and attempt < _MAX_ATTEMPTS:
-                logger.warning("Download of %s interrupted (%s); resuming", file.relpath, _describe_error(err))
-                time.sleep(0.2)
+            progressed = (partial.stat().st_size if partial.exists() else 0) > done
+            failures = 0 if progressed else failures + 1
+            if _is_transient(err) and failures <= _RETRIES and attempt < _MAX_ATTEMPTS:
+                _wait_before_retry(err, max(0, failures - 1), f"the download of {file.relpath}")
                 continue
             raise DownloadError(
                 f"Could not download {file.relpath} from {url}: {_describe_error(err)}. {_kept_note(partial)}"
@@ -657,6 +679,70 @@ def _download_file(file: HubFile, root: Path, endpoint: str | None, answer: tupl
         break
 
     _verify_and_install(file, partial, dest, etag, expected_size, url, endpoint)
+
+
+def _status_of(err: BaseException) -> int | None:
+    """The HTTP status of an error answer (urllib's, requests', httpx's, huggingface_hub's), else None."""
+    if isinstance(err, urllib.error.HTTPError):
+        return err.code
+    status = getattr(getattr(err, "response", None), "status_code", None)
+    return status if isinstance(status, int) else None
+
+
+def _is_transient(err: BaseException) -> bool:
+    """Whether trying again later may succeed: a status in _TRANSIENT_STATUS, or no answer at all (a refused,
+    reset or dropped connection, a timeout before the answer, a failed DNS lookup); never a certificate problem."""
+    status = _status_of(err)
+    if status is not None:
+        return status in _TRANSIENT_STATUS
+    if "CERTIFICATE" in str(err).upper() or type(err).__name__ == "OfflineModeIsEnabled":  # (a ConnectionError)
+        return False
+    transport: list[type[BaseException]] = [
+        ConnectionError,
+        TimeoutError,
+        socket.gaierror,
+        http.client.HTTPException,
+        urllib.error.URLError,
+    ]
+    for module_name, names in (("httpx2", ("TransportError",)), ("httpx", ("TransportError",))):
+        module = sys.modules.get(module_name)
+        transport += [getattr(module, n) for n in names if isinstance(getattr(module, n, None), type)]
+    requests_exceptions = sys.modules.get("requests.exceptions")
+    for name in ("ConnectionError", "Timeout", "ChunkedEncodingError"):
+        if isinstance(getattr(requests_exceptions, name, None), type):
+            transport.append(getattr(requests_exceptions, name))
+    return isinstance(err, tuple(transport)) or isinstance(err.__cause__ or err.__context__, tuple(transport))
+
+
+def _retry_after(err: BaseException) -> float | None:
+    """The seconds a `Retry-After: N` header of the error answer asks for, if any."""
+    headers = getattr(err, "headers", None) or getattr(getattr(err, "response", None), "headers", None)
+    value = headers.get("Retry-After") if headers is not None else None
+    try:
+        return min(float(value), _RETRY_AFTER_MAX_S) if value is not None else None
+    except ValueError:  # an HTTP date: the usual backoff
+        return None
+
+
+def _wait_before_retry(err: BaseException, retry: int, what: str) -> None:
+    """Wait before retry number `retry` (0 first): _BACKOFF_S doubled each time up to _BACKOFF_MAX_S, or longer
+    when the server asked for it."""
+    delay = min(_BACKOFF_S * 2**retry, _BACKOFF_MAX_S)
+    delay = max(delay, _retry_after(err) or 0.0)
+    logger.warning("%s failed (%s); trying again in %.1f s", what, _describe_error(err), delay)
+    _sleep(delay)
+
+
+def _retrying(call: Any, what: str) -> Any:
+    """`call()`, tried again after transient failures (`_is_transient`), at most _RETRIES times, with backoff."""
+    for retry in range(_RETRIES + 1):
+        try:
+            return call()
+        except Exception as err:
+            if retry == _RETRIES or not _is_transient(err):
+                raise
+            _wait_before_retry(err, retry, what)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _kept_note(partial: Path) -> str:

@@ -13,9 +13,10 @@ What huggingface_hub (0.14 to 2.x) needs from ``HEAD``/``GET {endpoint}/{repo_id
 
 Faults, per file (:class:`FakeFile`): ``interrupt_after`` (the next GET sends that many body bytes, then drops the
 connection; with ``status_after_interrupt``, later GETs then fail with that status), ``get_status`` (GETs answer that
-status, HEAD still works), ``status`` (every request answers it), ``served`` (bytes served instead of the content the
-hashes are announced for), ``trickle`` (GETs send the body in pieces of that many bytes with that many seconds between
-them: a slow or stalled server). ``FakeHub.fail_all`` makes the whole hub answer one status. Every request is recorded
+status, HEAD still works), ``status`` (every request answers it), ``head_errors``/``get_errors`` (the next HEADs/GETs
+answer these statuses, one each: a busy server), ``served`` (bytes served instead of the content the hashes are
+announced for), ``trickle`` (GETs send the body in pieces of that many bytes with that many seconds between them: a
+slow or stalled server). ``FakeHub.fail_all`` makes the whole hub answer one status. Every request is recorded
 (method, path, Range header, status, body bytes sent).
 
 Use it as a context manager, or through the ``fake_hub`` fixture (``from tests.fake_hub import fake_hub`` in a
@@ -58,6 +59,8 @@ class FakeFile:
     status_after_interrupt: int | None = None  # once ``interrupt_after`` fired, set ``get_status`` to this
     status: int | None = None  # every request for this file answers this status
     trickle: tuple[int, float] | None = None  # GETs send (bytes, then wait seconds) at a time: a slow server
+    head_errors: list[int] = field(default_factory=list)  # the next HEADs answer these statuses, one each, in order
+    get_errors: list[int] = field(default_factory=list)  # the next GETs answer these statuses, one each, in order
 
     @property
     def sha256(self) -> str:
@@ -209,6 +212,8 @@ class FakeHub:
         record.filename = file.filename
         if file.status is not None:
             return self._error(handler, record, file.status, "", "Internal error (fake)", head, repo_id)
+        if head and file.head_errors:
+            return self._error(handler, record, file.head_errors.pop(0), "", "Busy (fake)", head, repo_id)
         if file.lfs:
             location = f"{self.cdn_url}/cdn/{quote(repo_id)}/{quote(filename)}"
             headers = {
@@ -238,6 +243,8 @@ class FakeHub:
     ) -> None:
         if not head and file.get_status is not None:
             return self._error(handler, record, file.get_status, "", "Download failed (fake)", head)
+        if not head and file.get_errors:
+            return self._error(handler, record, file.get_errors.pop(0), "", "Busy (fake)", head)
         body = file.served if file.served is not None else file.content
         total = len(body)
         start = 0
