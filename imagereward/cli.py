@@ -298,28 +298,13 @@ def output_format(args: argparse.Namespace) -> str:
 
 
 def check_device(name: str) -> None:
-    """Refuse a device that does not exist here, in one line, before the model loads."""
-    if name == "auto":
-        return
-    import torch
+    """`engine.check_device` as a usage error of this command."""
+    from .engine import check_device as check
 
     try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise UsageError(f"--device {name}: not a device name; use auto, cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            build = "a CPU-only build of torch" if torch.version.cuda is None else "no usable NVIDIA GPU or driver"
-            raise UsageError(f"--device {name}: CUDA is not available here ({build}); use --device cpu or auto")
-        count = torch.cuda.device_count()
-        if device.index is not None and device.index >= count:
-            raise UsageError(f"--device {name}: there are {count} CUDA device(s), numbered 0 to {count - 1}")
-    elif device.type == "mps":
-        backend = getattr(torch.backends, "mps", None)
-        if backend is None or not backend.is_available():
-            raise UsageError(f"--device {name}: no Apple GPU (MPS) is available here; use --device cpu or auto")
-    elif device.type != "cpu":
-        raise UsageError(f"--device {name}: only auto, cpu, cuda, cuda:N and mps are supported")
+        check(name)
+    except ImageRewardError as exc:
+        raise UsageError(f"--device {exc}") from None
 
 
 def check_output_target(output: str, inputs: Sequence[Path]) -> None:

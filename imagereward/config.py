@@ -98,4 +98,3 @@ class ImageRewardConfig:
     vision: VisionConfig = field(default_factory=VisionConfig)
     text: TextConfig = field(default_factory=TextConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
-    max_text_length: int = MAX_TEXT_LENGTH

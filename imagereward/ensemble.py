@@ -30,10 +30,6 @@ class Ensemble:
     members: tuple[str, ...]
     weights: tuple[float, ...]
 
-    def describe(self) -> str:
-        """`ImageReward×1 + PickScore×2`-style text, for infotext and messages."""
-        return " + ".join(f"{SCORERS[m].label}×{w:g}" for m, w in zip(self.members, self.weights, strict=True))
-
     def combine(self, table: Mapping[str, Sequence[float]]) -> list[float]:
         """Each image's ensemble score from the members' raw scores (`{name: [score per image]}`)."""
         total = sum(self.weights)

@@ -28,8 +28,6 @@ from .errors import ImageInputError
 
 MAX_PIXELS = 8192 * 8192
 MAX_ASPECT = 32
-#: Bytes per decoded pixel in the widest mode PIL decodes to (RGBA, CMYK, I, F).
-BYTES_PER_PIXEL = 4
 
 
 def describe_limits() -> str:

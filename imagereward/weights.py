@@ -103,7 +103,6 @@ def summarise_names(keys: Iterable[str], limit: int = 8) -> str:
 _summarise = summarise_names
 
 
-_BLOCK_KEY = re.compile(r"^blip\.visual_encoder\.blocks\.(\d{1,4})\.")
 _LAYER_KEY = re.compile(r"^blip\.text_encoder\.encoder\.layer\.(\d{1,4})\.")
 #: The release's vision encoder, ViT-L/16 at 224 px: nothing larger is ever built, whatever a checkpoint says.
 VIT_L16 = VisionConfig()
@@ -136,46 +135,64 @@ def tensor_shape(state: Mapping[str, torch.Tensor], key: str, release: str) -> t
 _RELEASE = "an ImageReward checkpoint"
 
 
-def _indices(state: Mapping[str, torch.Tensor], pattern: re.Pattern[str], what: str, most: int) -> int:
-    return numbered_blocks(state, pattern, what, most, _RELEASE)
-
-
 def _shape(state: Mapping[str, torch.Tensor], key: str) -> tuple[int, ...]:
     return tensor_shape(state, key, _RELEASE)
 
 
-def infer_config(state: Mapping[str, torch.Tensor], text: TextConfig) -> ImageRewardConfig:
-    """The configuration the weights describe, checked before anything is built.
+def blip_vision_config(
+    state: Mapping[str, torch.Tensor],
+    text: TextConfig,
+    prefix: str,
+    release: str,
+    name: str,
+    more_problems: Callable[[int], list[str]] = lambda width: [],
+) -> VisionConfig:
+    """The vision encoder a BLIP-family checkpoint (ImageReward's, BLIP's own) describes, checked with its text
+    encoder against `text` (the med_config.json) before anything is built; keys are `prefix` + BLIP's names.
 
     The vision encoder may be ViT-L/16 or a narrower/shallower one of the same family (small test checkpoints):
     16 px patches at 224 px, width a multiple of 64 up to 1024 (heads = width / 64, as in every BLIP ViT), MLP 4x
     width, blocks numbered 0..depth-1 with depth <= 24. The text encoder must have exactly the layers and sizes that
     `med_config.json` names. So the model's size is bounded by the release's and by the tensors actually present.
+    `more_problems(width)` adds a model's own checks; every problem is reported at once as not fitting `name`.
     """
-    patch = _shape(state, "blip.visual_encoder.patch_embed.proj.weight")
+
+    def shape(key: str) -> tuple[int, ...]:
+        return tensor_shape(state, prefix + key, release)
+
+    patch = shape("visual_encoder.patch_embed.proj.weight")
     width = patch[0] if patch else 0
     problems = []
     if not (len(patch) == 4 and 64 <= width <= VIT_L16.width and width % 64 == 0 and patch[1:] == (3, 16, 16)):
         problems.append(f"patch embedding {patch} (expected (width, 3, 16, 16), width a multiple of 64 up to 1024)")
     grid = VIT_L16.image_size // VIT_L16.patch_size
-    pos = _shape(state, "blip.visual_encoder.pos_embed")
+    pos = shape("visual_encoder.pos_embed")
     if pos != (1, grid * grid + 1, width):
         problems.append(f"position embedding {pos} (expected {(1, grid * grid + 1, width)})")
-    fc1 = _shape(state, "blip.visual_encoder.blocks.0.mlp.fc1.weight")
+    fc1 = shape("visual_encoder.blocks.0.mlp.fc1.weight")
     if fc1 != (4 * width, width):
         problems.append(f"block 0 MLP {fc1} (expected {(4 * width, width)})")
-    words = _shape(state, "blip.text_encoder.embeddings.word_embeddings.weight")
+    words = shape("text_encoder.embeddings.word_embeddings.weight")
     if words != (text.vocab_size, text.hidden_size):
         problems.append(f"word embeddings {words} (med_config.json: {(text.vocab_size, text.hidden_size)})")
     if text.num_heads < 1 or text.hidden_size % text.num_heads:
         problems.append(f"med_config.json: {text.hidden_size} hidden units do not split into {text.num_heads} heads")
+    problems += more_problems(width)
     if problems:
-        raise CheckpointError("the checkpoint does not fit ImageReward's configuration: " + "; ".join(problems))
-    depth = _indices(state, _BLOCK_KEY, "vision blocks", VIT_L16.depth)
-    layers = _indices(state, _LAYER_KEY, "text layers", max(1, text.num_layers))
+        raise CheckpointError(f"the checkpoint does not fit {name}'s configuration: " + "; ".join(problems))
+    quoted = re.escape(prefix)
+    blocks = re.compile("^" + quoted + r"visual_encoder\.blocks\.(\d{1,4})\.")
+    depth = numbered_blocks(state, blocks, "vision blocks", VIT_L16.depth, release)
+    text_layers = re.compile("^" + quoted + r"text_encoder\.encoder\.layer\.(\d{1,4})\.")
+    layers = numbered_blocks(state, text_layers, "text layers", max(1, text.num_layers), release)
     if layers != text.num_layers:
         raise CheckpointError(f"the checkpoint has {layers} text layers, med_config.json names {text.num_layers}")
-    vision = replace(VIT_L16, width=width, depth=depth, num_heads=width // 64, mlp_dim=4 * width)
+    return replace(VIT_L16, width=width, depth=depth, num_heads=width // 64, mlp_dim=4 * width)
+
+
+def infer_config(state: Mapping[str, torch.Tensor], text: TextConfig) -> ImageRewardConfig:
+    """The configuration the weights describe, checked before anything is built (`blip_vision_config`)."""
+    vision = blip_vision_config(state, text, "blip.", _RELEASE, "ImageReward")
     return replace(ImageRewardConfig(), vision=vision, text=text)
 
 

@@ -172,12 +172,12 @@ def _check(args: argparse.Namespace) -> None:
         raise UsageError("give --copy-to or --move-to, not both")
     if args.models_dir and not Path(args.models_dir).expanduser().is_dir():
         raise UsageError(f"--models-dir {args.models_dir}: is not a folder")
-    from ..cli import check_device  # the main command line's check: one line before the model loads
+    from ..engine import check_device  # one line before the model loads, as the main command line
 
     try:
         check_device(args.device)
     except ImageRewardError as exc:
-        raise UsageError(str(exc)) from None
+        raise UsageError(f"--device {exc}") from None
 
 
 def make_source(args: argparse.Namespace) -> Any:

@@ -42,7 +42,6 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("fingerprint", "int64"),
     ("scored_at", "timestamp_us_utc"),
 )
-COLUMN_NAMES = tuple(name for name, _ in COLUMNS)
 
 
 @dataclass(frozen=True)

@@ -35,8 +35,6 @@ class SourceError(ImageRewardError):
 
 
 class Source(Protocol):
-    description: str
-
     def items(self, part: int = 0, parts: int = 1) -> Iterator[Item]: ...
 
 
@@ -65,7 +63,6 @@ class FileSource:
         self.paths = [_absolute(p) for p in paths]
         self.recursive = recursive
         self.exclude = [os.path.realpath(e) for e in exclude]
-        self.description = ", ".join(paths[:3]) + (" …" if len(paths) > 3 else "")
 
     def _walk(self, folder: str) -> Iterator[os.DirEntry[str]]:
         if _inside(os.path.realpath(folder), self.exclude):
@@ -150,7 +147,6 @@ class PathListSource:
             self.encoding = list_encoding(self.file)
         except OSError as exc:
             raise SourceError(f"{list_file}: cannot read it ({exc.strerror or exc})") from None
-        self.description = str(list_file)
 
     def _paths(self) -> Iterator[tuple[str, str | None, str | None]]:
         base = self.file.resolve().parent
@@ -209,7 +205,6 @@ class ParquetSource:
                     f"{file}: column '{column}' holds {kind}, expected text (strings) with the {what}; "
                     f"name another column with {option}"
                 )
-        self.description = str(file)
 
     def _rows(self) -> Iterator[tuple[str, str | None, str | None]]:
         pq = deps.pyarrow().parquet
@@ -352,7 +347,6 @@ class ShardSource:
         self.shards = expand_shards(patterns)
         if not self.shards:
             raise SourceError(f"{', '.join(patterns)}: no tar shards found")
-        self.description = f"{len(self.shards)} tar shard(s)"
         #: Messages for shards that could not be read (wholly or from some point on), filled while listing.
         self.problems: list[str] = []
 

@@ -662,8 +662,3 @@ def _locked(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-
-
-def scored_only(table: Any) -> Any:
-    pc = deps.pyarrow().compute
-    return table.filter(pc.equal(table["status"], SCORED))

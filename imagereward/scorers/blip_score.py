@@ -37,7 +37,7 @@ from ..config import TextConfig, VisionConfig
 from ..errors import CheckpointError, ImageRewardError
 from ..hub import MED_CONFIG_FILE, MED_CONFIG_NAME, TOKENIZER_CONFIG_FILE, TOKENIZER_DIRNAME, VOCAB_FILE, HubFile
 from ..model import TextEncoder, VisionTransformer
-from ..weights import expected_shapes, load_torch_file, map_checked, numbered_blocks, tensor_shape
+from ..weights import VIT_L16, blip_vision_config, expected_shapes, load_torch_file, map_checked, tensor_shape
 from ..weights import summarise_names as _summarise
 from .base import LoadedModel, ModelFamily, ScoringModel
 
@@ -59,9 +59,6 @@ OUTPUTS = ("blip",)
 
 #: BLIP's contrastive feature width (`BLIP_Pretrain(embed_dim=256)`, as the reference builds it).
 EMBED_DIM = 256
-#: The release's vision encoder: ViT-L/16 at 224 px, 16 heads of 64. Nothing larger is ever built.
-VIT_L16 = VisionConfig()
-_HEAD_WIDTH = 64
 
 
 @dataclass(frozen=True)
@@ -171,51 +168,18 @@ def select_used(state: Mapping[str, torch.Tensor], where: object = "the checkpoi
 _RELEASE = "BLIP's model_large.pth"
 
 
-def _shape(state: Mapping[str, torch.Tensor], key: str) -> tuple[int, ...]:
-    return tensor_shape(state, key, _RELEASE)
-
-
-def _count(state: Mapping[str, torch.Tensor], pattern: str, what: str, most: int) -> int:
-    return numbered_blocks(state, re.compile(pattern), what, most, _RELEASE)
-
-
 def infer_config(state: Mapping[str, torch.Tensor], text: TextConfig) -> BlipScoreConfig:
-    """The configuration the (used) tensors describe, checked before anything is built.
-
-    ViT-L/16 or a narrower/shallower ViT of the same family (small test checkpoints): 16 px patches at 224 px, width a
-    multiple of 64 up to 1024 (heads of 64), MLP 4x width, at most 24 blocks. The text encoder has exactly the sizes
-    and layers `med_config.json` names; the projections map both to one feature width.
-    """
-    patch = _shape(state, "visual_encoder.patch_embed.proj.weight")
-    width = patch[0] if patch else 0
-    problems = []
-    if not (len(patch) == 4 and _HEAD_WIDTH <= width <= VIT_L16.width and width % _HEAD_WIDTH == 0):
-        problems.append(f"patch embedding {patch} (expected (width, 3, 16, 16), width a multiple of 64 up to 1024)")
-    elif patch[1:] != (3, VIT_L16.patch_size, VIT_L16.patch_size):
-        problems.append(f"patch embedding {patch} (expected {(width, 3, 16, 16)})")
-    grid = VIT_L16.image_size // VIT_L16.patch_size
-    pos = _shape(state, "visual_encoder.pos_embed")
-    if pos != (1, grid * grid + 1, width):
-        problems.append(f"position embedding {pos} (expected {(1, grid * grid + 1, width)})")
-    fc1 = _shape(state, "visual_encoder.blocks.0.mlp.fc1.weight")
-    if fc1 != (4 * width, width):
-        problems.append(f"block 0 MLP {fc1} (expected {(4 * width, width)})")
-    words = _shape(state, "text_encoder.embeddings.word_embeddings.weight")
-    if words != (text.vocab_size, text.hidden_size):
-        problems.append(f"word embeddings {words} (med_config.json: {(text.vocab_size, text.hidden_size)})")
-    if text.num_heads < 1 or text.hidden_size % text.num_heads:
-        problems.append(f"med_config.json: {text.hidden_size} hidden units do not split into {text.num_heads} heads")
-    vision_proj = _shape(state, "vision_proj.weight")
+    """The configuration the (used) tensors describe, checked before anything is built: the vision and text encoders
+    as ImageReward's (`weights.blip_vision_config`), and projections that map both to one feature width."""
+    vision_proj = tensor_shape(state, "vision_proj.weight", _RELEASE)
     embed_dim = vision_proj[0] if len(vision_proj) == 2 else 0
-    if not (1 <= embed_dim <= 4096 and vision_proj == (embed_dim, width)):
-        problems.append(f"vision_proj {vision_proj} (expected (features, {width}))")
-    if problems:
-        raise CheckpointError("the checkpoint does not fit BLIP's configuration: " + "; ".join(problems))
-    depth = _count(state, _VIT + r"blocks\.(\d+)\.", "vision blocks", VIT_L16.depth)
-    layers = _count(state, _LAYER, "text layers", max(1, text.num_layers))
-    if layers != text.num_layers:
-        raise CheckpointError(f"the checkpoint has {layers} text layers, med_config.json names {text.num_layers}")
-    vision = replace(VIT_L16, width=width, depth=depth, num_heads=width // _HEAD_WIDTH, mlp_dim=4 * width)
+
+    def projection(width: int) -> list[str]:
+        if 1 <= embed_dim <= 4096 and vision_proj == (embed_dim, width):
+            return []
+        return [f"vision_proj {vision_proj} (expected (features, {width}))"]
+
+    vision = blip_vision_config(state, text, "", _RELEASE, "BLIP", projection)
     return BlipScoreConfig(vision=vision, text=text, embed_dim=embed_dim)
 
 

@@ -225,10 +225,3 @@ def canonical_name(name: str) -> str | None:
     if key in SCORERS or key == ENSEMBLE:
         return key
     return ALIASES.get(key)
-
-
-def spec_for_infotext_key(key: str) -> ScorerSpec | None:
-    for spec in SCORERS.values():
-        if spec.infotext_key == key:
-            return spec
-    return None
