@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -55,6 +56,28 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
             return torch.device("cuda")
         return torch.device("mps" if mps_available() else "cpu")
     return torch.device(device)
+
+
+def check_device(name: str) -> None:
+    """Refuse a device that does not exist here, in one line, before a model loads (`auto` always passes)."""
+    if name == "auto":
+        return
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ImageRewardError(f"{name}: not a device name; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "a CPU-only build of torch" if torch.version.cuda is None else "no usable NVIDIA GPU or driver"
+            raise ImageRewardError(f"{name}: CUDA is not available here ({build}); use cpu or auto")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ImageRewardError(f"{name}: there are {count} CUDA device(s), numbered 0 to {count - 1}")
+    elif device.type == "mps":
+        if not mps_available():
+            raise ImageRewardError(f"{name}: no Apple GPU (MPS) is available here; use cpu or auto")
+    elif device.type != "cpu":
+        raise ImageRewardError(f"{name}: only auto, cpu, cuda, cuda:N and mps are supported")
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
@@ -176,16 +199,16 @@ class Scorer:
     def _pixels(self, items: Sequence[ImageInput], exif_orientation: bool = True) -> torch.Tensor:
         """One normalised batch on the model's device.
 
-        Tensors of one shape are resized together on their device; PIL images and paths take the reference-exact PIL
-        path in a thread pool (PIL releases the GIL while resizing).
+        Tensors of one shape are resized together on their device; paths are decoded and PIL images take the
+        reference-exact PIL path in a thread pool (PIL releases the GIL while decoding and resizing).
         """
         device = self.device
         spec = self.model.pixel_spec
         normalisation = (spec.mean, spec.std)
+        items = decode_images(items, exif_orientation, self.preprocess_workers)
         parts: list[torch.Tensor | None] = [None] * len(items)
         same_shape: dict[tuple, list[int]] = {}
         pil_indices: list[int] = []
-        items = [as_chw(item) if isinstance(item, (np.ndarray, torch.Tensor)) else item for item in items]
         for i, item in enumerate(items):
             if isinstance(item, torch.Tensor):
                 same_shape.setdefault((tuple(item.shape), item.dtype, item.device), []).append(i)
@@ -206,9 +229,8 @@ class Scorer:
         if pil_indices:
 
             def work(index: int) -> torch.Tensor:
-                image = load_pil(items[index], exif_orientation=exif_orientation)
                 pixels = pil_to_pixels(
-                    image,
+                    items[index],  # type: ignore[arg-type]
                     spec.size,
                     normalisation=normalisation,
                     rgb_first=spec.rgb_before_resize,
@@ -217,13 +239,7 @@ class Scorer:
                 )
                 return pixels.unsqueeze(0)
 
-            workers = self.preprocess_workers or min(8, len(pil_indices), torch.get_num_threads())
-            if workers > 1:
-                with ThreadPoolExecutor(max_workers=workers) as pool:
-                    done = list(pool.map(work, pil_indices))
-            else:
-                done = [work(i) for i in pil_indices]
-            for index, tensor in zip(pil_indices, done, strict=True):
+            for index, tensor in zip(pil_indices, _in_threads(work, pil_indices, self.preprocess_workers), strict=True):
                 parts[index] = tensor.to(device, non_blocking=True)
         return torch.cat([p for p in parts if p is not None])
 
@@ -298,9 +314,10 @@ class Scorer:
         progress: Callable[[int, int], None] | None,
     ) -> list[dict[str, torch.Tensor]]:
         results: list[dict[str, torch.Tensor]] = []
+        batch_size = self.batch_size  # halved on an out-of-memory error for the rest of this call only
         start = 0
         while start < len(items):
-            stop = min(start + self.batch_size, len(items))
+            stop = min(start + batch_size, len(items))
             try:
                 pixels = self._pixels(items[start:stop], exif_orientation)
                 input_ids = mask = None
@@ -312,18 +329,41 @@ class Scorer:
                     raise
                 del exc
                 empty_cache(self.device)
-                if self.batch_size == 1:
+                if batch_size == 1:
                     raise ScoringOutOfMemoryError(
                         f"not enough memory on {self.device} to score even one image; free memory (close other "
                         "programs, offload models) or score on the CPU"
                     ) from None
-                self.batch_size = max(1, self.batch_size // 2)
-                log.warning("%s: out of memory, retrying with batches of %d", "/".join(self.outputs), self.batch_size)
+                batch_size = max(1, batch_size // 2)
+                log.warning("%s: out of memory, retrying with batches of %d", "/".join(self.outputs), batch_size)
                 continue
             start = stop
             if progress is not None:
                 progress(stop, len(items))
         return results
+
+
+def decode_images(
+    items: Sequence[ImageInput], exif_orientation: bool = True, workers: int | None = None
+) -> list[ImageInput]:
+    """Each image ready for any scorer's pixels, decoded once: paths opened and decoded, PIL images turned as their
+    EXIF orientation says (unless off; the result carries no orientation tag, so turning again changes nothing),
+    in a thread pool; numpy arrays and tensors as CHW tensors."""
+    chw = [as_chw(item) if isinstance(item, (np.ndarray, torch.Tensor)) else item for item in items]
+    to_decode = [i for i, item in enumerate(chw) if not isinstance(item, torch.Tensor)]
+    decoded = _in_threads(lambda i: load_pil(chw[i], exif_orientation=exif_orientation), to_decode, workers)
+    for index, image in zip(to_decode, decoded, strict=True):
+        chw[index] = image
+    return chw
+
+
+def _in_threads(work: Callable[[int], Any], indices: list[int], workers: int | None) -> list[Any]:
+    """`work` on each index, in a thread pool when there is more than one (PIL releases the GIL)."""
+    count = workers or min(8, len(indices), torch.get_num_threads())
+    if count > 1 and len(indices) > 1:
+        with ThreadPoolExecutor(max_workers=count) as pool:
+            return list(pool.map(work, indices))
+    return [work(i) for i in indices]
 
 
 def flatten_images(images: ImageInput | Sequence[ImageInput]) -> list[ImageInput]:

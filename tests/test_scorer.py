@@ -97,7 +97,11 @@ def test_out_of_memory_halves_the_batch_and_keeps_results(scorer: ImageRewardSco
     scorer.batch_size = 6
     try:
         assert scorer.score(PROMPT, IMAGES[:6]) == pytest.approx(reference, abs=1e-5)
-        assert sizes[:3] == [6, 3, 1] and scorer.batch_size == 1  # halved until it fits
+        assert sizes[:3] == [6, 3, 1]  # halved until it fits
+        assert scorer.batch_size == 6  # for that call only (issue 20.6): the library's setting is not changed
+        sizes.clear()
+        scorer.score(PROMPT, IMAGES[:6])
+        assert sizes[0] == 6  # the next call tries the full batch again
     finally:
         scorer.batch_size = 4
 

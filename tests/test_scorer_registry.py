@@ -78,6 +78,25 @@ def test_one_family_loads_once_and_encodes_each_batch_once(fake: Path) -> None:
     assert fake_family.LOADS[-1] == frozenset({"fb"})
 
 
+def test_a_set_of_families_decodes_each_image_once_and_counts_progress_once(fake: Path, monkeypatch) -> None:
+    """Issue 20.6: every family read and decoded every file again, and progress restarted at 0 for each."""
+    from imagereward import preprocess
+
+    first = registry.load_family("fake-pair", ["fa"], fake, offline=True, batch_size=2)
+    second = registry.load_family("fake-pair", ["fb"], fake, offline=True, batch_size=2)
+    expected = {"fa": first.score("a cat", IMAGES[:5]), "fb": second.score(None, IMAGES[:5])}
+    scorers = registry.ScorerSet(["fa", "fb"], [first, second])
+    opened: list[Path] = []
+    real = preprocess.open_image
+    monkeypatch.setattr(preprocess, "open_image", lambda path: opened.append(Path(path)) or real(path))
+    calls: list[tuple[int, int]] = []
+    table = scorers.score("a cat", IMAGES[:5], progress=lambda done, total: calls.append((done, total)))
+    assert sorted(opened) == sorted(IMAGES[:5])  # each file opened and decoded once, for both models
+    assert calls == [(2, 5), (4, 5), (5, 5)]
+    for name in ("fa", "fb"):
+        assert table[name] == pytest.approx(expected[name], abs=1e-6)
+
+
 def test_missing_files_name_the_scorer_and_the_url(fake: Path, tmp_path: Path) -> None:
     with pytest.raises(ModelFileMissingError) as excinfo:
         registry.load_scorers(["fa"], tmp_path / "empty", offline=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ..engine import Scorer, resolve_device, resolve_dtype
+from ..engine import Scorer, decode_images, expand_prompts, flatten_images, resolve_device, resolve_dtype
 from ..ensemble import Ensemble, make_ensemble
 from ..errors import ImageRewardError
 from ..hub import HubFile
@@ -159,14 +159,28 @@ class ScorerSet:
         exif_orientation: bool = True,
         progress: Callable[[int, int], None] | None = None,
     ) -> dict[str, list[float]]:
-        """`{name: [score per image]}` for every name asked for, in that order."""
-        table: dict[str, list[float]] = {}
-        for scorer in self.scorers:
-            table.update(
-                scorer.score_outputs(
-                    prompts, images, clean_prompts=clean_prompts, exif_orientation=exif_orientation, progress=progress
+        """`{name: [score per image]}` for every name asked for, in that order (arguments as `Scorer.score`).
+
+        Batch by batch, each image is read and decoded once (`engine.decode_images`) and then scored by every model;
+        `progress(done, total)` counts images, once per batch."""
+        items = flatten_images(images)
+        if self.needs_prompt:
+            prompts = expand_prompts(prompts, len(items))
+        table: dict[str, list[float]] = {name: [] for scorer in self.scorers for name in scorer.outputs}
+        step = self.batch_size
+        for start in range(0, len(items), step):
+            stop = min(start + step, len(items))
+            decoded = decode_images(items[start:stop], exif_orientation, self.scorers[0].preprocess_workers)
+            batch_prompts = prompts[start:stop] if isinstance(prompts, list) else prompts
+            for scorer in self.scorers:
+                # (decoded and turned already: not again)
+                outputs = scorer.score_outputs(
+                    batch_prompts, decoded, clean_prompts=clean_prompts, exif_orientation=False
                 )
-            )
+                for name, scores in outputs.items():
+                    table[name] += scores
+            if progress is not None:
+                progress(stop, len(items))
         if self.ensemble is not None:
             table[ENSEMBLE] = self.ensemble.combine(table)
         return {name: table[name] for name in self.names if name in table}
