@@ -412,7 +412,7 @@ def _load_scorer(args: argparse.Namespace, names: Sequence[str]) -> Any:
     return scorer
 
 
-def score_rows(rows: list[Row], scorer: Any, clean: bool, progress: bool) -> None:
+def fill_scores(rows: list[Row], scorer: Any, clean: bool, progress: bool) -> None:
     """Fill in scores, a batch of files at a time; a file that cannot be read gets an error and the rest go on."""
     from .preprocess import open_image
 
@@ -754,7 +754,7 @@ def _run(args: argparse.Namespace, started: float) -> int:
 
     scorer = _load_scorer(args, names)
     try:
-        score_rows(rows, scorer, args.clean_prompt, progress=not args.quiet and sys.stderr.isatty())
+        fill_scores(rows, scorer, args.clean_prompt, progress=not args.quiet and sys.stderr.isatty())
     except KeyboardInterrupt:
         return _write_partial(args, rows, fmt, settings, scorer)
     args.interrupted_note = "interrupted after scoring: nothing was written or copied"

@@ -116,6 +116,24 @@ def test_unreadable_images_and_missing_prompts_become_rows_not_crashes(tmp_path:
     assert again.scored + again.failed == 0  # unchanged failures are not retried
 
 
+def test_a_failed_image_first_in_a_batch_leaves_every_other_score_on_its_own_row(tmp_path: Path, scorer) -> None:
+    """The batch's scores are for its readable images only: each must land on its own image's row, not shifted by the
+    failed one before it."""
+    imgs = tmp_path / "imgs"
+    good = write_images(imgs, 5, start=1)
+    (imgs / "00000.png").write_bytes(b"not an image")
+    listed = tmp_path / "list.txt"  # a list keeps its order: the broken image is the first item of the first batch
+    listed.write_text("\n".join(str(p) for p in [imgs / "00000.png", *good]), encoding="utf-8")
+    summary = score_collection(PathListSource(str(listed)), tmp_path / "s", scorer=scorer, batch_size=4)
+    assert (summary.scored, summary.failed) == (5, 1)
+    got = scores_by_key(tmp_path / "s")
+    assert got[str(imgs / "00000.png")] is None
+    for path in good:
+        alone = scorer.score(PROMPTS[int(path.stem) % 3], [path])[0]
+        assert got[str(path)] == pytest.approx(alone, abs=1e-5), path.name
+    assert len({round(got[str(p)], 5) for p in good}) == len(good)  # distinct, so a shift would show
+
+
 def test_tar_shards_with_txt_and_json_captions(tmp_path: Path, scorer) -> None:
     pairs = write_shard(tmp_path / "shards" / "00000.tar", 0, 5, caption="txt")
     pairs += write_shard(tmp_path / "shards" / "00001.tar", 5, 4, caption="json")

@@ -58,7 +58,7 @@ class RunSummary:
 
 
 @dataclass
-class Plan:
+class RunPlan:
     """What decides which items a run scores; the same in every worker."""
 
     model: str
@@ -95,7 +95,7 @@ def scorer_name() -> str:
 class _Batches(torch.utils.data.IterableDataset):
     """Batches of prepared items; in worker w of W it reads the source's partition w of W."""
 
-    def __init__(self, source: Source, plan: Plan, options: ReadOptions, batch_size: int) -> None:
+    def __init__(self, source: Source, plan: RunPlan, options: ReadOptions, batch_size: int) -> None:
         self.source, self.plan, self.options, self.batch_size = source, plan, options, batch_size
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
@@ -130,7 +130,7 @@ def _worker_init(_: int) -> None:
     torch.set_num_threads(1)  # decoding is PIL's work; one thread per worker leaves the cores to the model
 
 
-def count_todo(source: Source, plan: Plan) -> tuple[int, int]:
+def count_todo(source: Source, plan: RunPlan) -> tuple[int, int]:
     """(images found, images to score): one listing pass, nothing decoded."""
     found = todo = 0
     for item in source.items():
@@ -184,54 +184,84 @@ def score_collection(
             scorer = ImageRewardScorer.load(
                 models_dir, device=device, dtype=dtype, batch_size=batch_size, offline=offline, progress=True
             )
-        plan = Plan(model_id(scorer), clean_prompts, prompt, rescore, results.index())
+        plan = RunPlan(model_id(scorer), clean_prompts, prompt, rescore, results.index())
         summary.total, todo = count_todo(source, plan)
         summary.skipped = summary.total - todo
         summary.problems = list(getattr(source, "problems", []))
         options = ReadOptions(prompt, caption_field, exif_orientation, hash_files)
-        loader = torch.utils.data.DataLoader(
-            _Batches(source, plan, options, batch_size),
-            batch_size=None,
-            num_workers=max(0, workers),
-            worker_init_fn=_worker_init if workers > 0 else None,
-            prefetch_factor=2 if workers > 0 else None,
-            persistent_workers=False,
-        )
-        pending: list[dict[str, Any]] = []
-        last_flush = time.monotonic()
-        first_batch_at: float | None = None
-        first_batch_done = 0
+        batches = _batch_loader(_Batches(source, plan, options, batch_size), workers)
+        pending = _Pending(writer, flush_rows, flush_seconds)
+        clock = _Clock(started, todo)
         name = scorer_name()
         try:
-            for batch in loader:
+            for batch in batches:
                 rows = _score_batch(scorer, batch, plan, name)
-                pending.extend(rows)
+                pending.add(rows)
                 failed = sum(row["status"] != SCORED for row in rows)
                 summary.scored += len(rows) - failed
                 summary.failed += failed
-                now = time.monotonic()
-                if len(pending) >= flush_rows or now - last_flush >= flush_seconds:
-                    writer.append(pending)
-                    pending, last_flush = [], now
-                done = summary.scored + summary.failed
-                if first_batch_at is None:  # rates leave out the first batch (worker start, first forward)
-                    first_batch_at, first_batch_done = now, done
                 if progress is not None:
-                    span = now - first_batch_at
-                    rate = (done - first_batch_done) / span if span > 0 else 0.0
-                    eta = (todo - done) / rate if rate > 0 else None
-                    progress(Progress(done, todo, summary.failed, summary.skipped, now - started, rate, eta))
+                    progress(clock.progress(summary))
                 if should_stop is not None and should_stop():
                     summary.interrupted = True
                     break
         except KeyboardInterrupt:
             summary.interrupted = True
         finally:
-            writer.append(pending)  # what was scored is never lost, whatever ends the run
+            pending.flush()  # what was scored is never lost, whatever ends the run
             summary.elapsed_s = time.monotonic() - started
         _maybe_compact(results)
     summary.problems.extend(p for p in results.problems if p not in summary.problems)  # damaged parts set aside
     return summary
+
+
+def _batch_loader(batches: _Batches, workers: int) -> Any:
+    """The prepared batches, decoded in `workers` processes (0: in this one, between batches)."""
+    return torch.utils.data.DataLoader(
+        batches,
+        batch_size=None,
+        num_workers=max(0, workers),
+        worker_init_fn=_worker_init if workers > 0 else None,
+        prefetch_factor=2 if workers > 0 else None,
+        persistent_workers=False,
+    )
+
+
+class _Pending:
+    """Rows scored but not yet in the store: written every `rows` rows or `seconds` seconds, and at the end."""
+
+    def __init__(self, writer: Any, rows: int, seconds: float) -> None:
+        self.writer, self.rows, self.seconds = writer, rows, seconds
+        self.pending: list[dict[str, Any]] = []
+        self.last = time.monotonic()
+
+    def add(self, rows: list[dict[str, Any]]) -> None:
+        self.pending.extend(rows)
+        if len(self.pending) >= self.rows or time.monotonic() - self.last >= self.seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        self.writer.append(self.pending)
+        self.pending, self.last = [], time.monotonic()
+
+
+class _Clock:
+    """A run's `Progress`: rates leave out the first batch (worker start, first forward pass)."""
+
+    def __init__(self, started: float, todo: int) -> None:
+        self.started, self.todo = started, todo
+        self.first_at: float | None = None
+        self.first_done = 0
+
+    def progress(self, summary: RunSummary) -> Progress:
+        now = time.monotonic()
+        done = summary.scored + summary.failed
+        if self.first_at is None:
+            self.first_at, self.first_done = now, done
+        span = now - self.first_at
+        rate = (done - self.first_done) / span if span > 0 else 0.0
+        eta = (self.todo - done) / rate if rate > 0 else None
+        return Progress(done, self.todo, summary.failed, summary.skipped, now - self.started, rate, eta)
 
 
 @contextlib.contextmanager
@@ -245,11 +275,11 @@ def _model_threads(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def _score_batch(scorer: Any, batch: dict[str, Any], plan: Plan, name: str) -> list[dict[str, Any]]:
-    return score_rows(scorer, batch["meta"], batch["pixels"], plan.model, plan.clean, name)
+def _score_batch(scorer: Any, batch: dict[str, Any], plan: RunPlan, name: str) -> list[dict[str, Any]]:
+    return store_rows(scorer, batch["meta"], batch["pixels"], plan.model, plan.clean, name)
 
 
-def score_rows(
+def store_rows(
     scorer: Any,
     meta: list[tuple[Item, int, str | None, str | None, str | None]],
     pixels: Any,

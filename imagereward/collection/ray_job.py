@@ -22,7 +22,7 @@ import numpy as np
 
 from . import deps
 from .items import IMAGE_SIZE_PIXELS, Caption, Item, as_text, path_bytes
-from .pipeline import Plan, RunSummary, model_id, score_rows, scorer_name
+from .pipeline import RunPlan, RunSummary, model_id, scorer_name, store_rows
 from .prepare import ReadOptions, prepare_data
 from .sources import IMAGE_SUFFIXES, FileSource, ParquetSource, PathListSource, ShardSource
 from .store import DoneIndex, ResultStore, rows_to_table
@@ -88,7 +88,7 @@ def _items(batch: dict[str, Any], kind: str, cache: dict[str, int]) -> list[tupl
     return out
 
 
-def prepare_batch(batch: dict[str, Any], *, kind: str, plan: Plan, options: ReadOptions) -> dict[str, Any]:
+def prepare_batch(batch: dict[str, Any], *, kind: str, plan: RunPlan, options: ReadOptions) -> dict[str, Any]:
     """CPU stage: rows to score, with their uint8 pixels (zeros where the image could not be used)."""
     from .prepare import ItemReader
 
@@ -138,7 +138,7 @@ class ScoreActor:
     """One model per actor (on its GPU when the pool asks for one); batches of prepared rows -> store rows."""
 
     def __init__(
-        self, models_dir: str | None, device: str, dtype: str, batch_size: int, offline: bool | None, plan: Plan
+        self, models_dir: str | None, device: str, dtype: str, batch_size: int, offline: bool | None, plan: RunPlan
     ) -> None:
         from ..scorer import ImageRewardScorer
 
@@ -174,7 +174,7 @@ class ScoreActor:
             meta.append((item, fp, prompt, sha, error))
         good = np.array([m[4] is None for m in meta], dtype=bool)
         pixels = torch.from_numpy(np.ascontiguousarray(batch["pixels"][good])).permute(0, 3, 1, 2)
-        return rows_to_table(score_rows(self.scorer, meta, pixels, self.plan.model, self.plan.clean, self.name))
+        return rows_to_table(store_rows(self.scorer, meta, pixels, self.plan.model, self.plan.clean, self.name))
 
 
 def _init_ray(address: str | None, num_cpus: int | None) -> Any:
@@ -187,7 +187,7 @@ def _init_ray(address: str | None, num_cpus: int | None) -> Any:
     return ray
 
 
-def _dataset(ray: Any, source: Any, plan: Plan) -> tuple[Any, str] | None:
+def _dataset(ray: Any, source: Any, plan: RunPlan) -> tuple[Any, str] | None:
     """Ray's reader for the source (None when nothing is left to score)."""
     if isinstance(source, ShardSource):
         return ray.data.read_webdataset(source.shards, decoder=None, include_paths=True), "webdataset"
@@ -242,7 +242,7 @@ def run_ray(
     with results.writer() as writer:
         # The driver loads the model once on the CPU for its identity (fingerprints), as the actors will on theirs.
         probe = ImageRewardScorer.load(models_dir, device="cpu", offline=offline, progress=False)
-        plan = Plan(model_id(probe), clean_prompts, prompt, rescore, DoneIndex.empty())
+        plan = RunPlan(model_id(probe), clean_prompts, prompt, rescore, DoneIndex.empty())
         del probe
         plan.index = results.index()
         ray = _init_ray(address, num_cpus)
