@@ -33,6 +33,70 @@ def test_every_official_key_maps_and_unused_ones_are_known() -> None:
             assert torch.equal(ours[official_to_ours(key)], tensor), key
 
 
+_B = "blip.text_encoder.encoder.layer.5."
+#: Every key rule, written out: release name -> ours (None: not used by the score). Only this table (and the parity
+#: goldens) tell which of the same-shaped LayerNorms or projections each release tensor fills.
+KEY_TABLE = [
+    ("blip.visual_encoder.patch_embed.proj.weight", "vision.patch_embed.weight"),
+    ("blip.visual_encoder.patch_embed.proj.bias", "vision.patch_embed.bias"),
+    ("blip.visual_encoder.cls_token", "vision.cls_token"),
+    ("blip.visual_encoder.pos_embed", "vision.pos_embed"),
+    ("blip.visual_encoder.blocks.1.norm1.weight", "vision.blocks.1.norm1.weight"),
+    ("blip.visual_encoder.blocks.1.norm2.bias", "vision.blocks.1.norm2.bias"),
+    ("blip.visual_encoder.blocks.1.attn.qkv.weight", "vision.blocks.1.attn.qkv.weight"),
+    ("blip.visual_encoder.blocks.1.attn.proj.bias", "vision.blocks.1.attn.proj.bias"),
+    ("blip.visual_encoder.blocks.1.mlp.fc1.weight", "vision.blocks.1.mlp.fc1.weight"),
+    ("blip.visual_encoder.blocks.1.mlp.fc2.bias", "vision.blocks.1.mlp.fc2.bias"),
+    ("blip.visual_encoder.norm.weight", "vision.norm.weight"),
+    ("blip.text_encoder.embeddings.word_embeddings.weight", "text.word_embeddings.weight"),
+    ("blip.text_encoder.embeddings.position_embeddings.weight", "text.position_embeddings.weight"),
+    ("blip.text_encoder.embeddings.LayerNorm.weight", "text.embed_norm.weight"),
+    ("blip.text_encoder.embeddings.LayerNorm.bias", "text.embed_norm.bias"),
+    (_B + "attention.self.query.weight", "text.layers.5.self_attn.query.weight"),
+    (_B + "attention.self.key.bias", "text.layers.5.self_attn.key.bias"),
+    (_B + "attention.self.value.weight", "text.layers.5.self_attn.value.weight"),
+    (_B + "attention.output.dense.weight", "text.layers.5.self_attn.out.weight"),
+    (_B + "attention.output.LayerNorm.weight", "text.layers.5.self_attn_norm.weight"),
+    (_B + "attention.output.LayerNorm.bias", "text.layers.5.self_attn_norm.bias"),
+    (_B + "crossattention.self.query.bias", "text.layers.5.cross_attn.query.bias"),
+    (_B + "crossattention.self.key.weight", "text.layers.5.cross_attn.key.weight"),
+    (_B + "crossattention.self.value.weight", "text.layers.5.cross_attn.value.weight"),
+    (_B + "crossattention.output.dense.bias", "text.layers.5.cross_attn.out.bias"),
+    (_B + "crossattention.output.LayerNorm.weight", "text.layers.5.cross_attn_norm.weight"),
+    (_B + "crossattention.output.LayerNorm.bias", "text.layers.5.cross_attn_norm.bias"),
+    (_B + "intermediate.dense.weight", "text.layers.5.ffn_in.weight"),
+    (_B + "output.dense.weight", "text.layers.5.ffn_out.weight"),
+    (_B + "output.LayerNorm.weight", "text.layers.5.ffn_norm.weight"),
+    (_B + "output.LayerNorm.bias", "text.layers.5.ffn_norm.bias"),
+    ("mlp.layers.0.weight", "head.layers.0.weight"),
+    ("mlp.layers.2.bias", "head.layers.1.bias"),
+    ("mlp.layers.4.weight", "head.layers.2.weight"),
+    ("mlp.layers.6.weight", "head.layers.3.weight"),
+    ("mlp.layers.7.bias", "head.layers.4.bias"),
+    ("mlp.layers.1.weight", None),  # Dropout positions hold nothing
+    ("mlp.layers.5.bias", None),
+    ("blip.vision_proj.weight", None),
+    ("blip.text_proj.bias", None),
+    ("blip.text_encoder.embeddings.position_ids", None),
+    ("blip.text_encoder.encoder.layer.5.attention.self.queries.weight", None),  # a near miss matches no rule
+    ("blip.visual_encoder.blocks.1.norm3.weight", None),
+]
+
+
+@pytest.mark.parametrize(("release", "ours"), KEY_TABLE, ids=[k for k, _ in KEY_TABLE])
+def test_each_key_rule_maps_to_its_own_target(release: str, ours: str | None) -> None:
+    assert official_to_ours(release) == ours
+
+
+def test_the_key_table_names_real_parameters() -> None:
+    from imagereward.config import ImageRewardConfig
+    from imagereward.model import ImageRewardModel
+
+    with torch.device("meta"):
+        names = set(ImageRewardModel(ImageRewardConfig()).state_dict())
+    assert {ours for _, ours in KEY_TABLE if ours is not None} <= names
+
+
 def test_full_size_layout_has_the_release_tensor_count() -> None:
     """625 tensors in the release: the full-size model on the meta device must account for all but 5 of them."""
     from imagereward.config import ImageRewardConfig
