@@ -13,6 +13,7 @@ ImageReward's files and loader in `scorers/imagereward_family.py`). This module 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -62,27 +63,10 @@ class ImageRewardScorer(Scorer):
         return load_on_device(build, "ImageReward", checkpoint, device, dtype, batch_size, scorer_class=cls)
 
     @classmethod
-    def load(
-        cls,
-        models_dir: str | Path | None = None,
-        *,
-        device: str | torch.device | None = None,
-        dtype: str | torch.dtype | None = None,
-        batch_size: int = 16,
-        offline: bool | None = None,
-        progress: bool = True,
-    ) -> ImageRewardScorer:
-        """Load from `models_dir`, downloading the checkpoint and tokenizer there on first use."""
-        from .scorers.registry import load_family
+    def load(cls, models_dir: str | Path | None = None, **options: Any) -> ImageRewardScorer:
+        """Load from `models_dir`, downloading the checkpoint and tokenizer there on first use. `options`: those of
+        `load_scorers` (`registry.LoadOptions`): device, dtype, batch_size, offline, progress."""
+        from .scorers.registry import LoadOptions, load_family
 
-        scorer = load_family(
-            "",
-            ("imagereward",),
-            models_dir,
-            device=device,
-            dtype=dtype,
-            batch_size=batch_size,
-            offline=offline,
-            progress=progress,
-        )
+        scorer = load_family("", ("imagereward",), models_dir, LoadOptions(**options))
         return scorer if isinstance(scorer, cls) else cls(scorer.model, scorer.encoder, batch_size=scorer.batch_size)

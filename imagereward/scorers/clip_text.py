@@ -34,7 +34,6 @@ from .base import TokenBatch
 
 CONTEXT_LENGTH = 77
 START_TOKEN, END_TOKEN = "<|startoftext|>", "<|endoftext|>"
-START_ID, END_ID = 49406, 49407  # the last two ids of OpenAI's vocabulary
 VOCAB_SIZE = 49408
 PAD_ID = 0
 

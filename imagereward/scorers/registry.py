@@ -10,7 +10,9 @@ from __future__ import annotations
 import importlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -72,19 +74,28 @@ def family_folder(models_dir: Path, family: ModelFamily) -> Path:
     return models_dir / family.key if family.key else models_dir
 
 
+@dataclass(frozen=True)
+class LoadOptions:
+    """Where and how a model is loaded; the keyword arguments of `load_scorers` (and `ImageRewardScorer.load`)."""
+
+    device: str | torch.device | None = None  # None or "auto": CUDA, else MPS, else the CPU
+    dtype: str | torch.dtype | None = None  # None or "auto": fp16 on a GPU, fp32 on the CPU
+    batch_size: int = 16
+    offline: bool | None = None  # None: as the environment says (IMAGEREWARD_OFFLINE, HF_HUB_OFFLINE, ...)
+    progress: bool = True  # download progress bars
+
+
 def load_family(
     key: str,
     outputs: Sequence[str],
     models_dir: str | Path | None = None,
-    *,
-    device: str | torch.device | None = None,
-    dtype: str | torch.dtype | None = None,
-    batch_size: int = 16,
-    offline: bool | None = None,
-    progress: bool = True,
+    options: LoadOptions | None = None,
+    **keywords: Any,
 ) -> Scorer:
     """One family's model with the outputs asked for, its files downloaded on first use, as the family's
-    `scorer_class` (`ImageRewardScorer` for ImageReward, else the engine's `Scorer`)."""
+    `scorer_class` (`ImageRewardScorer` for ImageReward, else the engine's `Scorer`). `options`, or the same as
+    keywords (`device="cpu"`, ...): `LoadOptions`."""
+    options = options if options is not None else LoadOptions(**keywords)
     from ..hub import default_models_dir, resolve_files
 
     family = get_family(key)
@@ -92,13 +103,13 @@ def load_family(
     folder = family_folder(root, family)
     labels = "/".join(SCORERS[name].label for name in outputs)
     files = family_files(key, outputs)
-    resolve_files(folder, files, offline=offline, progress=progress, what=f"{labels} model files")
+    resolve_files(folder, files, offline=options.offline, progress=options.progress, what=f"{labels} model files")
 
     def build(target: torch.device, weight_dtype: torch.dtype) -> LoadedModel:
         return family.load(folder, frozenset(outputs), target, weight_dtype)
 
     cls = family.scorer_class or Scorer
-    return load_on_device(build, labels, folder, device, dtype, batch_size, scorer_class=cls)
+    return load_on_device(build, labels, folder, options.device, options.dtype, options.batch_size, scorer_class=cls)
 
 
 def load_on_device(
@@ -214,17 +225,6 @@ def load_scorers(
     by_family: dict[str, list[str]] = {}
     for name in to_load:
         by_family.setdefault(SCORERS[name].family, []).append(name)
-    scorers = [
-        load_family(
-            key,
-            outputs,
-            models_dir,
-            device=device,
-            dtype=dtype,
-            batch_size=batch_size,
-            offline=offline,
-            progress=progress,
-        )
-        for key, outputs in by_family.items()
-    ]
+    options = LoadOptions(device, dtype, batch_size, offline, progress)
+    scorers = [load_family(key, outputs, models_dir, options) for key, outputs in by_family.items()]
     return ScorerSet(wanted, scorers, ensemble)
