@@ -236,3 +236,22 @@ def test_the_api_turns_it_on_and_reads_both_scores(world: World) -> None:
     (text,) = world.kept(processed)
     settings = settings_of(text)
     assert not math.isnan(float(settings["ImageReward"])) and "ImageReward first pass" in settings
+
+
+def test_a_skip_in_phase_two_leaves_that_image_unsaved_and_the_others_finished(world: World) -> None:
+    p = world.p(TWO, batch_size=1, n_iter=2, before_sampling=interrupt_at(8, "skipped"), **PLAIN_HR)
+    processed = world.run(p)
+    kept = world.kept(processed)
+    assert len(kept) == 2 and len(world.host.disk.finals()) == 1  # batch 8 skipped, batch 9 finished and saved
+    assert world.host.disk.finals()[0].seed == seed_of(kept[0])
+
+
+def test_xyz_cells_each_run_their_own_two_phases(world: World) -> None:
+    from copy import copy
+
+    base = world.p(TWO, batch_size=1, n_iter=1, **PLAIN_HR)
+    first = world.run(copy(base))
+    second = world.run(copy(base))  # X/Y/Z: cells are copies sharing extra_generation_params
+    assert world.host.hires_passes == 2 and world.host.first_passes == 8
+    assert [seed_of(t) for t in world.kept(first)] == [seed_of(t) for t in world.kept(second)]
+    assert "ImageReward finish" not in base.extra_generation_params  # a cell does not leave its entries behind
