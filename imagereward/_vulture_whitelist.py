@@ -25,7 +25,6 @@ _.postprocess_image_after_composite
 _.postprocess
 _.register_callbacks  # called by scripts/imagereward.py, the WebUI's entry point (outside this package)
 _.sampling_p  # script.py: the signature of the WebUI's sampler method it wraps (the argument is passed positionally)
-_.reserved_batches  # webui/phases.py (another engineer's file, not edited here): a field written, never read yet
 
 # Public API of the library, used by its callers and tests (not inside the package).
 _.from_files  # ImageRewardScorer.from_files: explicit local files (README, bench/, tests/test_parity.py)

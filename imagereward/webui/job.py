@@ -79,6 +79,17 @@ class Candidate:
     extras: list[Any] = field(default_factory=list)  # images the WebUI returned after it (masks)
 
 
+@dataclass
+class Outcome:
+    """What a job ends with: its images in display order and which of them are kept (positions in `candidates`)."""
+
+    candidates: list[Candidate]
+    kept: list[int]
+    discarded: list[int]
+    selection: Selection | None  # for the details' ranks; None when nothing was ranked
+    scores: list[float]  # the ranking score of each candidate (NaN: none)
+
+
 class BestOfNJob:
     def __init__(
         self, args: JobArgs, scoring: Scoring, *, keep_best_if_none: bool = True, per_group: bool = True
@@ -107,7 +118,8 @@ class BestOfNJob:
         self.writes_nothing = False  # nothing of the job may be saved (stopped before anything was finished)
 
     @property
-    def candidates(self) -> int:
+    def candidates_per_image(self) -> int:
+        """N: how many candidates each requested image gets."""
         return self.args.candidates
 
     @property
@@ -141,11 +153,11 @@ class BestOfNJob:
         """After every `process` hook has resolved the requested images: N candidates for each, and with "finish
         only the kept" the batches of both phases. `split_refused`: why this WebUI cannot split its sampling."""
         try:
-            self.plan = apply_plan(p, self.candidates)
+            self.plan = apply_plan(p, self.candidates_per_image)
         except PlanError as exc:
             self.unplanned = f"the job's images could not be planned ({exc})"
         self.capturing = True
-        if self.args.finish_kept and self.plan is not None and self.candidates > 1:
+        if self.args.finish_kept and self.plan is not None and self.candidates_per_image > 1:
             refused = split_refused or self._split_refused(p)
             if refused:
                 self.note(
@@ -164,12 +176,14 @@ class BestOfNJob:
 
     def _plan_phases(self, p: Any, plan: CandidatePlan) -> None:
         whole = bool(getattr(p, "init_images", None))  # img2img: whole batches, each image at its batch index
-        room = capacity(self.args.mode, self.args.k, self.candidates, plan.requested, self.args.check_previews)
+        room = capacity(
+            self.args.mode, self.args.k, self.candidates_per_image, plan.requested, self.args.check_previews
+        )
         per_slot = math.ceil(room / max(plan.requested, 1))
         reserved = (
             math.ceil(plan.requested / plan.batch_size) * per_slot if whole else math.ceil(room / plan.batch_size)
         )
-        self.phases = TwoPhases(plan, Sampling.of(p, self.args.preview_percent), whole, reserved)
+        self.phases = TwoPhases(plan, Sampling.of(p, self.args.preview_percent), whole)
         p.n_iter = plan.n_iter + reserved
 
     def splits(self, p: Any) -> bool:
@@ -334,7 +348,7 @@ class BestOfNJob:
         self.saves.clear()
         return problems
 
-    def _candidates(self, processed: Any) -> list[Candidate]:
+    def _made(self, processed: Any) -> list[Candidate]:
         """The job's images in generation order with their infotexts and the extra images after each (masks)."""
         first = processed.index_of_first_image
         images = list(processed.images[first:])
@@ -369,7 +383,7 @@ class BestOfNJob:
         self.score_pending()
         if self.phases is not None and self.phases.broken is None:
             return self._finish_phases(p, processed, hooks, job_params)
-        candidates = self._candidates(processed)
+        candidates = self._made(processed)
         if self.phases is not None:  # the split stopped: the first passes dropped before it are shown, not saved
             dropped = sorted(self.phases.first_images)
             candidates += self._first_passes(dropped)
@@ -413,7 +427,7 @@ class BestOfNJob:
                 self._comment(processed, f"ImageReward: below the threshold, each of these {outcome}: {which}.")
             kept = selection.kept + list(range(competing, len(candidates)))
         discarded = [i for i in range(len(candidates)) if i not in set(kept)]
-        self._apply(p, processed, hooks, candidates, kept, discarded, selection, scores, job_params)
+        self._apply(p, processed, hooks, Outcome(candidates, kept, discarded, selection, scores), job_params)
         return selection
 
     # ------------------------------------------------------------------------------------- two phases, finish
@@ -429,7 +443,7 @@ class BestOfNJob:
             self._comment(processed, f"ImageReward: {message}.")
         if phases.layout is None:  # interrupted in phase 1: nothing was finished
             return self._finish_phase_one_only(p, processed, hooks, job_params)
-        made = [c for c in self._candidates(processed) if phases.source(c.index) is not None]
+        made = [c for c in self._made(processed) if phases.source(c.index) is not None]
         made = [c for c in made if not phases.source(c.index).filler]  # fillers keep img2img batches whole: dropped
         unfinished = [c for c in made if c.index in self.unfinished]
         finished = [c for c in made if c.index not in self.unfinished]
@@ -454,7 +468,7 @@ class BestOfNJob:
             found = agreement(list(slots.values()), phases.first_scores, finals)
             self._comment(processed, f"ImageReward: {found.sentence(what)}.")
         scores = [self.scores.get(c.index, math.nan) for c in candidates]
-        self._apply(p, processed, hooks, candidates, kept, discarded, selection, scores, job_params)
+        self._apply(p, processed, hooks, Outcome(candidates, kept, discarded, selection, scores), job_params)
         self._keep_first_passes_aside(p, hooks, {phases.source(c.index).source for c in made})
         return selection
 
@@ -483,7 +497,8 @@ class BestOfNJob:
             f"each requested image so far is shown ({len(shown)}), not saved.",
         )
         shown_all = list(range(len(candidates)))
-        self._apply(p, processed, hooks, candidates, shown_all, [], None, [math.nan] * len(candidates), job_params)
+        outcome = Outcome(candidates, shown_all, [], None, [math.nan] * len(candidates))
+        self._apply(p, processed, hooks, outcome, job_params)
         return None
 
     def _phase_selection(self, candidates: list[Candidate], kept_count: int) -> Selection | None:
@@ -555,12 +570,12 @@ class BestOfNJob:
         """Groups of positions in `candidates` that compete, and a name for each (the requested image)."""
         by_key: dict[Any, list[int]] = {}
         for position, candidate in enumerate(candidates):
-            if self.candidates > 1 and self.plan is not None:
+            if self.candidates_per_image > 1 and self.plan is not None:
                 key: Any = self.plan.slots[candidate.index] if candidate.index < self.plan.total else -1
             else:  # one try per image: the whole job competes (within one prompt when asked)
                 key = self.prompts.get(candidate.index, "") if self.args.by_prompt else 0
             by_key.setdefault(key, []).append(position)
-        by_slot = self.candidates > 1 and self.plan is not None
+        by_slot = self.candidates_per_image > 1 and self.plan is not None
         names = [f"image {key + 1}" if by_slot else f"group {n + 1}" for n, key in enumerate(by_key)]
         return list(by_key.values()), names
 
@@ -577,58 +592,17 @@ class BestOfNJob:
             text = with_setting(text, ERROR_KEY, "scoring failed, nothing was filtered")
         return text
 
-    def _apply(
-        self,
-        p: Any,
-        processed: Any,
-        hooks: SaveHooks,
-        candidates: list[Candidate],
-        kept: list[int],
-        discarded: list[int],
-        selection: Selection | None,
-        scores: list[float],
-        job_params: dict[str, Any],
-    ) -> None:
-        chosen = [candidates[i] for i in kept]
+    def _apply(self, p: Any, processed: Any, hooks: SaveHooks, outcome: Outcome, job_params: dict[str, Any]) -> None:
+        """The outcome into `processed` (the gallery first: whatever happens while writing files, the user sees every
+        kept image), then the files, then the job's parameters for the API."""
+        chosen = [outcome.candidates[i] for i in outcome.kept]
         texts = [self.final_infotext(c) for c in chosen]
-        images = [c.image for c in chosen]
-        for image, text in zip(images, texts, strict=True):
-            if isinstance(getattr(image, "info", None), dict) and "parameters" in image.info:
-                image.info["parameters"] = text
-        extras = [extra for c in chosen for extra in c.extras]
+        for candidate, text in zip(chosen, texts, strict=True):
+            if isinstance(getattr(candidate.image, "info", None), dict) and "parameters" in candidate.image.info:
+                candidate.image.info["parameters"] = text
+        grid, grid_text, save_grid = self._gallery(p, processed, hooks, outcome, chosen, texts)
 
-        # The gallery first: whatever happens while writing files, the user sees every kept image.
-        def pick(values: Sequence[Any], default: Any) -> list[Any]:
-            return [_at(values, c.index, default) for c in chosen]
-
-        all_prompts, all_negative_prompts = pick(processed.all_prompts, ""), pick(processed.all_negative_prompts, "")
-        all_seeds, all_subseeds = pick(processed.all_seeds, -1), pick(processed.all_subseeds, -1)
-        first = 0
-        grid = None
-        grid_text = self.without_scores(texts[0]) if texts else ""
-        show_grid = save_grid = False
-        if chosen:
-            show_grid, save_grid = hooks.grid_wanted(p, len(chosen))
-            save_grid = save_grid and not self.writes_nothing
-            if show_grid or save_grid:
-                grid = hooks.make_grid(p, list(images), grid_text)
-        gallery_images, gallery_texts = list(images), list(texts)
-        if grid is not None and show_grid:
-            gallery_images.insert(0, grid)
-            gallery_texts.insert(0, grid_text)
-            first = 1
-        processed.all_prompts, processed.all_negative_prompts = all_prompts, all_negative_prompts
-        processed.all_seeds, processed.all_subseeds = all_seeds, all_subseeds
-        processed.images = gallery_images + extras
-        if not gallery_texts:  # nothing kept: the WebUI's info panel still needs one text
-            gallery_texts = [self.without_scores(candidates[0].infotext)]
-        processed.infotexts = gallery_texts
-        processed.index_of_first_image = first
-        processed.info = gallery_texts[0]
-        if chosen:
-            processed.seed, processed.subseed = all_seeds[0], all_subseeds[0]
-
-        problems = self._write(p, hooks, candidates, chosen, texts, discarded)
+        problems = self._write(p, hooks, outcome.candidates, chosen, texts, outcome.discarded)
         if grid is not None and save_grid:
             try:
                 hooks.save_grid(p, grid, grid_text)
@@ -639,12 +613,48 @@ class BestOfNJob:
             self._comment(processed, f"ImageReward: some files could not be written ({shown}).")
 
         params = {k: v for k, v in job_params.items() if k not in self._score_keys()}
-        params[SCORES_KEY] = [_round(scores[i]) for i in kept]
-        params[DETAILS_KEY] = self._details(selection, kept, scores, first, texts)
+        params[SCORES_KEY] = [_round(outcome.scores[i]) for i in outcome.kept]
+        first = processed.index_of_first_image
+        params[DETAILS_KEY] = self._details(outcome.selection, outcome.kept, outcome.scores, first, texts)
         if self.failure is not None:
             params[ERROR_KEY] = self.failure
         # A new dict: the WebUI shares p.extra_generation_params between X/Y/Z cells, which must not see these.
         processed.extra_generation_params = params
+
+    def _gallery(
+        self, p: Any, processed: Any, hooks: SaveHooks, outcome: Outcome, chosen: list[Candidate], texts: list[str]
+    ) -> tuple[Any, str, bool]:
+        """The kept images (and the grid of them) into `processed`, with the per-image lists in the same order.
+        Returns the grid, its text and whether to save it."""
+
+        def pick(values: Sequence[Any], default: Any) -> list[Any]:
+            return [_at(values, c.index, default) for c in chosen]
+
+        images = [c.image for c in chosen]
+        grid, grid_text, show_grid, save_grid = None, self.without_scores(texts[0]) if texts else "", False, False
+        if chosen:
+            show_grid, save_grid = hooks.grid_wanted(p, len(chosen))
+            save_grid = save_grid and not self.writes_nothing
+            if show_grid or save_grid:
+                grid = hooks.make_grid(p, list(images), grid_text)
+        gallery_images, gallery_texts = list(images), list(texts)
+        first = 0
+        if grid is not None and show_grid:
+            gallery_images.insert(0, grid)
+            gallery_texts.insert(0, grid_text)
+            first = 1
+        processed.all_prompts = pick(processed.all_prompts, "")
+        processed.all_negative_prompts = pick(processed.all_negative_prompts, "")
+        processed.all_seeds, processed.all_subseeds = pick(processed.all_seeds, -1), pick(processed.all_subseeds, -1)
+        processed.images = gallery_images + [extra for c in chosen for extra in c.extras]
+        if not gallery_texts:  # nothing kept: the WebUI's info panel still needs one text
+            gallery_texts = [self.without_scores(outcome.candidates[0].infotext)]
+        processed.infotexts = gallery_texts
+        processed.index_of_first_image = first
+        processed.info = gallery_texts[0]
+        if chosen:
+            processed.seed, processed.subseed = processed.all_seeds[0], processed.all_subseeds[0]
+        return grid, grid_text, save_grid
 
     def _write(
         self,
@@ -715,7 +725,7 @@ class BestOfNJob:
             scorer=self.args.scorer,
             score_key=self.score_key,
             mode=self.args.mode.value,
-            candidates=self.candidates,
+            candidates=self.candidates_per_image,
             threshold=self.args.threshold if self.args.mode in (Mode.THRESHOLD, Mode.TOP_K_ABOVE_THRESHOLD) else None,
             fallback=bool(selection and selection.fallback),
             failed=self.failure is not None,

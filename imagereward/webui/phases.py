@@ -105,7 +105,6 @@ class TwoPhases:
     plan: CandidatePlan  # phase 1: N candidates per requested image, laid out as `plan.py` does
     sampling: Sampling
     whole_batches: bool
-    reserved_batches: int  # batches reserved for phase 2
     first_scores: dict[int, float] = field(default_factory=dict)
     first_members: dict[int, dict[str, float]] = field(default_factory=dict)
     first_images: dict[int, Any] = field(default_factory=dict)

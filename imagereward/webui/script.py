@@ -23,14 +23,14 @@ from .access import endpoint_enabled, parse_api_auth
 from .args import (
     ENSEMBLE_LABEL,
     FIELD_NAMES,
-    MIN_PREVIEW_PERCENT,
     PASTE_FIELDS,
     ArgumentError,
     JobArgs,
     from_script_args,
-    scorer_label,
     threshold_update,
 )
+from .controls import ROWS as CONTROL_ROWS
+from .controls import Control
 from .job import JOB_ATTR, BestOfNJob, job_of
 from .runtime import JobScoring, ScorerRuntime
 from .saves import DeferredSave, bind_arguments, call_with
@@ -266,6 +266,20 @@ def scorer_changed(label: str, threshold: float) -> tuple[Any, Any]:
     return gr.update(**threshold_update(label, threshold)), gr.update(visible=label == ENSEMBLE_LABEL)
 
 
+def _component(control: Control, defaults: JobArgs, choices: list[Any] | None, elem_id: str) -> Any:
+    """One row of the controls table as a gradio component."""
+    common: dict[str, Any] = {"label": control.label, "value": control.value(defaults), "elem_id": elem_id}
+    if control.info:
+        common["info"] = control.info
+    if control.kind == "dropdown":
+        return gr.Dropdown(choices=choices or [], **common)
+    if control.kind == "slider":
+        return gr.Slider(minimum=control.minimum, maximum=control.maximum, step=control.step, **common)
+    if control.kind == "textbox":
+        return gr.Textbox(placeholder=control.placeholder, visible=control.visible(defaults), **common)
+    return gr.Checkbox(**common)
+
+
 def _replayed(p: Any) -> bool:
     """A hook called on a copy of a job's `p` (ADetailer re-runs every script's hooks on `copy(p)`)."""
     job = job_of(p)
@@ -285,113 +299,16 @@ class ImageRewardScript(scripts.Script):
         from modules.ui_components import InputAccordion
 
         defaults = JobArgs()  # one source for the defaults of the UI, the API and the tests
-
+        choices = {"mode": [m.value for m in Mode], "scorer": settings.offered_scorers(shared.opts)}
         with InputAccordion(defaults.enabled, label="ImageReward", elem_id=self.elem_id("imagereward")) as enabled:
-            with gr.Row():
-                mode = gr.Dropdown(
-                    label="Mode",
-                    info="Sort and top-k rank the N candidates of each requested image, not the whole job",
-                    choices=[m.value for m in Mode],
-                    value=defaults.mode.value,
-                    elem_id=self.elem_id("imagereward_mode"),
-                )
-                candidates = gr.Slider(
-                    label="Candidates per image (best of N)",
-                    minimum=1,
-                    maximum=64,
-                    step=1,
-                    value=defaults.candidates,
-                    elem_id=self.elem_id("imagereward_candidates"),
-                )
-            with gr.Row():
-                k = gr.Slider(
-                    label="Keep the k best of each group (top-k modes)",
-                    minimum=1,
-                    maximum=16,
-                    step=1,
-                    value=defaults.k,
-                    elem_id=self.elem_id("imagereward_k"),
-                )
-                threshold = gr.Slider(
-                    label="Threshold (threshold modes, on the scorer's scale)",
-                    minimum=-3.0,
-                    maximum=3.0,
-                    step=0.05,
-                    value=defaults.threshold,
-                    elem_id=self.elem_id("imagereward_threshold"),
-                )
-            with gr.Row():
-                scorer = gr.Dropdown(
-                    label="Scorer",
-                    info="ImageReward, PickScore and HPSv2.1 predict human preference; CLIP and BLIP prompt "
-                    "agreement; Aesthetic ignores the prompt; Ensemble averages standardised scores",
-                    choices=settings.offered_scorers(shared.opts),
-                    value=scorer_label(defaults.scorer),
-                    elem_id=self.elem_id("imagereward_scorer"),
-                )
-                weights = gr.Textbox(
-                    label="Ensemble members and weights",
-                    info="name=weight, comma-separated; empty: imagereward=1,hpsv2.1=1",
-                    placeholder="imagereward=1,hpsv2.1=1",
-                    value=defaults.weights,
-                    visible=defaults.scorer == "ensemble",
-                    elem_id=self.elem_id("imagereward_weights"),
-                )
-            with gr.Row():
-                by_prompt = gr.Checkbox(
-                    label="Rank within groups of the same prompt",
-                    value=defaults.by_prompt,
-                    elem_id=self.elem_id("imagereward_by_prompt"),
-                )
-                clean_prompt = gr.Checkbox(
-                    label="Clean WebUI prompt syntax before scoring",
-                    value=defaults.clean_prompt,
-                    elem_id=self.elem_id("imagereward_clean_prompt"),
-                )
-                keep_discarded = gr.Checkbox(
-                    label="Keep discarded images in a separate folder",
-                    value=defaults.keep_discarded,
-                    elem_id=self.elem_id("imagereward_keep_discarded"),
-                )
-            with gr.Row():
-                finish_kept = gr.Checkbox(
-                    label="Finish only the kept candidates",
-                    info="Candidates get the first pass only; hires fix, ADetailer, face restoration and saving run "
-                    "for the kept ones",
-                    value=defaults.finish_kept,
-                    elem_id=self.elem_id("imagereward_finish_kept"),
-                )
-                preview_percent = gr.Slider(
-                    label="Preview steps (% of the steps for the candidates; 100: full steps)",
-                    info="Below 100 the kept seeds are sampled again at full steps: a trade-off, see the README",
-                    minimum=MIN_PREVIEW_PERCENT,
-                    maximum=100,
-                    step=5,
-                    value=defaults.preview_percent,
-                    elem_id=self.elem_id("imagereward_preview_percent"),
-                )
-                check_previews = gr.Checkbox(
-                    label="Check the previews",
-                    info="Also finish the discarded candidates and report how well the first scores predicted",
-                    value=defaults.check_previews,
-                    elem_id=self.elem_id("imagereward_check_previews"),
-                )
+            controls: dict[str, Any] = {"enabled": enabled}
+            for row in CONTROL_ROWS:
+                with gr.Row():
+                    for control in row:
+                        elem_id = self.elem_id(f"imagereward_{control.name}")
+                        controls[control.name] = _component(control, defaults, choices.get(control.name), elem_id)
+        scorer, threshold, weights = controls["scorer"], controls["threshold"], controls["weights"]
         scorer.change(fn=scorer_changed, inputs=[scorer, threshold], outputs=[threshold, weights], show_progress=False)
-        controls = {
-            "scorer": scorer,
-            "weights": weights,
-            "enabled": enabled,
-            "mode": mode,
-            "candidates": candidates,
-            "k": k,
-            "threshold": threshold,
-            "by_prompt": by_prompt,
-            "clean_prompt": clean_prompt,
-            "keep_discarded": keep_discarded,
-            "finish_kept": finish_kept,
-            "preview_percent": preview_percent,
-            "check_previews": check_previews,
-        }
         self.infotext_fields = [(controls[name], key) for name, key in PASTE_FIELDS]
         self.paste_field_names = [key for _, key in PASTE_FIELDS if isinstance(key, str)]
         return [controls[name] for name in FIELD_NAMES]

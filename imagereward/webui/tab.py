@@ -33,6 +33,81 @@ def _safely(action: Callable[..., Any], fallback: Callable[[str], Any]) -> Calla
     return handler
 
 
+class FolderTabActions:
+    """What the tab's buttons do (plain methods over `collection_tab`); `policy()` is asked at each click, so a
+    change of the settings' folders applies at once."""
+
+    def __init__(
+        self,
+        get_scorer: Callable[[], Any],
+        done: Callable[[], None],
+        queue_lock: Any,
+        policy: Callable[[], FolderPolicy],
+    ) -> None:
+        self.get_scorer, self.done, self.queue_lock, self.policy = get_scorer, done, queue_lock, policy
+        self.scan: logic.Scan | None = None
+
+    def score(self, folder_text: str, again: bool, progress: Any = None) -> str:
+        scan = self.scan = logic.Scan.new()
+
+        def report(done_count: int, total: int, rate: float) -> None:
+            if progress is not None:
+                progress((done_count, max(total, 1)), desc=f"{done_count}/{total} scored, {rate:.1f} images/s")
+
+        try:
+            rules = self.policy()
+            rules.folder(folder_text, what="score")  # refused before the model is loaded
+            scorer = logic.LockedScorer(self.get_scorer(), self.queue_lock)
+            return logic.score_folder(folder_text, scorer, policy=rules, progress=report, scan=scan, rescore=again)
+        finally:
+            self.scan = None
+            self.done()
+
+    def stop(self) -> str:
+        if self.scan is None:
+            return "Nothing is being scored."
+        self.scan.stop.set()
+        return "Stopping after the current batch…"
+
+    def show(self, folder_text: str, low: str, high: str, text: str, number: Any) -> tuple[Any, str, str, Any]:
+        return logic.browse(folder_text, logic.View.of(low, high, text, number), self.policy())
+
+    def step(self, delta: int) -> Callable[..., Any]:
+        def handler(folder_text: str, low: str, high: str, text: str, number: Any) -> tuple[Any, str, str, Any]:
+            return self.show(folder_text, low, high, text, max(1, int(number or 1) + delta))
+
+        return handler
+
+    def place(self, move: bool) -> Callable[..., str]:
+        def handler(folder_text: str, low: str, high: str, text: str, where: str) -> str:
+            view = logic.View.of(low, high, text, 1)
+            return logic.copy_or_move(folder_text, view, where, move=move, policy=self.policy())
+
+        return handler
+
+
+def _as_status(message: str) -> str:
+    return message
+
+
+def _as_view(message: str) -> tuple[Any, str, str, Any]:
+    return [], logic.gallery_info_empty(), message, 1
+
+
+def _gallery() -> tuple[Any, Any]:
+    """The gallery and the hidden box its badges read (as txt2img's generation info)."""
+    gallery_args: dict[str, Any] = {"label": "Best first", "show_label": False, "elem_id": f"{logic.TAB_KEY}_gallery"}
+    try:
+        gallery = gr.Gallery(columns=6, **gallery_args)
+    except TypeError:  # an older gradio without `columns`
+        gallery = gr.Gallery(**gallery_args)
+    info = gr.Textbox(
+        elem_id=f"generation_info_{logic.TAB_KEY}", elem_classes=["imagereward-hidden"], show_label=False,
+        interactive=False,
+    )  # fmt: skip
+    return gallery, info
+
+
 def build(
     default_folder: str,
     get_scorer: Callable[[], Any],
@@ -40,22 +115,20 @@ def build(
     queue_lock: Any,
     policy: Callable[[], FolderPolicy],
 ) -> gr.Blocks:
-    """The tab; `policy()` is asked at each click, so a change of the settings' folders applies at once."""
-    current: dict[str, logic.Scan | None] = {"scan": None}
+    actions = FolderTabActions(get_scorer, done, queue_lock, policy)
+
+    def score(folder_text: str, again: bool, progress: Any = gr.Progress()) -> str:  # noqa: B008  (gradio's way)
+        return actions.score(folder_text, again, progress)
 
     with gr.Blocks(analytics_enabled=False) as blocks:
-        missing = logic.needs_pyarrow()
-        if missing:
-            gr.Markdown(missing)
-        limit = logic.folder_limit_note(policy())
-        if limit:
-            gr.Markdown(limit)
+        for note in (logic.needs_pyarrow(), logic.folder_limit_note(policy())):
+            if note:
+                gr.Markdown(note)
         with gr.Row():
             folder = gr.Textbox(label="Folder (sub-folders included)", value=default_folder, scale=4)
             rescore = gr.Checkbox(label="Score everything again", value=False)
         with gr.Row():
-            score_button = gr.Button("Score new images", variant="primary")
-            stop_button = gr.Button("Stop")
+            score_button, stop_button = gr.Button("Score new images", variant="primary"), gr.Button("Stop")
         status = gr.Markdown(
             "A folder inside the WebUI's outputs keeps its scores in its own `.imagereward-scores` store; any other "
             "folder is only read, and its scores go to the stores folder (Settings → ImageReward). A second run "
@@ -68,82 +141,19 @@ def build(
             page = gr.Number(label="Page", value=1, precision=0)
         with gr.Row():
             show_button = gr.Button("Show", variant="primary")
-            previous_button = gr.Button("◀ Previous page")
-            next_button = gr.Button("Next page ▶")
-        gallery_args: dict[str, Any] = {
-            "label": "Best first",
-            "show_label": False,
-            "elem_id": f"{logic.TAB_KEY}_gallery",
-        }
-        try:
-            gallery = gr.Gallery(columns=6, **gallery_args)
-        except TypeError:  # an older gradio without `columns`
-            gallery = gr.Gallery(**gallery_args)
-        info = gr.Textbox(
-            elem_id=f"generation_info_{logic.TAB_KEY}",
-            elem_classes=["imagereward-hidden"],
-            show_label=False,
-            interactive=False,
-        )
+            previous_button, next_button = gr.Button("◀ Previous page"), gr.Button("Next page ▶")
+        gallery, info = _gallery()
         with gr.Row():
             target = gr.Textbox(label="Copy or move the images shown by these filters (all pages) into", scale=4)
-            copy_button = gr.Button("Copy")
-            move_button = gr.Button("Move")
+            copy_button, move_button = gr.Button("Copy"), gr.Button("Move")
 
-        def score(folder_text: str, again: bool, progress: Any = gr.Progress()) -> str:  # noqa: B008
-            scan = logic.Scan.new()
-            current["scan"] = scan
-
-            def report(done_count: int, total: int, rate: float) -> None:
-                progress((done_count, max(total, 1)), desc=f"{done_count}/{total} scored, {rate:.1f} images/s")
-
-            try:
-                rules = policy()
-                rules.folder(folder_text, what="score")  # refused before the model is loaded
-                scorer = logic.LockedScorer(get_scorer(), queue_lock)
-                return logic.score_folder(folder_text, scorer, policy=rules, progress=report, scan=scan, rescore=again)
-            finally:
-                current["scan"] = None
-                done()
-
-        def stop() -> str:
-            scan = current["scan"]
-            if scan is None:
-                return "Nothing is being scored."
-            scan.stop.set()
-            return "Stopping after the current batch…"
-
-        def show(folder_text: str, low: str, high: str, text: str, number: Any) -> tuple[Any, str, str, Any]:
-            view = logic.View.of(low, high, text, number)
-            return logic.browse(folder_text, view, policy())
-
-        def step(delta: int) -> Callable[..., Any]:
-            def handler(folder_text: str, low: str, high: str, text: str, number: Any) -> tuple[Any, str, str, Any]:
-                return show(folder_text, low, high, text, max(1, int(number or 1) + delta))
-
-            return handler
-
-        def place(move: bool) -> Callable[..., str]:
-            def handler(folder_text: str, low: str, high: str, text: str, where: str) -> str:
-                view = logic.View.of(low, high, text, 1)
-                return logic.copy_or_move(folder_text, view, where, move=move, policy=policy())
-
-            return handler
-
-        def as_status(message: str) -> str:
-            return message
-
-        def as_view(message: str) -> tuple[Any, str, str, Any]:
-            return [], logic.gallery_info_empty(), message, 1
-
-        filters = [folder, min_score, max_score, prompt, page]
-        view_outputs = [gallery, info, status, page]
-        score_button.click(_safely(score, as_status), inputs=[folder, rescore], outputs=[status])
-        stop_button.click(_safely(stop, as_status), inputs=[], outputs=[status])
-        show_button.click(_safely(show, as_view), inputs=filters, outputs=view_outputs)
-        previous_button.click(_safely(step(-1), as_view), inputs=filters, outputs=view_outputs)
-        next_button.click(_safely(step(1), as_view), inputs=filters, outputs=view_outputs)
+        filters, views = [folder, min_score, max_score, prompt, page], [gallery, info, status, page]
         place_inputs = [folder, min_score, max_score, prompt, target]
-        copy_button.click(_safely(place(False), as_status), inputs=place_inputs, outputs=[status])
-        move_button.click(_safely(place(True), as_status), inputs=place_inputs, outputs=[status])
+        score_button.click(_safely(score, _as_status), inputs=[folder, rescore], outputs=[status])
+        stop_button.click(_safely(actions.stop, _as_status), inputs=[], outputs=[status])
+        show_button.click(_safely(actions.show, _as_view), inputs=filters, outputs=views)
+        previous_button.click(_safely(actions.step(-1), _as_view), inputs=filters, outputs=views)
+        next_button.click(_safely(actions.step(1), _as_view), inputs=filters, outputs=views)
+        copy_button.click(_safely(actions.place(False), _as_status), inputs=place_inputs, outputs=[status])
+        move_button.click(_safely(actions.place(True), _as_status), inputs=place_inputs, outputs=[status])
     return blocks
