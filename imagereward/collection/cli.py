@@ -197,26 +197,25 @@ def make_source(args: argparse.Namespace) -> Any:
 
 
 def _score(args: argparse.Namespace, store: ResultStore, source: Any) -> Any:
+    # What both ways of scoring take from the command line, once.
+    common: dict[str, Any] = {
+        "models_dir": args.models_dir,
+        "device": args.device,
+        "dtype": args.dtype,
+        "batch_size": args.batch_size,
+        "rescore": args.rescore,
+        "prompt": args.prompt,
+        "clean_prompts": args.clean_prompt,
+        "caption_field": args.caption_field,
+        "hash_files": args.hash,
+    }
     if args.ray:
         from .ray_job import run_ray
 
         return run_ray(
-            source,
-            store,
-            address=args.ray,
-            models_dir=args.models_dir,
-            offline=args.offline,
-            device=args.device,
-            dtype=args.dtype,
-            batch_size=args.batch_size,
-            actors=args.ray_actors,
-            gpus_per_actor=args.ray_gpus,
-            rescore=args.rescore,
-            prompt=args.prompt,
-            clean_prompts=args.clean_prompt,
-            caption_field=args.caption_field,
-            hash_files=args.hash,
-        )
+            source, store, address=args.ray, offline=args.offline, actors=args.ray_actors,
+            gpus_per_actor=args.ray_gpus, **common,
+        )  # fmt: skip
     from .pipeline import score_collection
 
     bar = None
@@ -233,19 +232,11 @@ def _score(args: argparse.Namespace, store: ResultStore, source: Any) -> Any:
         return score_collection(
             source,
             store,
-            models_dir=args.models_dir,
-            device=args.device,
-            dtype=args.dtype,
             offline=args.offline or None,
-            batch_size=args.batch_size,
             workers=args.workers,
-            rescore=args.rescore,
-            prompt=args.prompt,
-            clean_prompts=args.clean_prompt,
-            caption_field=args.caption_field,
-            hash_files=args.hash,
             torch_threads=model_threads(args.threads, args.workers),
             progress=None if args.quiet else progress,
+            **common,
         )
     finally:
         if bar is not None:
