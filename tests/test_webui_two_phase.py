@@ -89,6 +89,8 @@ def test_hires_runs_for_the_kept_candidates_only_and_makes_the_one_go_image(worl
     assert "phase 1: 16 × 4 steps, phase 2: 4 × hires 2 steps; 75 % of the sampling steps" in processed.comments
     details = processed.extra_generation_params[DETAILS_KEY]
     assert [entry["rank"] for entry in details["images"]] == [1, 1, 1, 1]
+    summary = details["summary"]  # what the gallery's summary line reads: 16 compared, 4 kept, 12 discarded
+    assert (summary["scored"], summary["kept"], summary["discarded"], summary["finished"]) == (16, 4, 12, 4)
 
 
 def test_without_hires_the_first_pass_is_reused_and_only_the_per_image_work_is_saved(world: World) -> None:

@@ -470,6 +470,10 @@ class BestOfNJob:
         scores = [self.scores.get(c.index, math.nan) for c in candidates]
         self._apply(p, processed, hooks, Outcome(candidates, kept, discarded, selection, scores), job_params)
         self._keep_first_passes_aside(p, hooks, {phases.source(c.index).source for c in made})
+        # The summary counts what phase 1 compared: every candidate scored, not only the finished ones.
+        stats = processed.extra_generation_params[DETAILS_KEY]["summary"]
+        compared = sum(1 for g in phases.competing if math.isfinite(phases.first_scores.get(g, math.nan)))
+        stats.update(scored=compared, discarded=max(compared - len(keep), 0), finished=len(made))
         return selection
 
     def _finish_phase_one_only(
