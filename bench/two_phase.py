@@ -26,7 +26,7 @@ from typing import Any
 ADETAILER_MARKS = ("ADetailer: nothing detected", "ADetailer: detected")  # printed once per image it looks at
 
 
-def job(args: argparse.Namespace, finish_kept: bool, preview: int) -> dict[str, Any]:
+def job(args: argparse.Namespace, finish_kept: bool, preview: int, check: bool = False) -> dict[str, Any]:
     scripts: dict[str, Any] = {
         "imagereward": {
             "args": [
@@ -37,6 +37,7 @@ def job(args: argparse.Namespace, finish_kept: bool, preview: int) -> dict[str, 
                     "k": 1,
                     "finish_kept": finish_kept,
                     "preview_percent": preview,
+                    "check_previews": check,
                 }
             ]
         }
@@ -87,10 +88,10 @@ def adetailer_runs(path: Path | None, start: int) -> int | None:
     return sum(text.count(mark) for mark in ADETAILER_MARKS)
 
 
-def run_once(args: argparse.Namespace, name: str, finish_kept: bool, preview: int) -> dict[str, Any]:
+def run_once(args: argparse.Namespace, name: str, finish_kept: bool, preview: int, check: bool) -> dict[str, Any]:
     start = log_size(args.log)
     began = time.perf_counter()
-    answer = post(args.url, job(args, finish_kept, preview), args.timeout, args.auth)
+    answer = post(args.url, job(args, finish_kept, preview, check), args.timeout, args.auth)
     seconds = time.perf_counter() - began
     info = json.loads(answer.get("info") or "{}")
     details = (info.get("extra_generation_params") or {}).get("ImageReward details") or {}
@@ -123,19 +124,28 @@ def main() -> None:
     parser.add_argument("--hr-upscaler", default="Latent")
     parser.add_argument("--adetailer", default="", help="ADetailer's model name (empty: ADetailer off)")
     parser.add_argument("--preview", type=int, default=0, help="also time previews at this percent of the steps")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="with --preview: one more run with 'Check the previews' (agreement figures)",
+    )
     parser.add_argument("--prompt", default="a lighthouse on a cliff at dusk")
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--save", action="store_true", help="save_images: true (the WebUI writes the files)")
     parser.add_argument("--timeout", type=float, default=3600)
     args = parser.parse_args()
 
-    variants = [("plain best-of-N", False, 100), ("finish only the kept", True, 100)]
+    variants = [("plain best-of-N", False, 100, False), ("finish only the kept", True, 100, False)]
     if args.preview:
-        variants.append((f"finish only the kept, previews at {args.preview} %", True, args.preview))
+        variants.append((f"finish only the kept, previews at {args.preview} %", True, args.preview, False))
+        if args.check:
+            variants.append(
+                (f"previews at {args.preview} %, checked (every candidate finished)", True, args.preview, True)
+            )
     runs: list[dict[str, Any]] = []
     for _ in range(args.repeats):
-        for name, finish_kept, preview in variants:
-            runs.append(run_once(args, name, finish_kept, preview))
+        for name, finish_kept, preview, check in variants:
+            runs.append(run_once(args, name, finish_kept, preview, check))
     medians = {name: statistics.median(r["seconds"] for r in runs if r["variant"] == name) for name, *_ in variants}
     plain = medians[variants[0][0]]
     result = {
