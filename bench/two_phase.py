@@ -62,6 +62,7 @@ def job(args: argparse.Namespace, finish_kept: bool, preview: int, check: bool =
         "save_images": args.save,
         "send_images": True,
         "alwayson_scripts": scripts,
+        **json.loads(args.extra),
     }
     return body
 
@@ -132,6 +133,11 @@ def main() -> None:
     parser.add_argument("--prompt", default="a lighthouse on a cliff at dusk")
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--save", action="store_true", help="save_images: true (the WebUI writes the files)")
+    parser.add_argument(
+        "--extra",
+        default="{}",
+        help='more request fields as JSON, e.g. Forge Neo: {"hr_additional_modules": ["Use same choices"]}',
+    )
     parser.add_argument("--timeout", type=float, default=3600)
     args = parser.parse_args()
 
@@ -150,6 +156,7 @@ def main() -> None:
     plain = medians[variants[0][0]]
     result = {
         "job": {k: v for k, v in vars(args).items() if k not in ("url", "log", "out", "auth")},
+        "webui": args.url,
         "median_seconds": medians,
         "ratio_plain_over": {name: round(plain / s, 2) for name, s in medians.items() if s},
         "runs": runs,
