@@ -257,3 +257,18 @@ def test_xyz_cells_each_run_their_own_two_phases(world: World) -> None:
     assert world.host.hires_passes == 2 and world.host.first_passes == 8
     assert [seed_of(t) for t in world.kept(first)] == [seed_of(t) for t in world.kept(second)]
     assert "ImageReward finish" not in base.extra_generation_params  # a cell does not leave its entries behind
+
+
+def test_the_agreement_figures() -> None:
+    from imagereward.webui.phases import agreement, spearman
+
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert spearman([1, 1, 2], [5, 5, 9]) == pytest.approx(1.0)  # ties take their mean rank
+    assert math.isnan(spearman([1, 1], [2, 3]))  # no spread
+    previews = {0: 0.1, 1: 0.9, 2: 0.5, 10: 0.2, 11: 0.3}
+    finals = {0: 0.2, 1: 0.8, 2: 0.1, 10: 0.9, 11: 0.1}
+    found = agreement([[0, 1, 2], [10, 11]], previews, finals)
+    assert found.groups == 2 and found.top1 == pytest.approx(0.5)
+    assert found.rank_correlation == pytest.approx((0.5 + -1.0) / 2)
+    assert "the best preview was also the best finished image in 50 % of them" in found.sentence("preview")

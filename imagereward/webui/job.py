@@ -464,7 +464,7 @@ class BestOfNJob:
             slots: dict[int, list[int]] = {}
             for g in finals:
                 slots.setdefault(phases.plan.slots[g], []).append(g)
-            what = "previews" if phases.sampling.preview_steps is not None else "first passes"
+            what = "preview" if phases.sampling.preview_steps is not None else "first pass"
             found = agreement(list(slots.values()), phases.first_scores, finals)
             self._comment(processed, f"ImageReward: {found.sentence(what)}.")
         scores = [self.scores.get(c.index, math.nan) for c in candidates]

@@ -235,10 +235,13 @@ class Agreement:
     rank_correlation: float  # mean Spearman correlation within groups (groups with spread only)
 
     def sentence(self, what: str) -> str:
+        """`what`: "preview" or "first pass"."""
         rho = "n/a" if math.isnan(self.rank_correlation) else f"{self.rank_correlation:.2f}"
+        plural = "first passes" if what == "first pass" else f"{what}s"
+        top1 = "n/a" if math.isnan(self.top1) else f"{self.top1 * 100:.0f} %"
         return (
-            f"how well the {what} predicted the finished images, over {self.groups} requested image(s): the best "
-            f"{what} was also the best finished image in {self.top1 * 100:.0f} %, rank correlation {rho}"
+            f"how well the {plural} predicted the finished images, over {self.groups} requested image(s): the best "
+            f"{what} was also the best finished image in {top1} of them, rank correlation {rho}"
         )
 
 
