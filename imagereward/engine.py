@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
 import torch
@@ -23,6 +23,9 @@ from .preprocess import ImageInput, as_chw, check_batch_shape, load_pil, pil_to_
 from .prompt_syntax import clean_prompt
 from .scorers.base import PromptEncoder, ScoringModel
 from .text import encodable
+
+if TYPE_CHECKING:  # (typing.Unpack is 3.11+; the WebUI runs 3.10 too, and nothing here needs it at run time)
+    from typing_extensions import Unpack
 
 log = logging.getLogger("imagereward")
 
@@ -110,6 +113,24 @@ def keep_fp32(model: ScoringModel) -> None:
     """Put the model's `fp32_modules` back in float32 (after a move to fp16/bf16)."""
     for name in model.fp32_modules:
         model.get_submodule(name).float()
+
+
+class ScoreOptions(TypedDict, total=False):
+    """The keyword options of every `score` (`Scorer.score_outputs` lists them with their defaults): written once
+    here, so that `Scorer.score` and `ScorerSet.score` do not repeat the signature."""
+
+    clean_prompts: bool
+    exif_orientation: bool
+    progress: Callable[[int, int], None] | None
+
+
+def read_options(options: dict[str, Any]) -> dict[str, Any]:
+    """`options` checked against `ScoreOptions` (a misspelt keyword is a TypeError, as with a real signature), with
+    the defaults filled in."""
+    unknown = sorted(set(options) - set(ScoreOptions.__annotations__))
+    if unknown:
+        raise TypeError(f"score() got unexpected keyword argument(s) {', '.join(unknown)}")
+    return {"clean_prompts": True, "exif_orientation": True, "progress": None, **options}
 
 
 class Scorer:
@@ -257,10 +278,7 @@ class Scorer:
         self,
         prompts: str | Sequence[str] | None,
         images: ImageInput | Sequence[ImageInput],
-        *,
-        clean_prompts: bool = True,
-        exif_orientation: bool = True,
-        progress: Callable[[int, int], None] | None = None,
+        **options: Unpack[ScoreOptions],
     ) -> list[float]:
         """Scores of the first output (`outputs[0]`), one per image, in the order given.
 
@@ -280,9 +298,7 @@ class Scorer:
             (default). False reads the stored pixels as they are, as the reference implementations do.
         progress: called with (done, total) after each batch.
         """
-        return self.score_outputs(
-            prompts, images, clean_prompts=clean_prompts, exif_orientation=exif_orientation, progress=progress
-        )[self.outputs[0]]
+        return self.score_outputs(prompts, images, **read_options(options))[self.outputs[0]]
 
     def score_outputs(
         self,

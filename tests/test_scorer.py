@@ -261,3 +261,13 @@ def test_a_prompt_with_a_lone_surrogate_is_scored_not_a_traceback(scorer) -> Non
     image = Image.new("RGB", (32, 32), (10, 200, 30))
     odd = scorer.score("a \ud800 cat", [image])[0]
     assert odd == pytest.approx(scorer.score("a ? cat", [image])[0], abs=1e-6)
+
+
+def test_a_misspelt_option_is_a_type_error_as_with_a_written_out_signature(scorer) -> None:
+    from PIL import Image
+
+    image = Image.new("RGB", (32, 32), (10, 20, 30))
+    with pytest.raises(TypeError, match="clean_prompt"):
+        scorer.score("a red car", [image], clean_prompt=False)
+    plain = scorer.score("a (red:1.4) car", [image])
+    assert scorer.score("a (red:1.4) car", [image], clean_prompts=True) == plain  # the default, spelt out

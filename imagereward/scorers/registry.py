@@ -12,17 +12,29 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..engine import Scorer, decode_images, expand_prompts, flatten_images, resolve_device, resolve_dtype
+from ..engine import (
+    ScoreOptions,
+    Scorer,
+    decode_images,
+    expand_prompts,
+    flatten_images,
+    read_options,
+    resolve_device,
+    resolve_dtype,
+)
 from ..ensemble import Ensemble, make_ensemble
 from ..errors import ImageRewardError
 from ..hub import HubFile
 from ..preprocess import ImageInput
 from .base import LoadedModel, ModelFamily
 from .specs import ENSEMBLE, SCORERS, canonical_name
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 log = logging.getLogger("imagereward")
 
@@ -165,15 +177,16 @@ class ScorerSet:
         self,
         prompts: str | Sequence[str] | None,
         images: ImageInput | Sequence[ImageInput],
-        *,
-        clean_prompts: bool = True,
-        exif_orientation: bool = True,
-        progress: Callable[[int, int], None] | None = None,
+        **options: Unpack[ScoreOptions],
     ) -> dict[str, list[float]]:
         """`{name: [score per image]}` for every name asked for, in that order (arguments as `Scorer.score`).
 
         Batch by batch, each image is read and decoded once (`engine.decode_images`) and then scored by every model;
         `progress(done, total)` counts images, once per batch."""
+        chosen = read_options(options)
+        clean_prompts, exif_orientation, progress = (
+            chosen["clean_prompts"], chosen["exif_orientation"], chosen["progress"]
+        )  # fmt: skip
         items = flatten_images(images)
         if self.needs_prompt:
             prompts = expand_prompts(prompts, len(items))
