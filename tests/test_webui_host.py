@@ -779,3 +779,17 @@ def test_the_score_endpoint_takes_a_scorer(world: World) -> None:
     assert refused.status_code == 422 and "cannot join the ensemble" in refused.json()["detail"]
     unknown = client.post("/imagereward/v1/score", json={**body, "scorer": "judge"})
     assert unknown.status_code == 422 and "scorer must be one of" in unknown.json()["detail"]
+
+
+def test_kept_aside_discarded_images_keep_their_before_copies_beside_them(world: World) -> None:
+    """Issue 22.6: with "keep discarded" and "save before highres fix", the discarded finals went to the discarded
+    folder but their before-copies nowhere."""
+    world.host.opts.save_images_before_highres_fix = True
+    p = world.p({**TOP1, "keep_discarded": True}, batch_size=1, n_iter=1, enable_hr=True)
+    processed = world.run(p)
+    (kept,) = world.kept(processed)
+    aside = [f for f in world.host.disk.files if "imagereward-discarded" in str(f.path)]
+    finals = sorted(f.seed for f in aside if f.suffix == "")
+    befores = sorted(f.seed for f in aside if f.suffix == "-before-highres-fix")
+    assert len(finals) == 3 and befores == finals and seed_of(kept) not in finals
+    assert all("ImageReward: " in f.info for f in aside if f.suffix == "")

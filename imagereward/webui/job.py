@@ -669,8 +669,9 @@ class BestOfNJob:
         texts: list[str],
         discarded: list[int],
     ) -> list[str]:
-        """Replay the held-back saves: every save of the kept images; the finished image of discarded ones only
-        when the job keeps them aside. Returns what could not be written."""
+        """Replay the held-back saves: every save of the kept images; when the job keeps discarded images aside,
+        every save of those too (their "before" copies beside them), into the discarded folder. Returns what could
+        not be written."""
         problems: list[str] = []
 
         def replay(save: DeferredSave, arguments: dict[str, Any]) -> None:
@@ -687,13 +688,13 @@ class BestOfNJob:
                 if save.is_final:
                     arguments["info"] = text
                 replay(save, arguments)
-        if self.args.keep_discarded:
+        if self.args.keep_discarded:  # everything the WebUI would have written for them, beside each other
             folder = hooks.discarded_dir(p)
             for position in discarded:
                 candidate = candidates[position]
                 for save in self.saves.of(candidate.index):
-                    if save.is_final:
-                        replay(save, {**save.arguments, "info": self.final_infotext(candidate), "path": folder})
+                    info = self.final_infotext(candidate) if save.is_final else save.arguments.get("info")
+                    replay(save, {**save.arguments, "info": info, "path": folder})
         self.saves.clear()
         return problems
 
