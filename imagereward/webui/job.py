@@ -215,21 +215,9 @@ class BestOfNJob:
             phases.first_images[index] = _to_pil(image)
             phases.first_infotexts[index] = _safe(lambda i=i: infotext(i), "")
             self.prompts[index] = _at(p.all_prompts, index, "")
-        if self.failure is None and indices:
-            prompts = [self.prompts[i] for i in indices]
-            try:
-                result = self.scoring.score(prompts, [phases.first_images[i] for i in indices])
-                table = result if isinstance(result, dict) else {self.args.scorer: list(result)}
-                if any(self.scoring.truncated(prompts)):
-                    self.note(TRUNCATION_NOTE if self.args.scorer == "imagereward" else TRUNCATION_NOTE_OTHER)
-                for position, index in enumerate(indices):
-                    phases.first_scores[index] = float(table[self.args.scorer][position])
-                    members = {n: float(v[position]) for n, v in table.items() if n != self.args.scorer}
-                    if members:
-                        phases.first_members[index] = members
-            except Exception as exc:
-                self.failure = str(exc) or type(exc).__name__
-                log.error("ImageReward: %s; each requested image's first candidate is finished", self.failure)
+        if indices:
+            images = [phases.first_images[i] for i in indices]
+            self._score_into(indices, images, phases.first_scores, phases.first_members)
         if p.iteration == phases.phase_one_batches - 1:
             self._begin_phase_two(p)
 
@@ -239,19 +227,8 @@ class BestOfNJob:
         plan = phases.plan
         competing = [g for g in range(plan.total) if g not in self.unfinished and g in phases.first_images]
         phases.competing = competing
-        scores = [phases.first_scores.get(g, math.nan) for g in competing]
-        if self.failure is not None or not competing or all(math.isnan(s) for s in scores):
-            first_try = [g for g in competing if plan.candidate[g] == 0]
-            phases.kept = first_try
-            finish = first_try
-        else:
-            by_slot: dict[int, list[int]] = {}
-            for position, g in enumerate(competing):
-                by_slot.setdefault(plan.slots[g], []).append(position)
-            rule = self.args.selection(self.keep_best_if_none, self.per_group)
-            phases.selection = select(scores, list(by_slot.values()), rule)
-            phases.kept = [competing[i] for i in phases.selection.kept]
-            finish = competing if self.args.check_previews else phases.kept
+        phases.kept, phases.selection = self._first_pass_choice(competing)
+        finish = competing if self.args.check_previews and phases.selection is not None else phases.kept
         phases.layout = phase_two_layout(plan, finish, phases.whole_batches)
         phases.write_phase_two(p)
 
@@ -292,24 +269,36 @@ class BestOfNJob:
 
     def score_pending(self) -> None:
         pending = sorted(i for i in self.finals if i not in self.scores)
-        if not pending or self.failure is not None:
+        if pending:
+            self._score_into(pending, [self.finals[i] for i in pending], self.scores, self.member_scores)
+
+    def _score_into(
+        self,
+        indices: list[int],
+        images: list[Any],
+        scores: dict[int, float],
+        members: dict[int, dict[str, float]],
+    ) -> None:
+        """Score `images` (generated indices `indices`) into `scores` (the ranking scorer's) and `members` (an
+        ensemble's). A failure is tried once per job: it is remembered, logged, and the job keeps its images."""
+        if self.failure is not None:
             return
-        prompts = [self.prompts[i] for i in pending]
+        prompts = [self.prompts[i] for i in indices]
         try:
-            result = self.scoring.score(prompts, [self.finals[i] for i in pending])
+            result = self.scoring.score(prompts, images)
             table = result if isinstance(result, dict) else {self.args.scorer: list(result)}
-            scores = table[self.args.scorer]
+            ranking = table[self.args.scorer]
             if any(self.scoring.truncated(prompts)):
                 self.note(TRUNCATION_NOTE if self.args.scorer == "imagereward" else TRUNCATION_NOTE_OTHER)
         except Exception as exc:  # never lose the user's images over a scoring problem: keep them all
             self.failure = str(exc) or type(exc).__name__
             log.error("ImageReward: %s; the job keeps every image unscored", self.failure, exc_info=True)
             return
-        for position, (index, score) in enumerate(zip(pending, scores, strict=True)):
-            self.scores[index] = float(score)
-            members = {name: float(values[position]) for name, values in table.items() if name != self.args.scorer}
-            if members:
-                self.member_scores[index] = members
+        for position, (index, score) in enumerate(zip(indices, ranking, strict=True)):
+            scores[index] = float(score)
+            others = {name: float(values[position]) for name, values in table.items() if name != self.args.scorer}
+            if others:
+                members[index] = others
 
     def capture_save(self, p: Any, arguments: dict[str, Any]) -> bool:
         """A call of the WebUI's save function for this job's images: held back while candidates are made."""
@@ -483,15 +472,7 @@ class BestOfNJob:
         phases = self.phases
         assert phases is not None
         competing = [g for g in sorted(phases.first_images) if g not in self.unfinished]
-        by_slot: dict[int, list[int]] = {}
-        for position, g in enumerate(competing):
-            by_slot.setdefault(phases.plan.slots[g], []).append(position)
-        scores = [phases.first_scores.get(g, math.nan) for g in competing]
-        if competing and not all(math.isnan(s) for s in scores):
-            chosen = select(scores, list(by_slot.values()), self.args.selection(self.keep_best_if_none, True))
-            shown = [competing[i] for i in chosen.kept]
-        else:
-            shown = [g for g in competing if phases.plan.candidate[g] == 0]
+        shown, _ = self._first_pass_choice(competing)
         candidates = self._first_passes(shown)
         self.unfinished.update(shown)
         self.writes_nothing = True
@@ -504,6 +485,20 @@ class BestOfNJob:
         outcome = Outcome(candidates, shown_all, [], None, [math.nan] * len(candidates))
         self._apply(p, processed, hooks, outcome, job_params)
         return None
+
+    def _first_pass_choice(self, competing: list[int]) -> tuple[list[int], Selection | None]:
+        """Phase 1's choice among `competing` (phase-1 indices), by each requested image's candidates; when nothing
+        could be scored, each requested image's first candidate (the WebUI's own seed), unranked."""
+        phases = self.phases
+        assert phases is not None
+        scores = [phases.first_scores.get(g, math.nan) for g in competing]
+        if self.failure is not None or all(math.isnan(s) for s in scores):
+            return [g for g in competing if phases.plan.candidate[g] == 0], None
+        by_slot: dict[int, list[int]] = {}
+        for position, g in enumerate(competing):
+            by_slot.setdefault(phases.plan.slots[g], []).append(position)
+        chosen = select(scores, list(by_slot.values()), self.args.selection(self.keep_best_if_none, self.per_group))
+        return [competing[i] for i in chosen.kept], chosen
 
     def _phase_selection(self, candidates: list[Candidate], kept_count: int) -> Selection | None:
         """Phase 1's ranks, for the finished images (their positions in `candidates`)."""

@@ -218,8 +218,11 @@ def install_phase_sampling(p: Any, job: BestOfNJob) -> None:
         if phases is None or phases.broken is not None:
             return original(*args, **kwargs)
         if phases.phase_of(p.iteration) == 1:
-            with job.phase_one_sampling(p), first_sampler_calls(record):
-                return original(*args, **kwargs)
+            with job.phase_one_sampling(p):
+                if not phases.sampling.replays_latents:  # previews: phase 2 samples again, nothing to record
+                    return original(*args, **kwargs)
+                with first_sampler_calls(record):
+                    return original(*args, **kwargs)
         if not phases.sampling.replays_latents:
             return original(*args, **kwargs)
         latents = phases.latents_for(p.iteration, len(p.prompts))
