@@ -154,12 +154,16 @@ def row_bytes(row: dict[str, Any]) -> bytes:
 
 @dataclass
 class _Listing:
-    """Where a shard's image members are: stored member name -> (offset, size); why the listing stopped early."""
+    """Where a shard's image members are: stored member name -> (offset, size, header mtime); why the listing stopped
+    early."""
 
-    places: dict[str, tuple[int, int]]
+    places: dict[str, tuple[int, int, int]]
     problem: str | None = None
 
     def place(self, row: dict[str, Any]) -> tuple[int, int]:
+        return self.member(row)[:2]
+
+    def member(self, row: dict[str, Any]) -> tuple[int, int, int]:
         found = self.places.get(row["member"])
         if found is None:
             why = f"not found in its shard ({self.problem})" if self.problem else "no longer in its shard"
@@ -177,12 +181,12 @@ def _list_shard(path: str, keep: set[str] | None = None) -> _Listing:
     """One pass over a shard's members (headers only); `keep`: only these member names (as stored)."""
     from .sources import SourceError, shard_items
 
-    places: dict[str, tuple[int, int]] = {}
+    places: dict[str, tuple[int, int, int]] = {}
     try:
         for item in shard_items(path):
             name = as_text(item.member or "")
             if item.error is None and (keep is None or name in keep):
-                places.setdefault(name, (item.offset or 0, item.size))
+                places.setdefault(name, (item.offset or 0, item.size, item.mtime_ns))
     except SourceError as exc:  # unreadable, or cut short: the members found before are still there
         return _Listing(places, str(exc))
     return _Listing(places)
@@ -216,7 +220,9 @@ class _ShardReader:
                 raise ImageRewardError(f"cannot read its shard ({exc.strerror or exc})") from None
             self.listings[path] = (_list_shard(path, self.wanted.get(path)), mtime_ns)
         listing, mtime_ns = self.listings[path]
-        offset, size = listing.place(row)
+        offset, size, member_mtime_ns = listing.member(row)
+        if row.get("shard") is not None:  # (rows written since the `shard` column: the member's own mtime)
+            mtime_ns = member_mtime_ns
         if mtime_ns != row["mtime_ns"] or size != row["size"]:
             raise ImageRewardError("its shard changed since it was scored (score it again first)")
         handle = self.handles.get(path)

@@ -59,6 +59,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--hash", action="store_true", help="record each image's SHA-256")
     group.add_argument(
+        "--per-shard-dir",
+        metavar="DIR",
+        help="with --shards: also write each shard's results as DIR/<shard>.parquet (00000.parquet for 00000.tar, "
+        "keyed by __key__) when it finishes; a file there that imagereward did not write is never replaced",
+    )
+    group.add_argument(
         "--workers",
         type=int,
         default=default_workers(),
@@ -124,6 +130,7 @@ COLLECTION_ONLY = (
     "paths_file",
     "parquet_in",
     "hash",
+    "per_shard_dir",
     "min_score",
     "max_score",
     "prompt_contains",
@@ -170,6 +177,8 @@ def _check(args: argparse.Namespace) -> None:
         raise UsageError("--threads must be at least 1")
     if args.copy_to and args.move_to:
         raise UsageError("give --copy-to or --move-to, not both")
+    if args.per_shard_dir and (not args.shards or args.ray):
+        raise UsageError("--per-shard-dir works with --shards, without --ray")
     if args.models_dir and not Path(args.models_dir).expanduser().is_dir():
         raise UsageError(f"--models-dir {args.models_dir}: is not a folder")
     from ..engine import check_device  # one line before the model loads, as the main command line
@@ -236,6 +245,7 @@ def _score(args: argparse.Namespace, store: ResultStore, source: Any) -> Any:
             workers=args.workers,
             torch_threads=model_threads(args.threads, args.workers),
             progress=None if args.quiet else progress,
+            per_shard_dir=args.per_shard_dir,
             **common,
         )
     finally:
@@ -311,14 +321,15 @@ def _run(args: argparse.Namespace) -> int:
             said.append(problem)
             _say(problem)
         say_store_problems()
-        if not args.quiet:
-            skipped = "" if args.ray else f", {summary.skipped} already in the store ({summary.total} found)"
-            _say(
-                f"{summary.scored} scored, {summary.failed} failed{skipped} in {summary.elapsed_s:.1f} s "
-                f"-> {args.store}"
-            )
-        if summary.interrupted:
+        counts = (
+            f"{summary.scored} scored, {summary.failed} failed, {summary.skipped} already in the store "
+            f"({summary.total} found) in {summary.elapsed_s:.1f} s"
+        )
+        if summary.interrupted:  # (said even with -q: the run did not finish)
+            _say(f"interrupted: {counts}; what was scored is in {args.store}, and the next run goes on from there")
             return EXIT_INTERRUPTED
+        if not args.quiet:
+            _say(f"{counts} -> {args.store}")
         if summary.failed or summary.problems:
             status = EXIT_SOME_FAILED
     filters = Filters(args.min_score, args.max_score, args.prompt_contains)

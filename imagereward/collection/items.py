@@ -4,6 +4,11 @@ An `Item` is an image as a source lists it, before anything is decoded: where it
 webdataset tar shard at a byte offset), its size and modification time, and its prompt when the source knows it in
 advance (``--prompt``, a Parquet column). Its *fingerprint* says whether a stored score is still valid: the same
 image bytes (size, mtime), the same prompt source, the same model and the same prompt cleaning.
+
+A member of a tar shard is known by what travels inside the shard, never by where the shard lies or when the file was
+last touched: its key is ``<shard name>#<webdataset key>`` (the shard name: its base name, see `sources.shard_names`),
+its mtime is the one in its tar header, and its `stamp` folds in the tar header's checksum and its caption member's
+size and checksum. So a shard copied (``cp -p`` or not) to another folder, or ``touch``ed, keeps its fingerprints.
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ FAILED = "error"
 MOVED = "moved"
 
 #: The store's columns, in order (also the Ray job's output). `key` is unique per image: its path, or
-#: ``shard.tar#key`` for a member of a tar shard; the newest row of a key is the one that counts.
+#: ``<shard name>#<webdataset key>`` for a member of a tar shard; the newest row of a key is the one that counts.
+#: Columns added later (`shard`, `__key__`, `width`, `height`) read as nulls from stores written before them.
 COLUMNS: tuple[tuple[str, str], ...] = (
     ("key", "string"),
     ("path", "string"),
@@ -41,6 +47,10 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("clean_prompt", "bool"),
     ("fingerprint", "int64"),
     ("scored_at", "timestamp_us_utc"),
+    ("shard", "string"),  # the shard's name (`sources.shard_names`); null for files
+    ("__key__", "string"),  # the webdataset key inside the shard; null for files
+    ("width", "int64"),  # the image's size as stored (before EXIF orientation); null when it could not be decoded
+    ("height", "int64"),
 )
 
 
@@ -64,6 +74,9 @@ class Item:
     prompt: str | None = None  # known before decoding (Parquet input); None: from a caption or the image's infotext
     caption: Caption | None = None
     error: str | None = None  # known while listing (a duplicate key, a member past the end of its shard): not read
+    shard: str | None = None  # a tar member's shard name (`sources.shard_names`)
+    wds_key: str | None = None  # a tar member's webdataset key
+    stamp: int | None = None  # a tar member's header checksum with its caption's size and checksum (`member_stamp`)
 
 
 def member_label(item: Item) -> str:
@@ -100,11 +113,20 @@ def key_hash(key: str) -> int:
     return int.from_bytes(hashlib.blake2b(key.encode("utf-8", "surrogateescape"), digest_size=8).digest(), "little")
 
 
+def member_stamp(header_checksum: int, caption: Caption | None, caption_checksum: int | None) -> int:
+    """What identifies a tar member beyond its size and mtime: its header's checksum, and its caption member's size
+    and checksum (a changed caption scores the image again)."""
+    text = f"{header_checksum}/{'' if caption is None else f'{caption.kind}:{caption.size}:{caption_checksum}'}"
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little", signed=True)
+
+
 def fingerprint(item: Item, fixed_prompt: str | None, model: str, clean: bool) -> int:
     """A signed 64-bit hash of everything that decides an item's score apart from its pixels' identity."""
     prompt = fixed_prompt if fixed_prompt is not None else item.prompt
-    text = "\x1f".join(
-        (str(item.size), str(item.mtime_ns), "\x00" if prompt is None else "=" + prompt, model, "1" if clean else "0")
-    )
+    shown = "\x00" if prompt is None else "=" + prompt
+    parts = [str(item.size), str(item.mtime_ns), shown, model, "1" if clean else "0"]
+    if item.stamp is not None:  # (files: as before, so stores of files keep their fingerprints)
+        parts.append(str(item.stamp))
+    text = "\x1f".join(parts)
     digest = hashlib.blake2b(text.encode("utf-8", "surrogateescape"), digest_size=8).digest()
     return int.from_bytes(digest, "little", signed=True)

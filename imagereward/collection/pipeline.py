@@ -3,9 +3,15 @@
 Decode workers (a torch `DataLoader` over an iterable dataset; each worker lists its own partition of the source,
 skips what the store already holds, decodes and preprocesses, and hands over batches of uint8 pixels) run in
 parallel with the model in the main process. Memory is bounded by the workers' prefetch (2 batches each) and the
-rows waiting to be flushed, whatever the collection's size; the store's index of finished images costs 16 bytes an
-image. Rows are flushed to the store as a new part every `flush_rows` rows or `flush_seconds`, and once more when the
-run ends, is interrupted or fails.
+rows waiting to be flushed, whatever the collection's size. Rows are flushed to the store as a new part every
+`flush_rows` rows or `flush_seconds`, and once more when the run ends, is interrupted or fails.
+
+Tar shards are planned first (`plan_shards`): a shard the store's log (`shardlog`) marks finished, with the same
+content fingerprint and scoring identity, is skipped without being listed; only the other shards are listed, and the
+store's index of what is scored (16 bytes an image) covers only their rows. A worker tells the main process when it
+has listed a shard to its end (a `ShardDone` with its last batch); the shard's mark is written after the part holding
+its last rows. The index is built before the workers start and reaches them by fork (read only, so its pages stay
+shared); where workers are spawned (macOS, Windows) each gets a pickled copy.
 """
 
 from __future__ import annotations
@@ -23,8 +29,10 @@ import torch
 
 from ..errors import ImageRewardError
 from .items import FAILED, SCORED, Item, as_text, fingerprint, path_bytes
+from .pershard import PerShardWriter
 from .prepare import ItemReader, Prepared, ReadOptions
-from .sources import Source
+from .shardlog import Identity, ShardLog, ShardMark, content_fingerprint
+from .sources import ShardDone, ShardSource, Source
 from .store import DoneIndex, ResultStore
 
 #: Compact the store after a run when it holds at most this many rows (else only when parts pile up).
@@ -74,6 +82,46 @@ class RunPlan:
             return None
         return fp
 
+    @property
+    def identity(self) -> Identity:
+        return Identity(self.model, self.clean, self.fixed_prompt)
+
+
+@dataclass
+class ShardPlan:
+    """What a run lists: the source less the finished shards, and what was learnt planning it."""
+
+    source: Source
+    shards: list[str] | None = None  # names of the shards to list (None: not a shard source)
+    fingerprints: dict[str, str] = field(default_factory=dict)  # their content fingerprints, read before listing
+    paths: dict[str, str] = field(default_factory=dict)  # their paths
+    skipped: int = 0  # images in the finished shards left out
+
+
+def plan_shards(source: Source, log: ShardLog, identity: Identity, rescore: bool) -> ShardPlan:
+    """Leave out the shards the store's log marks finished for this content and identity (read: 128 KiB a shard)."""
+    if not isinstance(source, ShardSource):
+        return ShardPlan(source)
+    marks = {} if rescore else log.read()
+    keep: list[int] = []
+    plan = ShardPlan(source, [])
+    for i, (path, name) in enumerate(zip(source.shards, source.names, strict=True)):
+        try:
+            fp: str | None = content_fingerprint(path)
+        except OSError:
+            fp = None  # listing it says what is wrong
+        mark = marks.get(name)
+        if fp is not None and mark is not None and mark.fingerprint == fp and mark.identity == identity:
+            plan.skipped += mark.members
+            continue
+        keep.append(i)
+        plan.paths[name] = path
+        if fp is not None:
+            plan.fingerprints[name] = fp
+    plan.source = source.subset(keep)
+    plan.shards = [source.names[i] for i in keep]
+    return plan
+
 
 def model_id(scorer: Any) -> str:
     """A short, stable identity of the loaded weights: a hash of the reward head (fp32 on every device)."""
@@ -103,27 +151,34 @@ class _Batches(torch.utils.data.IterableDataset):
         part, parts = (info.id, info.num_workers) if info is not None else (0, 1)
         reader = ItemReader(self.options)
         ready: list[tuple[Prepared, int]] = []
+        finished: list[ShardDone] = []  # shards listed to their end: sent with (or after) their last items
+        listed = (
+            self.source.walk(part, parts) if isinstance(self.source, ShardSource) else self.source.items(part, parts)
+        )
         try:
-            for item in self.source.items(part, parts):
+            for item in listed:
+                if isinstance(item, ShardDone):
+                    finished.append(item)
+                    continue
                 fp = self.plan.todo(item)
                 if fp is None:
                     continue
                 ready.append((reader.prepare(item), fp))
                 if len(ready) >= self.batch_size:
-                    yield _collate(ready)
-                    ready = []
-            if ready:
-                yield _collate(ready)
+                    yield _collate(ready, finished)
+                    ready, finished = [], []
+            if ready or finished:
+                yield _collate(ready, finished)
         finally:
             reader.close()
 
 
-def _collate(ready: list[tuple[Prepared, int]]) -> dict[str, Any]:
+def _collate(ready: list[tuple[Prepared, int]], finished: list[ShardDone] | None = None) -> dict[str, Any]:
     good = [p.pixels for p, _ in ready if p.pixels is not None]
     # Channels first and contiguous here, in the worker, so the main process only scores.
     pixels = torch.from_numpy(np.ascontiguousarray(np.stack(good).transpose(0, 3, 1, 2))) if good else None
-    meta = [(p.item, fp, p.prompt, p.sha256, p.error) for p, fp in ready]
-    return {"pixels": pixels, "meta": meta}
+    meta = [(p.item, fp, p.prompt, p.sha256, p.error, p.width, p.height) for p, fp in ready]
+    return {"pixels": pixels, "meta": meta, "finished": list(finished or [])}
 
 
 def _worker_init(_: int) -> None:
@@ -162,6 +217,7 @@ def score_collection(
     torch_threads: int | None = None,
     progress: Callable[[Progress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    per_shard_dir: str | os.PathLike[str] | None = None,
 ) -> RunSummary:
     """Score the images of `source` that the store does not hold yet (all of them with `rescore`).
 
@@ -172,6 +228,8 @@ def score_collection(
         CPU kernels several times their speed.
     progress: called after each batch with a `Progress`; should_stop: polled after each batch, True ends the run
         early (what was scored is kept; the next run goes on from there).
+    per_shard_dir: for tar shards, also write each shard's rows as ``<shard>.parquet`` there when it finishes
+        (`pershard`); a file of that name that this package did not write is never replaced (ImageRewardError).
     Raises ImageRewardError for a store or source that cannot be used; per-image problems become rows with an error.
     """
     started = time.monotonic()
@@ -184,19 +242,26 @@ def score_collection(
             scorer = ImageRewardScorer.load(
                 models_dir, device=device, dtype=dtype, batch_size=batch_size, offline=offline, progress=True
             )
-        plan = RunPlan(model_id(scorer), clean_prompts, prompt, rescore, results.index())
-        summary.total, todo = count_todo(source, plan)
-        summary.skipped = summary.total - todo
+        plan = RunPlan(model_id(scorer), clean_prompts, prompt, rescore, DoneIndex.empty())
+        shards = plan_shards(source, ShardLog(results.folder), plan.identity, rescore)
+        outputs = None
+        if per_shard_dir is not None and shards.shards is not None:
+            outputs = PerShardWriter(per_shard_dir, results)
+            outputs.check(shards.shards)
+        if not rescore:
+            plan.index = results.index(shards.shards)
+        found, todo = count_todo(shards.source, plan)
+        summary.total, summary.skipped = found + shards.skipped, found - todo + shards.skipped
         summary.problems = list(getattr(source, "problems", []))
         options = ReadOptions(prompt, caption_field, exif_orientation, hash_files)
-        batches = _batch_loader(_Batches(source, plan, options, batch_size), workers)
-        pending = _Pending(writer, flush_rows, flush_seconds)
+        batches = _batch_loader(_Batches(shards.source, plan, options, batch_size), workers)
+        pending = _Pending(writer, flush_rows, flush_seconds, _Marks(results, shards, plan.identity, outputs))
         clock = _Clock(started, todo)
         name = scorer_name()
         try:
             for batch in batches:
                 rows = _score_batch(scorer, batch, plan, name)
-                pending.add(rows)
+                pending.add(rows, batch.get("finished", []))
                 failed = sum(row["status"] != SCORED for row in rows)
                 summary.scored += len(rows) - failed
                 summary.failed += failed
@@ -210,6 +275,7 @@ def score_collection(
         finally:
             pending.flush()  # what was scored is never lost, whatever ends the run
             summary.elapsed_s = time.monotonic() - started
+        summary.problems.extend(p for p in pending.marks.problems if p not in summary.problems)
         _maybe_compact(results)
     summary.problems.extend(p for p in results.problems if p not in summary.problems)  # damaged parts set aside
     return summary
@@ -227,22 +293,54 @@ def _batch_loader(batches: _Batches, workers: int) -> Any:
     )
 
 
+class _Marks:
+    """Shards listed to their end in this run: marked finished in the store's log (and their per-shard results
+    written) once the part holding their last rows is on disk."""
+
+    def __init__(self, store: ResultStore, plan: ShardPlan, identity: Identity, outputs: PerShardWriter | None) -> None:
+        self.log, self.plan, self.identity, self.outputs = ShardLog(store.folder), plan, identity, outputs
+        self.waiting: list[ShardDone] = []
+        self.problems: list[str] = []
+
+    def add(self, rows: list[dict[str, Any]], finished: list[ShardDone]) -> None:
+        if self.outputs is not None:
+            self.outputs.add(rows)
+        self.waiting.extend(finished)
+
+    def written(self) -> None:
+        """Call after the rows added so far are in the store."""
+        done, self.waiting = self.waiting, []
+        marks = [
+            ShardMark(d.name, fp, self.identity, d.members, self.plan.paths.get(d.name, ""))
+            for d in done
+            if d.complete and (fp := self.plan.fingerprints.get(d.name)) is not None
+        ]
+        self.log.append(marks)
+        if self.outputs is not None:
+            for d in done:
+                problem = self.outputs.finish(d.name, d.members)
+                if problem is not None:
+                    self.problems.append(problem)
+
+
 class _Pending:
     """Rows scored but not yet in the store: written every `rows` rows or `seconds` seconds, and at the end."""
 
-    def __init__(self, writer: Any, rows: int, seconds: float) -> None:
-        self.writer, self.rows, self.seconds = writer, rows, seconds
+    def __init__(self, writer: Any, rows: int, seconds: float, marks: _Marks) -> None:
+        self.writer, self.rows, self.seconds, self.marks = writer, rows, seconds, marks
         self.pending: list[dict[str, Any]] = []
         self.last = time.monotonic()
 
-    def add(self, rows: list[dict[str, Any]]) -> None:
+    def add(self, rows: list[dict[str, Any]], finished: list[ShardDone]) -> None:
         self.pending.extend(rows)
+        self.marks.add(rows, finished)
         if len(self.pending) >= self.rows or time.monotonic() - self.last >= self.seconds:
             self.flush()
 
     def flush(self) -> None:
         self.writer.append(self.pending)
         self.pending, self.last = [], time.monotonic()
+        self.marks.written()  # (only after the rows: a mark never stands for rows that are not on disk)
 
 
 class _Clock:
@@ -281,14 +379,14 @@ def _score_batch(scorer: Any, batch: dict[str, Any], plan: RunPlan, name: str) -
 
 def store_rows(
     scorer: Any,
-    meta: list[tuple[Item, int, str | None, str | None, str | None]],
+    meta: list[tuple[Any, ...]],
     pixels: Any,
     model: str,
     clean: bool,
     name: str,
 ) -> list[dict[str, Any]]:
-    """Store rows for prepared items: (item, fingerprint, prompt, sha256, error) each, and the pixels (B, 3, 224,
-    224) uint8 of those without an error, in order."""
+    """Store rows for prepared items: (item, fingerprint, prompt, sha256, error[, width, height]) each, and the
+    pixels (B, 3, 224, 224) uint8 of those without an error, in order."""
     good = [m for m in meta if m[4] is None]
     scores: list[float] = []
     if good:
@@ -296,7 +394,8 @@ def store_rows(
     next_score = iter(scores)
     now = datetime.now(timezone.utc)
     rows = []
-    for item, fp, prompt, sha, error in meta:
+    for item, fp, prompt, sha, error, *size in meta:
+        width, height = size if size else (None, None)
         rows.append(
             {
                 "key": item.key,
@@ -315,6 +414,10 @@ def store_rows(
                 "clean_prompt": clean,
                 "fingerprint": fp,
                 "scored_at": now,
+                "shard": item.shard,
+                "__key__": item.wds_key,
+                "width": width,
+                "height": height,
             }
         )
     return rows

@@ -31,6 +31,8 @@ class Prepared:
     prompt: str | None
     sha256: str | None
     error: str | None
+    width: int | None = None  # the image's size as stored (before EXIF orientation), when it could be opened
+    height: int | None = None
 
 
 @dataclass
@@ -102,6 +104,7 @@ def prepare_data(item: Item, data: bytes, caption: bytes | None, options: ReadOp
     stream = io.BytesIO(data)
     try:
         image = open_image(stream, name=item.member or item.path)
+        width, height = image.size
         prompt = options.fixed_prompt if options.fixed_prompt is not None else item.prompt
         if prompt is None and caption is not None and item.caption is not None:
             prompt = caption_text(caption, item.caption.kind, options.caption_field)
@@ -109,10 +112,10 @@ def prepare_data(item: Item, data: bytes, caption: bytes | None, options: ReadOp
             text = read_image_infotext(image)
             prompt = parse_infotext(text).prompt if text else None
         if prompt is None:
-            return Prepared(item, None, None, digest, NO_PROMPT)
+            return Prepared(item, None, None, digest, NO_PROMPT, width, height)
         if options.exif_orientation:
             image = apply_exif_orientation(image)
         pixels = pil_to_uint8(image)
     except ImageRewardError as exc:  # (PIL names an in-memory image by its object: name the member or file)
         return Prepared(item, None, None, digest, _message(exc, item).replace(repr(stream), repr(member_label(item))))
-    return Prepared(item, pixels, prompt, digest, None)
+    return Prepared(item, pixels, prompt, digest, None, width, height)

@@ -22,12 +22,23 @@ import numpy as np
 
 from . import deps
 from .items import IMAGE_SIZE_PIXELS, Caption, Item, as_text, path_bytes
-from .pipeline import RunPlan, RunSummary, model_id, scorer_name, store_rows
+from .pipeline import RunPlan, RunSummary, model_id, plan_shards, scorer_name, store_rows
 from .prepare import ReadOptions, prepare_data
-from .sources import IMAGE_SUFFIXES, FileSource, ParquetSource, PathListSource, ShardSource
+from .shardlog import ShardLog
+from .sources import (
+    IMAGE_SUFFIXES,
+    FileSource,
+    ParquetSource,
+    PathListSource,
+    ShardSource,
+    SourceError,
+    shard_items,
+    shard_names,
+)
 from .store import DoneIndex, ResultStore, rows_to_table
 
 _TEXT_COLUMNS = ("key", "path", "member", "prompt", "sha256", "error")
+_MEMBER_COLUMNS = ("shard", "__key__", "width", "height")  # (width, height: -1 where the image could not be opened)
 
 
 def _mtime(path: str, cache: dict[str, int]) -> int:
@@ -39,8 +50,11 @@ def _mtime(path: str, cache: dict[str, int]) -> int:
     return cache[path]
 
 
-def _items(batch: dict[str, Any], kind: str, cache: dict[str, int]) -> list[tuple[Item, bytes | None, bytes | None]]:
-    """(item, image bytes or None to read, caption bytes) per row of a reader's batch."""
+def _items(
+    batch: dict[str, Any], kind: str, cache: dict[str, int], names: dict[str, str] | None = None
+) -> list[tuple[Item, bytes | None, bytes | None]]:
+    """(item, image bytes or None to read, caption bytes) per row of a reader's batch (`names`: shard path -> the
+    shard's name in keys, `sources.shard_names`)."""
     out: list[tuple[Item, bytes | None, bytes | None]] = []
     n = len(batch["path"])
     if kind == "files":
@@ -75,31 +89,64 @@ def _items(batch: dict[str, Any], kind: str, cache: dict[str, int]) -> list[tupl
                     caption_raw = bytes(batch[columns[ext]][i])
                     caption = Caption(0, len(caption_raw), ext)
                     break
-            item = Item(
-                key=f"{as_text(shard)}#{as_text(key)}",
-                path=shard,
-                size=len(data),
-                mtime_ns=_mtime(shard, cache),
-                member=f"{key}.{image_ext}",
-                offset=0,
-                caption=caption,
-            )
+            name = (names or {}).get(shard) or shard_names([shard])[0]
+            # The local reader's item (header mtime, checksums: the same key and fingerprint as a local run).
+            item = _listed(shard, name).get(as_text(key))
+            if item is None:  # (a key the two readers see differently: scored, keyed the same way)
+                item = Item(
+                    key=f"{as_text(name)}#{as_text(key)}",
+                    path=shard,
+                    size=len(data),
+                    mtime_ns=_mtime(shard, cache),
+                    member=f"{key}.{image_ext}",
+                    offset=0,
+                    caption=caption,
+                    shard=as_text(name),
+                    wds_key=as_text(key),
+                )
             out.append((item, data, caption_raw))
     return out
 
 
-def prepare_batch(batch: dict[str, Any], *, kind: str, plan: RunPlan, options: ReadOptions) -> dict[str, Any]:
+#: The last shards listed in this worker process: (path, size, mtime_ns, name) -> webdataset key -> item.
+_LISTED: dict[tuple[str, int, int, str], dict[str, Item]] = {}
+
+
+def _listed(shard: str, name: str) -> dict[str, Item]:
+    """The items of a shard as the local reader lists them (headers only), kept for the shard's next batches."""
+    try:
+        st = os.stat(shard)
+    except OSError:
+        return {}
+    cache_key = (shard, st.st_size, st.st_mtime_ns, name)
+    if cache_key not in _LISTED:
+        found: dict[str, Item] = {}
+        try:
+            for item in shard_items(shard, name):
+                if item.error is None and item.wds_key is not None:
+                    found.setdefault(item.wds_key, item)
+        except SourceError:
+            pass  # (what was listed before the problem is kept)
+        while len(_LISTED) >= 2:
+            _LISTED.pop(next(iter(_LISTED)))
+        _LISTED[cache_key] = found
+    return _LISTED[cache_key]
+
+
+def prepare_batch(
+    batch: dict[str, Any], *, kind: str, plan: RunPlan, options: ReadOptions, names: dict[str, str] | None = None
+) -> dict[str, Any]:
     """CPU stage: rows to score, with their uint8 pixels (zeros where the image could not be used)."""
     from .prepare import ItemReader
 
     reader = ItemReader(options)
     columns: dict[str, list[Any]] = {
-        name: [] for name in (*_TEXT_COLUMNS, "path_bytes", "size", "mtime_ns", "fingerprint")
+        name: [] for name in (*_TEXT_COLUMNS, "path_bytes", "size", "mtime_ns", "fingerprint", *_MEMBER_COLUMNS)
     }
     pixels: list[np.ndarray] = []
     blank = np.zeros(IMAGE_SIZE_PIXELS, np.uint8)
     try:
-        for item, data, caption in _items(batch, kind, {}):
+        for item, data, caption in _items(batch, kind, {}, names):
             fp = plan.todo(item)
             if fp is None:
                 continue
@@ -115,13 +162,17 @@ def prepare_batch(batch: dict[str, Any], *, kind: str, plan: RunPlan, options: R
                 ("size", item.size),
                 ("mtime_ns", item.mtime_ns),
                 ("fingerprint", fp),
+                ("shard", item.shard),
+                ("__key__", item.wds_key),
+                ("width", -1 if prepared.width is None else prepared.width),
+                ("height", -1 if prepared.height is None else prepared.height),
             ):
                 columns[name].append(value)
             pixels.append(prepared.pixels if prepared.pixels is not None else blank)
     finally:
         reader.close()
     out: dict[str, Any] = {name: np.array(values, dtype=object) for name, values in columns.items()}
-    for name in ("size", "mtime_ns", "fingerprint"):
+    for name in ("size", "mtime_ns", "fingerprint", "width", "height"):
         out[name] = np.array(columns[name], dtype=np.int64)
     out["pixels"] = np.stack(pixels) if pixels else np.zeros((0, *IMAGE_SIZE_PIXELS), np.uint8)
     return out
@@ -164,6 +215,8 @@ class ScoreActor:
                 member=_text(batch["member"][i]),
                 size=int(batch["size"][i]),
                 mtime_ns=int(batch["mtime_ns"][i]),
+                shard=_text(batch["shard"][i]),
+                wds_key=_text(batch["__key__"][i]),
             )
             fp, prompt, sha, error = (
                 int(batch["fingerprint"][i]),
@@ -171,7 +224,8 @@ class ScoreActor:
                 _text(batch["sha256"][i]),
                 _text(batch["error"][i]),
             )
-            meta.append((item, fp, prompt, sha, error))
+            width, height = (int(batch[name][i]) for name in ("width", "height"))
+            meta.append((item, fp, prompt, sha, error, width if width >= 0 else None, height if height >= 0 else None))
         good = np.array([m[4] is None for m in meta], dtype=bool)
         pixels = torch.from_numpy(np.ascontiguousarray(batch["pixels"][good])).permute(0, 3, 1, 2)
         return rows_to_table(store_rows(self.scorer, meta, pixels, self.plan.model, self.plan.clean, self.name))
@@ -189,7 +243,9 @@ def _init_ray(address: str | None, num_cpus: int | None) -> Any:
 
 def _dataset(ray: Any, source: Any, plan: RunPlan) -> tuple[Any, str] | None:
     """Ray's reader for the source (None when nothing is left to score)."""
-    if isinstance(source, ShardSource):
+    if isinstance(source, ShardSource):  # (the shards left after `plan_shards`: finished ones are not read)
+        if not source.shards:
+            return None
         return ray.data.read_webdataset(source.shards, decoder=None, include_paths=True), "webdataset"
     if isinstance(source, ParquetSource):
         columns = [source.path_column] + ([source.prompt_column] if source.prompt_column else [])
@@ -244,14 +300,19 @@ def run_ray(
         probe = ImageRewardScorer.load(models_dir, device="cpu", offline=offline, progress=False)
         plan = RunPlan(model_id(probe), clean_prompts, prompt, rescore, DoneIndex.empty())
         del probe
-        plan.index = results.index()
+        shards = plan_shards(source, ShardLog(results.folder), plan.identity, rescore)
+        plan.index = results.index(shards.shards)  # (tar shards: only the rows of shards not finished)
+        summary.skipped = shards.skipped  # (the images of finished shards; the others are not counted on Ray)
         ray = _init_ray(address, num_cpus)
-        found = _dataset(ray, source, plan)
+        found = _dataset(ray, shards.source, plan)
         if found is not None:
             ds, kind = found
             options = ReadOptions(prompt, caption_field, True, hash_files)
+            names = dict(zip(source.shards, source.names, strict=True)) if isinstance(source, ShardSource) else None
             ds = ds.map_batches(
-                prepare_batch, fn_kwargs={"kind": kind, "plan": plan, "options": options}, batch_format="numpy"
+                prepare_batch,
+                fn_kwargs={"kind": kind, "plan": plan, "options": options, "names": names},
+                batch_format="numpy",
             )
             ds = ds.map_batches(
                 ScoreActor,
@@ -270,7 +331,7 @@ def run_ray(
             )
             ds.write_parquet(str(results.folder / f".ray-{uuid.uuid4().hex[:8]}"))
             summary.scored, summary.failed = writer.adopt_staging()
-        summary.total = summary.scored + summary.failed  # (the images skipped are not counted on Ray)
+        summary.total = summary.scored + summary.failed + summary.skipped
         summary.elapsed_s = time.monotonic() - started
         results.compact()
     return summary

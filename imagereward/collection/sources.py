@@ -14,17 +14,19 @@ as a WebUI's output folder does, never gives one file to two workers).
 
 from __future__ import annotations
 
+import copy
 import glob
 import json
 import os
 import tarfile
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from ..errors import ImageRewardError
 from . import deps
-from .items import Caption, Item, as_text, key_hash
+from .items import Caption, Item, as_text, key_hash, member_stamp
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".avif"})
 CAPTION_SUFFIXES = {".txt": "txt", ".json": "json"}
@@ -340,6 +342,36 @@ def split_member(name: str) -> tuple[str, str]:
     return key, (dot + rest).lower()
 
 
+def shard_names(shards: Sequence[str]) -> list[str]:
+    """Each shard's name in keys and in the store's `shard` column: its base name (``00000.tar``), what identifies it
+    wherever the shards are copied to; shards sharing a base name are named by their path relative to the folder
+    that holds them all (``a/00000.tar`` and ``b/00000.tar``)."""
+
+    def parts(path: str) -> list[str]:
+        return [p for p in path.replace(os.sep, "/").split("/") if p]
+
+    bases = [parts(shard)[-1] if parts(shard) else shard for shard in shards]
+    taken = {base for base in bases if bases.count(base) > 1}
+    if not taken:
+        return bases
+    split = [parts(shard) for shard in shards]
+    common = 0
+    while all(len(p) > common + 1 and p[common] == split[0][common] for p in split):
+        common += 1
+    return ["/".join(p[common:]) if base in taken else base for p, base in zip(split, bases, strict=True)]
+
+
+@dataclass(frozen=True)
+class ShardDone:
+    """Yielded by `ShardSource.walk` after a shard's last item: its name, images listed, and whether it was read to
+    its end without a problem (only such a shard may be marked finished in the store)."""
+
+    index: int
+    name: str
+    members: int
+    complete: bool
+
+
 class ShardSource:
     """webdataset tar shards (uncompressed tar, as webdataset and img2dataset write them)."""
 
@@ -347,20 +379,39 @@ class ShardSource:
         self.shards = expand_shards(patterns)
         if not self.shards:
             raise SourceError(f"{', '.join(patterns)}: no tar shards found")
+        self.names = shard_names(self.shards)
         #: Messages for shards that could not be read (wholly or from some point on), filled while listing.
         self.problems: list[str] = []
 
-    def items(self, part: int = 0, parts: int = 1) -> Iterator[Item]:
+    def subset(self, keep: Sequence[int]) -> ShardSource:
+        """The same source with only the shards at these places (their names kept): the shards a run must list."""
+        other = copy.copy(self)
+        other.shards = [self.shards[i] for i in keep]
+        other.names = [self.names[i] for i in keep]
+        other.problems = self.problems  # (shared: problems found listing the subset are the source's)
+        return other
+
+    def walk(self, part: int = 0, parts: int = 1) -> Iterator[Item | ShardDone]:
+        """Items of partition `part`, and after each shard's last item a `ShardDone`."""
         for i, shard in enumerate(self.shards):
-            if i % parts == part:
-                try:
-                    yield from shard_items(shard)
-                except SourceError as exc:  # one broken shard must not stop the others
-                    if str(exc) not in self.problems:  # (a source is listed more than once per run)
-                        self.problems.append(str(exc))
+            if i % parts != part:
+                continue
+            members, complete = 0, True
+            try:
+                for item in shard_items(shard, self.names[i]):
+                    members += 1
+                    yield item
+            except SourceError as exc:  # one broken shard must not stop the others
+                complete = False
+                if str(exc) not in self.problems:  # (a source is listed more than once per run)
+                    self.problems.append(str(exc))
+            yield ShardDone(i, self.names[i], members, complete)
+
+    def items(self, part: int = 0, parts: int = 1) -> Iterator[Item]:
+        return (item for item in self.walk(part, parts) if isinstance(item, Item))
 
 
-def shard_items(shard: str) -> Iterator[Item]:
+def shard_items(shard: str, name: str | None = None) -> Iterator[Item]:
     """One item per key that has an image, with its caption's place when it has one; members are streamed once.
 
     Odd shards give the same items every time, and nothing is dropped silently:
@@ -372,15 +423,16 @@ def shard_items(shard: str) -> Iterator[Item]:
     - a member declaring more bytes than the shard has left (a truncated shard, or a size field that lies) becomes an
       error item naming it and the size it claims, and listing stops there.
 
-    Raises SourceError for a shard that cannot be opened; and, after the last item, for what was wrong with the
-    shard as a whole (truncated or corrupt after N members, keys with more than one caption).
+    `name`: the shard's name in keys (default: its base name). Raises SourceError for a shard that cannot be
+    opened; and, after the last item, for what was wrong with the shard as a whole (truncated or corrupt after N
+    members, keys with more than one caption).
     """
     try:
         st = os.stat(shard)
         archive = tarfile.open(shard, "r:")  # noqa: SIM115  (closed by the with below)
     except (OSError, tarfile.TarError) as exc:
         raise SourceError(f"{shard}: not a readable uncompressed tar shard ({exc})") from None
-    walk, shard_size = _ShardWalk(shard, st.st_mtime_ns), st.st_size
+    walk, shard_size = _ShardWalk(shard, name if name is not None else shard_names([shard])[0]), st.st_size
     complete = 0  # members wholly inside the shard
     ending: str | None = None
     with archive:
@@ -412,15 +464,24 @@ def shard_items(shard: str) -> Iterator[Item]:
         raise SourceError("; ".join(notes))
 
 
-def _shard_item(shard: str, mtime_ns: int, key: str, image: tarfile.TarInfo, caption: Caption | None) -> Item:
+def _mtime_ns(member: tarfile.TarInfo) -> int:
+    """The member's mtime from its tar header (inside the shard: it travels with it)."""
+    return round(float(member.mtime) * 1_000_000_000)
+
+
+def _shard_item(name: str, shard: str, key: str, image: tarfile.TarInfo, caption: tarfile.TarInfo | None) -> Item:
+    place = _caption(caption)
     return Item(
-        key=f"{as_text(shard)}#{as_text(key)}",
+        key=f"{as_text(name)}#{as_text(key)}",
         path=shard,
         size=image.size,
-        mtime_ns=mtime_ns,
+        mtime_ns=_mtime_ns(image),
         member=image.name,
         offset=image.offset_data,
-        caption=caption,
+        caption=place,
+        shard=as_text(name),
+        wds_key=as_text(key),
+        stamp=member_stamp(image.chksum, place, None if caption is None else caption.chksum),
     )
 
 
@@ -457,8 +518,8 @@ _JSON_KINDS = {dict: "an object", bool: "true or false", list: "a list"}
 class _ShardWalk:
     """Groups a shard's members by key as they stream by (see `shard_items`)."""
 
-    def __init__(self, shard: str, mtime_ns: int) -> None:
-        self.shard, self.mtime_ns, self.name = shard, mtime_ns, os.path.basename(shard)
+    def __init__(self, shard: str, name: str) -> None:
+        self.shard, self.name = shard, name
         self.ordinal = 0  # the place of the member being added, from 1
         self.seen: dict[str, str | None] = {}  # keys already grouped -> their image member's name
         self.key: str | None = None
@@ -494,7 +555,7 @@ class _ShardWalk:
         first = self.seen.get(key, self.image.name if self.image is not None else None)
         if self.image is not None:
             caption = self.captions.get("txt") or self.captions.get("json")
-            yield _shard_item(self.shard, self.mtime_ns, key, self.image, _caption(caption))
+            yield _shard_item(self.name, self.shard, key, self.image, caption)
         for place, member in self.extra:
             scored = f"{first} is the one scored" if first is not None else "none of them is scored"
             again = "" if key not in self.seen else " (the key appears again after other keys)"
@@ -521,13 +582,15 @@ class _ShardWalk:
         image = self.image if self.image is not None else (member if ext in IMAGE_SUFFIXES else None)
         if image is not None and key not in self.seen:
             yield Item(
-                key=f"{as_text(self.shard)}#{as_text(key)}",
+                key=f"{as_text(self.name)}#{as_text(key)}",
                 path=self.shard,
                 size=member.size if image is member else image.size,
-                mtime_ns=self.mtime_ns,
+                mtime_ns=_mtime_ns(image),
                 member=image.name,
                 offset=image.offset_data,
                 error=self.cut,
+                shard=as_text(self.name),
+                wds_key=as_text(key),
             )
             self.seen[key] = image.name
             self.image = None
@@ -537,13 +600,15 @@ class _ShardWalk:
 
     def _error(self, member: tarfile.TarInfo, place: int, message: str) -> Item:
         return Item(
-            key=f"{as_text(self.shard)}#{as_text(member.name)}@{place}",
+            key=f"{as_text(self.name)}#{as_text(member.name)}@{place}",
             path=self.shard,
             size=member.size,
-            mtime_ns=self.mtime_ns,
+            mtime_ns=_mtime_ns(member),
             member=member.name,
             offset=member.offset_data,
             error=message,
+            shard=as_text(self.name),
+            wds_key=as_text(split_member(member.name)[0]),
         )
 
 

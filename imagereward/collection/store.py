@@ -5,6 +5,7 @@
       .lock                     held (flock) by the run writing to the store; a second writer is refused
       part-00000007-1a2b3c4d.parquet
       ...
+      _shards/                  the log of finished tar shards, so reruns skip them unlisted (`shardlog`)
 
 Any Parquet reader reads the folder as one dataset (``pyarrow.parquet.read_table(STORE)``, ``pandas.read_parquet``,
 DuckDB, Ray). Rows are only ever added: a re-scored or moved image gets a new row, and for each ``key`` the row in the
@@ -32,7 +33,7 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -271,15 +272,22 @@ class ResultStore:
         columns["hash"] = np.concatenate(hashes) if hashes else np.zeros(0, np.uint64)
         return last_occurrence(columns["hash"]), columns
 
-    def index(self) -> DoneIndex:
-        """Key hashes and fingerprints of the current rows that need no new scoring (scored or failed to decode)."""
-        pc = deps.pyarrow().compute
-        current, columns = self._current_rows(
-            {
-                "fingerprint": lambda c: c.to_numpy(zero_copy_only=False).astype(np.int64),
-                "status": lambda c: pc.fill_null(pc.equal(c, MOVED), False).to_numpy(zero_copy_only=False),  # moved?
-            }
-        )
+    def index(self, shards: Collection[str] | None = None) -> DoneIndex:
+        """Key hashes and fingerprints of the current rows that need no new scoring (scored or failed to decode).
+
+        `shards`: only the rows of these tar shards (by the `shard` column), for a run that lists only them: rows of
+        other shards and of files are not even hashed, and with no shard nothing is read. None: every row."""
+        if shards is not None:
+            if not shards:
+                return DoneIndex.empty()
+            current, columns = self._retrying(lambda parts: self._shard_rows_of(parts, frozenset(shards)))
+        else:
+            current, columns = self._current_rows(
+                {
+                    "fingerprint": _int64,
+                    "status": _moved,
+                }
+            )
         if not len(current):
             return DoneIndex.empty()
         keep = current & ~columns["status"]
@@ -287,6 +295,59 @@ class ResultStore:
         fps = columns["fingerprint"][keep]
         order = np.argsort(keys, kind="stable")
         return DoneIndex(keys[order], fps[order])
+
+    def _shard_rows_of(self, parts: Sequence[Path], shards: frozenset[str]) -> tuple[np.ndarray, dict[str, Any]]:
+        """As `_current_rows_of`, over the rows of `shards` only: each row group's `shard` column is read first
+        (dictionary-encoded), and its other columns only when it holds such rows. (All versions of a key are rows of
+        one shard, as the key starts with the shard's name, so the newest row among these is the newest of all.)"""
+        pa = deps.pyarrow()
+        pq, pc = pa.parquet, pa.compute
+        wanted = pa.array(sorted(shards), pa.string())
+        hashes: list[np.ndarray] = []
+        fps: list[np.ndarray] = []
+        moved: list[np.ndarray] = []
+        for part in parts:
+            with self._reading(part):
+                handle = pq.ParquetFile(part, read_dictionary=["shard"])
+                if "shard" not in handle.schema_arrow.names:
+                    continue  # written before the column: its shard rows have other keys (absolute paths)
+                self._present(part, handle.schema_arrow, ["key", "fingerprint", "status"])
+                groups = handle.num_row_groups
+            for group in range(groups):
+                with self._reading(part):
+                    column = handle.read_row_group(group, columns=["shard"]).column(0)
+                    if column.type != pa.dictionary(pa.int32(), pa.string()):
+                        column = column.cast(pa.string())
+                    mask = pc.fill_null(pc.is_in(column, value_set=wanted), False)
+                    if not pc.any(mask).as_py():
+                        continue
+                    rows = handle.read_row_group(group, columns=["key", "fingerprint", "status"]).filter(mask)
+                keys = rows.column(0).to_pylist()
+                hashes.append(np.fromiter((key_hash(k) for k in keys), np.uint64, len(keys)))
+                fps.append(_int64(rows.column(1)))
+                moved.append(_moved(rows.column(2)))
+        columns: dict[str, Any] = {
+            "hash": np.concatenate(hashes) if hashes else np.zeros(0, np.uint64),
+            "fingerprint": np.concatenate(fps) if fps else np.zeros(0, np.int64),
+            "status": np.concatenate(moved) if moved else np.zeros(0, bool),
+        }
+        return last_occurrence(columns["hash"]), columns
+
+    def shard_rows(self, shard: str) -> Any:
+        """The current rows of one tar shard (a scan of the store, holding only that shard's rows)."""
+        pa = deps.pyarrow()
+        pc = pa.compute
+        schema = arrow_schema()
+
+        def scan(parts: list[Path]) -> list[Any]:
+            return [
+                batch.filter(pc.fill_null(pc.equal(batch.column(schema.get_field_index("shard")), shard), False))
+                for batch in self._batches(schema.names, parts)
+            ]
+
+        batches = [b for b in self._retrying(scan) if b.num_rows]
+        table = pa.Table.from_batches(batches, schema=schema) if batches else schema.empty_table()
+        return latest_per_key(table)
 
     # ------------------------------------------------------------------------------------------------ writing
 
@@ -305,7 +366,7 @@ class ResultStore:
             self._skipped.clear()  # found again by the next read, and set aside then (the lock is held)
             try:
                 removed = 0
-                for stale in self.folder.glob(".tmp-*.parquet"):
+                for stale in [*self.folder.glob(".tmp-*.parquet"), *self.folder.glob("_shards/.tmp-*.parquet")]:
                     with contextlib.suppress(OSError):
                         stale.unlink()
                         removed += 1
@@ -538,7 +599,7 @@ class StoreWriter:
             tables = []
             for file in sorted(staging.rglob("*.parquet")):
                 try:
-                    tables.append(pa.parquet.read_table(file).select(schema.names).cast(schema))
+                    tables.append(_conform(pa.parquet.read_table(file), schema.names))
                 except Exception:  # a file whose writer was killed (no footer): its rows are scored again
                     continue
             table = pa.concat_tables(tables) if tables else None
@@ -548,6 +609,16 @@ class StoreWriter:
                 failed += int(pc.sum(pc.equal(table["status"], "error")).as_py() or 0)
             shutil.rmtree(staging, ignore_errors=True)
         return scored, failed
+
+
+def _int64(column: Any) -> np.ndarray:
+    return column.to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def _moved(column: Any) -> np.ndarray:
+    """A mask of the rows whose status is ``moved``."""
+    pc = deps.pyarrow().compute
+    return pc.fill_null(pc.equal(column, MOVED), False).to_numpy(zero_copy_only=False)
 
 
 def latest_per_key(table: Any) -> Any:

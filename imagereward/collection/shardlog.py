@@ -1,0 +1,169 @@
+"""The store's log of finished tar shards, so that a rerun skips them without listing them.
+
+    STORE/_shards/log-00000003-1a2b3c4d.parquet     one row per shard finished (the underscore folder is skipped by
+                                                   Parquet dataset readers of the store)
+
+A shard is *finished* when every one of its images has a row in the store: its row here is written only after the part
+holding its last rows is on disk (`pipeline`), so a run killed at any moment never leaves a mark without the rows. A
+rerun reads each input shard's `content_fingerprint` (its size and a hash of its first and last 64 KiB) and skips the
+shard when its name, fingerprint and the run's scoring identity (model, prompt cleaning, fixed prompt) match its
+newest row here; every other shard is listed and its members are compared one by one with the store's rows. The log
+only ever saves work: a log part that cannot be read is ignored (its shards are listed again, and their unchanged
+members are still not scored again).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import re
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from . import deps
+
+FOLDER = "_shards"
+PART = re.compile(r"^log-(\d{8})-[0-9a-f]{8}\.parquet$")
+#: Bytes hashed at each end of a shard for its fingerprint.
+EDGE = 64 * 1024
+#: Log parts merged into one when there are more (one part is written per flush that finishes shards).
+MERGE_PARTS = 32
+
+log = logging.getLogger("imagereward")
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What decides every score of a run besides the images: a finished shard counts only for the same identity."""
+
+    model: str
+    clean_prompt: bool
+    prompt: str | None  # the fixed prompt (--prompt), None when prompts come from captions
+
+
+@dataclass(frozen=True)
+class ShardMark:
+    shard: str  # the shard's name (`sources.shard_names`)
+    fingerprint: str  # `content_fingerprint`
+    identity: Identity
+    members: int  # images listed in it (rows it has in the store)
+    path: str = ""  # where it was read (for people; not compared)
+
+
+def content_fingerprint(path: str) -> str:
+    """``<size>:<hash>``: the shard's size and a BLAKE2b hash of its first and last 64 KiB. Reads at most 128 KiB,
+    whatever the shard's size. What it misses: an edit in the middle of a shard that keeps its size (a caption's text
+    rewritten with as many bytes, say); `--rescore` scores such a shard again."""
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        digest.update(handle.read(EDGE))
+        if size > EDGE:
+            handle.seek(max(EDGE, size - EDGE))
+            digest.update(handle.read(EDGE))
+    return f"{size}:{digest.hexdigest()}"
+
+
+def _schema() -> Any:
+    pa = deps.pyarrow()
+    return pa.schema(
+        [
+            ("shard", pa.string()),
+            ("fingerprint", pa.string()),
+            ("model", pa.string()),
+            ("clean_prompt", pa.bool_()),
+            ("prompt", pa.string()),
+            ("members", pa.int64()),
+            ("path", pa.string()),
+            ("finished_at", pa.timestamp("us", tz="UTC")),
+        ]
+    )
+
+
+class ShardLog:
+    """The finished shards of one store. Written only by the run holding the store's lock."""
+
+    def __init__(self, store_folder: str | os.PathLike[str]) -> None:
+        self.folder = Path(store_folder) / FOLDER
+
+    def parts(self) -> list[Path]:
+        if not self.folder.is_dir():
+            return []
+        found = [(int(m.group(1)), p) for p in self.folder.iterdir() if (m := PART.match(p.name))]
+        return [p for _, p in sorted(found)]
+
+    def read(self) -> dict[str, ShardMark]:
+        """The newest mark of each shard."""
+        pq = deps.pyarrow().parquet
+        marks: dict[str, ShardMark] = {}
+        for part in self.parts():
+            try:
+                rows = pq.read_table(part, columns=_schema().names).to_pylist()
+            except Exception as exc:  # damaged or foreign: its shards are listed again, nothing is lost
+                log.warning("store log %s cannot be read (%s); its shards are listed again", part, exc)
+                continue
+            for row in rows:
+                identity = Identity(row["model"], bool(row["clean_prompt"]), row["prompt"])
+                marks[row["shard"]] = ShardMark(
+                    row["shard"], row["fingerprint"], identity, int(row["members"]), row["path"] or ""
+                )
+        return marks
+
+    def append(self, marks: Sequence[ShardMark]) -> None:
+        """Add marks as one new log part (written to a temporary name, flushed, renamed), merging the log's parts
+        into one when they pile up."""
+        if not marks:
+            return
+        self.folder.mkdir(exist_ok=True)
+        self._write(marks)
+        if len(self.parts()) > MERGE_PARTS:
+            self.merge()
+
+    def merge(self) -> None:
+        """One part holding the newest mark of each shard, then the parts it replaces are removed."""
+        parts = self.parts()
+        if len(parts) < 2:
+            return
+        self._write(list(self.read().values()))
+        for part in parts:
+            with contextlib.suppress(OSError):
+                part.unlink()
+
+    def _write(self, marks: Sequence[ShardMark]) -> None:
+        pa = deps.pyarrow()
+        now = datetime.now(timezone.utc)
+        table = pa.Table.from_pylist(
+            [
+                {
+                    "shard": m.shard,
+                    "fingerprint": m.fingerprint,
+                    "model": m.identity.model,
+                    "clean_prompt": m.identity.clean_prompt,
+                    "prompt": m.identity.prompt,
+                    "members": m.members,
+                    "path": m.path,
+                    "finished_at": now,
+                }
+                for m in marks
+            ],
+            schema=_schema(),
+        )
+        parts = self.parts()
+        number = int(PART.match(parts[-1].name).group(1)) + 1 if parts else 0  # type: ignore[union-attr]
+        token = uuid.uuid4().hex[:8]
+        temporary = self.folder / f".tmp-{token}.parquet"
+        try:
+            with open(temporary, "wb") as handle:
+                pa.parquet.write_table(table, handle, compression="zstd")
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temporary, self.folder / f"log-{number:08d}-{token}.parquet")
+        finally:
+            with contextlib.suppress(OSError):
+                temporary.unlink()
