@@ -254,7 +254,8 @@ def score_collection(
         summary.total, summary.skipped = found + shards.skipped, found - todo + shards.skipped
         summary.problems = list(getattr(source, "problems", []))
         options = ReadOptions(prompt, caption_field, exif_orientation, hash_files)
-        batches = _batch_loader(_Batches(shards.source, plan, options, batch_size), workers)
+        nothing = shards.shards == []  # every shard finished: no worker is started
+        batches = [] if nothing else _batch_loader(_Batches(shards.source, plan, options, batch_size), workers)
         pending = _Pending(writer, flush_rows, flush_seconds, _Marks(results, shards, plan.identity, outputs))
         clock = _Clock(started, todo)
         name = scorer_name()
@@ -338,7 +339,8 @@ class _Pending:
             self.flush()
 
     def flush(self) -> None:
-        self.writer.append(self.pending)
+        if self.pending:
+            self.writer.append(self.pending)
         self.pending, self.last = [], time.monotonic()
         self.marks.written()  # (only after the rows: a mark never stands for rows that are not on disk)
 

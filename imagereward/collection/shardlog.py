@@ -104,7 +104,8 @@ class ShardLog:
         marks: dict[str, ShardMark] = {}
         for part in self.parts():
             try:
-                rows = pq.read_table(part, columns=_schema().names).to_pylist()
+                columns = [name for name in _schema().names if name != "finished_at"]  # (its time zone: pandas)
+                rows = pq.ParquetFile(part).read(columns=columns).to_pylist()
             except Exception as exc:  # damaged or foreign: its shards are listed again, nothing is lost
                 log.warning("store log %s cannot be read (%s); its shards are listed again", part, exc)
                 continue
