@@ -26,6 +26,7 @@ def local_ray():
 
 def rows(store: Path) -> dict[str, dict]:
     columns = ["key", "member", "prompt", "score", "status", "fingerprint", "size", "mtime_ns", "model"]
+    columns += ["shard", "__key__", "width", "height"]
     return {r["key"]: r for r in ResultStore(store).read(columns).to_pylist()}
 
 

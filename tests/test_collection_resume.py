@@ -111,6 +111,17 @@ def test_a_changed_shard_scores_exactly_the_changed_members(tmp_path: Path, scor
     assert run(tmp_path / "d", tmp_path / "store", scorer).scored == 0
 
 
+def test_a_damaged_part_set_aside_makes_its_shards_listed_and_scored_again(tmp_path: Path, scorer) -> None:
+    data = shards(tmp_path / "data", 2)
+    run(data, tmp_path / "store", scorer, flush_rows=4)
+    parts = ResultStore(tmp_path / "store").parts()
+    assert len(parts) == 1  # (compacted after the run)
+    parts[0].write_bytes(parts[0].read_bytes()[:100])  # cut short: set aside by the next reader
+    again = run(data, tmp_path / "store", scorer)
+    assert (again.scored, again.skipped) == (8, 0)
+    assert len(scores(tmp_path / "store")) == 8
+
+
 def test_the_new_columns(tmp_path: Path, scorer) -> None:
     write_shard(tmp_path / "a" / "00000.tar", 0, 2, size=48)
     write_shard(tmp_path / "b" / "00000.tar", 10, 1)  # the same base name: named by the path under the common folder

@@ -243,6 +243,7 @@ def score_collection(
                 models_dir, device=device, dtype=dtype, batch_size=batch_size, offline=offline, progress=True
             )
         plan = RunPlan(model_id(scorer), clean_prompts, prompt, rescore, DoneIndex.empty())
+        results.rows()  # (parts' footers: a damaged part is set aside, and the shards' marks with it, before planning)
         shards = plan_shards(source, ShardLog(results.folder), plan.identity, rescore)
         outputs = None
         if per_shard_dir is not None and shards.shards is not None:

@@ -13,6 +13,7 @@ again. Every node needs this package (and the model files at `models_dir`) insta
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 import uuid
@@ -300,6 +301,7 @@ def run_ray(
         probe = ImageRewardScorer.load(models_dir, device="cpu", offline=offline, progress=False)
         plan = RunPlan(model_id(probe), clean_prompts, prompt, rescore, DoneIndex.empty())
         del probe
+        results.rows()  # (parts' footers: a damaged part is set aside, and the shards' marks with it, before planning)
         shards = plan_shards(source, ShardLog(results.folder), plan.identity, rescore)
         plan.index = results.index(shards.shards)  # (tar shards: only the rows of shards not finished)
         summary.skipped = shards.skipped  # (the images of finished shards; the others are not counted on Ray)
@@ -322,7 +324,7 @@ def run_ray(
                     "dtype": dtype,
                     "batch_size": batch_size,
                     "offline": offline,
-                    "plan": plan,
+                    "plan": dataclasses.replace(plan, index=DoneIndex.empty()),  # (actors need no index)
                 },
                 batch_size=batch_size,
                 batch_format="numpy",

@@ -116,6 +116,13 @@ class ShardLog:
                 )
         return marks
 
+    def clear(self) -> None:
+        """Forget every mark (the log's own files): called when rows leave the store (a damaged part set aside), so
+        that every shard is listed again and its missing rows are scored."""
+        for part in self.parts():
+            with contextlib.suppress(OSError):
+                part.unlink()
+
     def append(self, marks: Sequence[ShardMark]) -> None:
         """Add marks as one new log part (written to a temporary name, flushed, renamed), merging the log's parts
         into one when they pile up."""

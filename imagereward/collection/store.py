@@ -43,6 +43,7 @@ import numpy as np
 from ..errors import ImageRewardError
 from . import deps
 from .items import COLUMNS, MOVED, SCORED, key_hash
+from .shardlog import ShardLog
 
 MARKER = ".imagereward-store"
 LOCK = ".lock"
@@ -507,6 +508,7 @@ class ResultStore:
         except FileNotFoundError:
             return None
         _fsync_folder(self.folder)
+        ShardLog(self.folder).clear()  # its rows are gone: the shards it held rows of are no longer finished
         return target
 
     def _scan(self, part: Path) -> str | None:
