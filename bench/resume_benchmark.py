@@ -4,8 +4,10 @@
         --json bench/measured/resume_2026-12-06.json
 
 For each revision (the earlier one checked out into a temporary `git worktree`, then this tree), on the same shards:
-1. a first run scores `--images` images (tar shards of `--per-shard`, 64 x 64 JPEGs with a .txt caption) into a new
-   store of its own;
+1. a first run fills a new store of its own with `--images` images (tar shards of `--per-shard`, 64 x 64 JPEGs with a
+   .txt caption): everything a run does (listing, decoding, preprocessing, the store, the shard log) except the
+   model's forward pass, each image scoring 0 (`--real-first-run`: scored by the model), which keeps a 50k benchmark
+   at minutes on a small shared CPU;
 2. a no-op rerun over the same shards (nothing changed);
 3. a rerun with one more shard of `--per-shard` new images (the +1,000 incremental run).
 Every run is a fresh process importing the revision's package; the timed part starts after the model has loaded and
@@ -39,8 +41,10 @@ from imagereward.collection.pipeline import score_collection
 from imagereward.collection.sources import ShardSource
 from imagereward.scorer import ImageRewardScorer
 
-shards, store, models, workers, batch, threads = json.loads(sys.argv[1])
+shards, store, models, workers, batch, threads, fill = json.loads(sys.argv[1])
 scorer = ImageRewardScorer.load(models, device="cpu", offline=True, progress=False)
+if fill:  # the same model identity (fingerprints), without the forward pass
+    scorer.score = lambda prompts, *args, **kwargs: [0.0] * len(prompts)
 load = os.getloadavg()[0]
 started = time.perf_counter()
 summary = score_collection(ShardSource(shards), store, scorer=scorer, batch_size=batch, workers=workers,
@@ -75,8 +79,10 @@ def make_shards(folder: Path, shards: int, per_shard: int, size: int) -> list[Pa
     return paths
 
 
-def measure(tree: Path, shards: list[Path], store: Path, models: Path, args: argparse.Namespace) -> dict[str, Any]:
-    config = [[str(s) for s in shards], str(store), str(models), args.workers, args.batch_size, args.threads]
+def measure(
+    tree: Path, shards: list[Path], store: Path, models: Path, args: argparse.Namespace, fill: bool = False
+) -> dict[str, Any]:
+    config = [[str(s) for s in shards], str(store), str(models), args.workers, args.batch_size, args.threads, fill]
     env = {**os.environ, "PYTHONPATH": str(tree)}
     done = subprocess.run(
         [sys.executable, "-c", CHILD, json.dumps(config)], capture_output=True, text=True, cwd=tree, env=env
@@ -96,6 +102,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1, help="decode workers (default 1)")
     parser.add_argument("--threads", type=int, default=1, help="the model's threads (default 1)")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--real-first-run", action="store_true", help="the first run scores with the model too")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
 
@@ -130,6 +137,7 @@ def main() -> None:
         "workers": args.workers,
         "threads": args.threads,
         "batch_size": args.batch_size,
+        "first_run": "scored by the model" if args.real_first_run else "filled without the model's forward pass",
         "before": f"{args.before_rev} ({rev.stdout.strip()})",
         "after": this.strip() + (" + uncommitted changes" if dirty.stdout.strip() else ""),
     }
@@ -140,8 +148,10 @@ def main() -> None:
             store = work / f"store-{label}"
             if store.exists():
                 shutil.rmtree(store)  # the benchmark's own store from an earlier run
-            for run, inputs in (("first run", base), ("no-op rerun", base), (f"+{args.per_shard} images", plus)):
-                result = {"version": label, "run": run, **measure(tree, inputs, store, models, args)}
+            first = "first run" if args.real_first_run else "first run (fill, no forward pass)"
+            runs = ((first, base, not args.real_first_run), ("no-op rerun", base, False))
+            for run, inputs, fill in (*runs, (f"+{args.per_shard} images", plus, False)):
+                result = {"version": label, "run": run, **measure(tree, inputs, store, models, args, fill)}
                 results.append(result)
                 print(json.dumps(result), flush=True)
             time.sleep(1)
