@@ -277,6 +277,7 @@ def score_collection(
         finally:
             pending.flush()  # what was scored is never lost, whatever ends the run
             summary.elapsed_s = time.monotonic() - started
+        pending.marks.log.merge()  # (one log part a run: a rerun reads one small file)
         summary.problems.extend(p for p in pending.marks.problems if p not in summary.problems)
         _maybe_compact(results)
     summary.problems.extend(p for p in results.problems if p not in summary.problems)  # damaged parts set aside

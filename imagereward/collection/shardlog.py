@@ -134,41 +134,56 @@ class ShardLog:
             self.merge()
 
     def merge(self) -> None:
-        """One part holding the newest mark of each shard, then the parts it replaces are removed."""
+        """One part holding the newest mark of each shard (their times kept), then the parts it replaces are
+        removed; an unreadable part is left out (its shards are listed again)."""
         parts = self.parts()
         if len(parts) < 2:
             return
-        self._write(list(self.read().values()))
+        pa = deps.pyarrow()
+        pc = pa.compute
+        tables = []
+        for part in parts:
+            try:
+                tables.append(pa.parquet.ParquetFile(part).read(columns=_schema().names).cast(_schema()))
+            except Exception:
+                continue
+        if tables:
+            table = pa.concat_tables(tables)
+            order = pa.array(range(table.num_rows), pa.int64())
+            rows = table.append_column("__order", order).group_by("shard").aggregate([("__order", "max")])
+            rows = rows["__order_max"]
+            self._write_table(table.take(pc.take(rows, pc.sort_indices(rows))))
         for part in parts:
             with contextlib.suppress(OSError):
                 part.unlink()
 
     def _write(self, marks: Sequence[ShardMark]) -> None:
-        pa = deps.pyarrow()
         now = datetime.now(timezone.utc)
-        table = pa.Table.from_pylist(
-            [
-                {
-                    "shard": m.shard,
-                    "fingerprint": m.fingerprint,
-                    "model": m.identity.model,
-                    "clean_prompt": m.identity.clean_prompt,
-                    "prompt": m.identity.prompt,
-                    "members": m.members,
-                    "path": m.path,
-                    "finished_at": now,
-                }
-                for m in marks
-            ],
-            schema=_schema(),
-        )
+        rows = [
+            {
+                "shard": m.shard,
+                "fingerprint": m.fingerprint,
+                "model": m.identity.model,
+                "clean_prompt": m.identity.clean_prompt,
+                "prompt": m.identity.prompt,
+                "members": m.members,
+                "path": m.path,
+                "finished_at": now,
+            }
+            for m in marks
+        ]
+        self._write_table(deps.pyarrow().Table.from_pylist(rows, schema=_schema()))
+
+    def _write_table(self, table: Any) -> None:
+        """A new log part, numbered after the others: a temporary name, flushed, renamed into place."""
+        pq = deps.pyarrow().parquet
         parts = self.parts()
         number = int(PART.match(parts[-1].name).group(1)) + 1 if parts else 0  # type: ignore[union-attr]
         token = uuid.uuid4().hex[:8]
         temporary = self.folder / f".tmp-{token}.parquet"
         try:
             with open(temporary, "wb") as handle:
-                pa.parquet.write_table(table, handle, compression="zstd")
+                pq.write_table(table, handle, compression="zstd")
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(temporary, self.folder / f"log-{number:08d}-{token}.parquet")
