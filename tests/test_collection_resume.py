@@ -291,3 +291,27 @@ def test_ctrl_c_says_the_run_was_interrupted(tmp_path: Path, model_dir: Path, wo
     assert "Traceback" not in err
     kept = ResultStore(tmp_path / "s").read(["key"]).num_rows
     assert 0 < kept < 40 and f"{kept} scored" in err, err
+
+
+def test_the_index_holds_only_the_rows_of_the_shards_to_list(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from imagereward.collection import store as store_module
+
+    results = ResultStore.create(tmp_path / "s")
+    rows = [
+        {"key": f"{s}#{i}", "shard": s, "fingerprint": i, "status": "scored"}
+        for s in ("a.tar", "b.tar")
+        for i in range(3)
+    ]
+    rows += [{"key": "/imgs/x.png", "fingerprint": 7, "status": "scored"}]  # a file: no shard
+    with results.writer() as writer:
+        writer.append(rows)
+        writer.append([{"key": "b.tar#0", "shard": "b.tar", "fingerprint": 99, "status": "scored"}])  # newer
+    hashed: list[str] = []
+    real = store_module.key_hash
+    monkeypatch.setattr(store_module, "key_hash", lambda key: hashed.append(key) or real(key))
+    assert len(results.index(set())) == 0 and hashed == []  # every shard finished: nothing read
+    only_b = results.index({"b.tar"})
+    assert sorted(hashed) == ["b.tar#0", "b.tar#0", "b.tar#1", "b.tar#2"]  # a's rows and the file's are not hashed
+    assert len(only_b) == 3 and only_b.is_done("b.tar#0", 99) and not only_b.is_done("b.tar#0", 0)
+    assert not only_b.is_done("a.tar#1", 1)
+    assert len(results.index()) == 7  # (files: every row, as before)
