@@ -85,3 +85,39 @@ def s3(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Ite
     client.create_bucket(Bucket=bucket)
     yield S3(s3_endpoint, bucket, client)
     storage.forget()
+
+
+@pytest.fixture(scope="session")
+def s3_auth_endpoint() -> Iterator[str]:
+    """A second moto server, in its own process, that checks credentials (``INITIAL_NO_AUTH_ACTION_COUNT=0``):
+    it knows no access key, so every request is refused as a real server refuses a wrong or missing one."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    pytest.importorskip("moto.server", reason="needs moto[server]: pip install 'moto[server]'")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    pytest.skip("moto's server did not start")
+                time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

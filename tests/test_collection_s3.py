@@ -22,7 +22,7 @@ from imagereward.collection.pipeline import score_collection
 from imagereward.collection.prepare import ItemReader, ReadOptions
 from imagereward.collection.store import ResultStore, StoreBusyError, rows_to_table
 from tests.collection_data import write_images, write_paths_parquet, write_shard
-from tests.s3_server import S3, SECRET
+from tests.s3_server import S3, SECRET, s3_environment
 
 REPO = Path(__file__).resolve().parents[1]
 COLUMNS = ["key", "score", "status", "prompt"]
@@ -97,7 +97,9 @@ def test_storage_errors_are_one_line_saying_what_is_wrong(
     assert "no credentials found" in denied and "AWS_ACCESS_KEY_ID" in denied
 
 
-def test_shard_items_on_s3_are_those_of_the_local_shard(tmp_path: Path, s3: S3) -> None:
+def test_shard_items_on_s3_are_those_of_the_local_shard(
+    tmp_path: Path, s3: S3, monkeypatch: pytest.MonkeyPatch
+) -> None:
     shards(tmp_path, s3, (7, 5))
     remote = sources.ShardSource([s3.url("shards/*.tar")])
     local = sources.ShardSource([str(tmp_path / "shards" / "*.tar")])
@@ -109,11 +111,17 @@ def test_shard_items_on_s3_are_those_of_the_local_shard(tmp_path: Path, s3: S3) 
     got = comparable(remote, s3.url("shards/"))
     assert got == comparable(local, str(tmp_path / "shards") + "/") and len(got) == 12
     assert [i.key for i in remote.items(1, 2)] == [i.key for i in remote.items() if "00001.tar" in i.key]
-    # The members read back through the shared reader are the bytes on disk.
+    # Listing a shard and reading its members, as a decode worker does, fetches each shard once (in large ranges).
+    fetched: list[int] = []
+    readinto = storage._Raw.readinto
+    monkeypatch.setattr(storage._Raw, "readinto", lambda self, b: fetched.append(readinto(self, b)) or fetched[-1])
+    storage.forget()
     reader = ItemReader(ReadOptions())
     for item in remote.items():
         prepared = reader.prepare(item)
         assert prepared.error is None and prepared.prompt and prepared.pixels.shape == (224, 224, 3)
+    sizes = [(tmp_path / "shards" / f"{n:05d}.tar").stat().st_size for n in range(2)]
+    assert sum(fetched) == sum(sizes) and len([n for n in fetched if n]) == 2
     with pytest.raises(sources.SourceError, match="no tar shard matches"):
         sources.ShardSource([s3.url("nothing/*.tar")])
 
@@ -339,3 +347,56 @@ def test_a_store_on_any_fsspec_url(tmp_path: Path, scorer) -> None:
     assert (first.scored, again.scored, again.skipped) == (3, 0, 3)
     store = ResultStore.open_existing(url)
     assert len(store.parts()) == 1 and store.read().num_rows == 3  # (compacted after the first run)
+
+
+def test_ray_reads_shards_and_a_parquet_list_on_s3(tmp_path: Path, s3: S3, model_dir: Path, scorer) -> None:
+    """Ray gets the source's filesystem for URLs, and its rows are keyed as the single-process path keys them."""
+    ray = pytest.importorskip("ray")
+    from imagereward.collection.ray_job import run_ray
+
+    shards(tmp_path, s3, (4, 3))
+    images = write_images(tmp_path / "imgs", 2)
+    for image in images:
+        s3.upload(image, f"lists/imgs/{image.name}")
+    write_paths_parquet(tmp_path / "in.parquet", [Path("imgs") / p.name for p in images], ["a cat", None])
+    s3.upload(tmp_path / "in.parquet", "lists/in.parquet")
+    made = {
+        "shards": lambda: sources.ShardSource([s3.url("shards/*.tar")]),
+        "parquet": lambda: sources.ParquetSource(s3.url("lists/in.parquet")),
+    }
+    columns = ["key", "member", "prompt", "score", "status", "fingerprint", "size", "mtime_ns"]
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        for name, make in made.items():
+            run_ray(make(), tmp_path / f"{name}-ray", models_dir=str(model_dir), offline=True, device="cpu")
+            score_collection(make(), tmp_path / f"{name}-local", scorer=scorer, batch_size=4)
+            got = {r["key"]: r for r in ResultStore(tmp_path / f"{name}-ray").read(columns).to_pylist()}
+            want = {r["key"]: r for r in ResultStore(tmp_path / f"{name}-local").read(columns).to_pylist()}
+            assert got.keys() == want.keys() and all(k.startswith("s3://") for k in got)
+            for key, row in want.items():
+                other = dict(got[key])
+                assert other.pop("score") == pytest.approx(row["score"], abs=1e-5), key
+                assert other == {k: v for k, v in row.items() if k != "score"}, key
+    finally:
+        ray.shutdown()
+
+
+def test_access_denied_and_no_credentials_are_one_line(
+    tmp_path: Path, s3_auth_endpoint: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    s3_environment(monkeypatch, s3_auth_endpoint, tmp_path)  # (a key the server does not know)
+    storage.forget()
+    assert main(["--store", "s3://some-bucket/store", "--check"]) == 3
+    assert main(["--shards", "s3://some-bucket/shards/*.tar", "--store", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all("access denied; check AWS_ACCESS_KEY_ID" in line for line in err), err
+    assert SECRET not in "".join(err)
+
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    storage.forget()
+    assert main(["--store", "s3://some-bucket/store", "--check"]) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no credentials found; set AWS_ACCESS_KEY_ID" in err[0], err
+    storage.forget()

@@ -406,7 +406,10 @@ class ShardSource:
     def __init__(self, patterns: Sequence[str]) -> None:
         self.shards = expand_shards(patterns)
         if not self.shards:
-            raise SourceError(f"{', '.join(patterns)}: no tar shards found")
+            raise SourceError(f"{', '.join(storage.redact(p) for p in patterns)}: no tar shards found")
+        # The filesystems of the URLs as given (with any options in them): a decode worker that unpickles this
+        # source reads the shards through them.
+        self.locations = [storage.locate(p) for p in patterns if storage.is_url(p)]
         #: Messages for shards that could not be read (wholly or from some point on), filled while listing.
         self.problems: list[str] = []
 

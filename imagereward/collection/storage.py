@@ -145,11 +145,13 @@ def explain(exc: BaseException, shown: str) -> StorageError:
     text = " ".join(str(exc).split())
     scheme = shown.split("://", 1)[0].lower() if is_url(shown) else ""
     aws = scheme == "s3"
+    network = isinstance(exc, (ConnectionError, TimeoutError)) or any(marker in text for marker in _NETWORK)
     if any(marker in text for marker in _NO_BUCKET):
         bucket = urlsplit(shown).hostname or "?"
         return StorageError(f"{shown}: the bucket '{bucket}' does not exist (or these credentials cannot see it)")
     if any(marker in text for marker in _NO_CREDENTIALS) or (
-        aws and any(marker in text for marker in _DENIED) and not _aws_credentials_configured()
+        # (a server refuses an unsigned request in its own words: with no credentials anywhere, that is the cause)
+        aws and not network and "AWS Error" in text and not _aws_credentials_configured()
     ):
         return StorageError(
             f"{shown}: no credentials found; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, "
@@ -160,7 +162,7 @@ def explain(exc: BaseException, shown: str) -> StorageError:
     if any(marker in text for marker in _DENIED) or isinstance(exc, PermissionError):
         where = "AWS_ACCESS_KEY_ID/AWS_PROFILE" if aws else "the credentials"
         return StorageError(f"{shown}: access denied; check {where} and the bucket's permissions")
-    if isinstance(exc, (ConnectionError, TimeoutError)) or any(marker in text for marker in _NETWORK):
+    if network:
         hint = " (or AWS_ENDPOINT_URL, for an S3-compatible server)" if aws else ""
         return StorageError(f"{shown}: cannot reach the storage server; check the network{hint}")
     if isinstance(exc, FileNotFoundError):
@@ -178,7 +180,8 @@ class _Resolved:
     strip: Any  # canonical URL (no query) -> the path on `fs`
 
 
-_RESOLVED: dict[tuple[str, str], _Resolved] = {}
+_RESOLVED: dict[tuple[str, str], _Resolved] = {}  # (scheme, bucket) -> the filesystem its objects are read with
+_BY_OPTIONS: dict[tuple[str, str, str], _Resolved] = {}  # (scheme, netloc, query) of URLs with options
 _LOCK = threading.Lock()
 
 
@@ -244,9 +247,9 @@ def _resolve(url: str) -> _Resolved:
         if isinstance(fs, pafs.S3FileSystem):
             # One PUT for each small object instead of a multipart upload (fewer requests; S3-compatible servers
             # differ most in multipart uploads). The options are those from_uri resolved, region included.
-            options = dict(fs.__reduce__()[1][0])
-            options["allow_delayed_open"] = True
-            fs = pafs.S3FileSystem(**options)
+            rebuild, (options,) = fs.__reduce__()
+            if "allow_delayed_open" in options:  # (pyarrow 15 and later)
+                fs = rebuild({**options, "allow_delayed_open": True})
         return _Resolved(fs, _arrow_strip)
     try:
         import fsspec
@@ -272,12 +275,13 @@ def locate(url: str) -> Location:
     _remember_secrets(url)
     parts = urlsplit(url)
     key = _key(url)
+    options = (key[0], parts.netloc, parts.query)  # (the user info and query are connection options)
     with _LOCK:
-        found = _RESOLVED.get(key)
-    if found is None or parts.query or "@" in parts.netloc:
+        found = _BY_OPTIONS.get(options) if parts.query or "@" in parts.netloc else _RESOLVED.get(key)
+    if found is None:
         found = _resolve(url)
         with _LOCK:
-            _RESOLVED[key] = found
+            _RESOLVED[key] = _BY_OPTIONS[options] = found
     plain = urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
     path = found.strip(plain)
     return Location(found.fs, path, key[0], redact(url), found.strip)
@@ -287,6 +291,9 @@ def forget() -> None:
     """Drop the resolved filesystems and cached readers (tests that change the environment between runs)."""
     with _LOCK:
         _RESOLVED.clear()
+        _BY_OPTIONS.clear()
+    for reader in _READERS.values():
+        reader.close()
     _READERS.clear()
 
 

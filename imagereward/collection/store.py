@@ -13,10 +13,11 @@ DuckDB, Ray). Rows are only ever added: a re-scored or moved image gets a new ro
 highest-numbered part (the last one within a part) is the one that counts; `read` applies that rule. So no row ever
 has to be deleted to stay correct.
 
-Atomicity: a part is written to a hidden temporary name, flushed to disk and renamed into place, so a part is either
-complete or absent. A run killed at any moment (SIGKILL included) loses at most the rows not yet flushed, and the next
-run scores exactly those again. `compact` merges the parts into one (written the same way) and only then removes the
-parts it merged; killed in between, the merged part (numbered last) holds the same rows, so the table is unchanged.
+Atomicity: a part is written to a hidden temporary name, flushed to disk and renamed into place (on object storage:
+moved into place by a server-side copy), so a part is either complete or absent. A run killed at any moment (SIGKILL
+included) loses at most the rows not yet flushed, and the next run scores exactly those again. `compact` merges the
+parts into one (written the same way) and only then removes the parts it merged; killed in between, the merged part
+(numbered last) holds the same rows, so the table is unchanged.
 
 Damage: a part that cannot be read (cut short or overwritten by a disk or copy fault, or a foreign file under a part's
 name) is set aside by whichever reader finds it: moved, never deleted, into ``STORE/_damaged/`` (a folder Parquet

@@ -383,6 +383,8 @@ class Lease:
       by whose token survives, but a run whose write reaches the store more than `SETTLE_S` after the other's
       check could still believe it holds the lock; start runs one after the other.
     - lease ends are compared with the local clock: machines' clocks must agree to within a few seconds (NTP).
+    - a process of this host that died is recognised by its pid; should the pid have been reused meanwhile, the
+      lease is taken over only when it ends.
     - a writer that loses its lease (suspended past `LEASE_S`, then taken over) notices at its next refresh or part
       and stops with StoreBusyError; a part it was writing at that instant can still land (parts are only added,
       never changed, so no row is lost or damaged, but two runs may both score an image).
@@ -419,7 +421,7 @@ class Lease:
         try:
             if float(holder.get("expires", 0)) < time.time():
                 return False
-            if holder.get("host") == socket.gethostname():
+            if holder.get("host") == socket.gethostname() and os.name == "posix":  # (Windows' kill would kill)
                 os.kill(int(holder.get("pid", 0)), 0)
         except ProcessLookupError:
             return False
@@ -437,12 +439,18 @@ class Lease:
             }
         )
 
-    def _busy(self, holder: dict[str, Any]) -> StoreBusyError:
-        until = datetime.fromtimestamp(float(holder.get("expires", 0)), timezone.utc).strftime("%H:%M:%S UTC")
+    def _busy(self, holder: dict[str, Any] | None) -> StoreBusyError:
+        where = f"store {self.files.name}: another run is writing to it"
+        if not holder:
+            return StoreBusyError(f"{where}; wait for it to finish (or stop it)")
+        try:
+            until = datetime.fromtimestamp(float(holder.get("expires", 0)), timezone.utc).strftime("%H:%M:%S UTC")
+        except (ValueError, TypeError, OverflowError, OSError):
+            until = "its lease ends"
         who = f"{holder.get('host', '?')}, process {holder.get('pid', '?')}"
         return StoreBusyError(
-            f"store {self.files.name}: another run is writing to it ({who}); wait for it to finish (or stop it); "
-            f"a lock left by a run that died is taken over after {until}"
+            f"{where} ({who}); wait for it to finish (or stop it); a lock left by a run that died is taken over "
+            f"after {until}"
         )
 
     def acquire(self) -> None:
@@ -450,10 +458,14 @@ class Lease:
         if holder is not None and self.alive(holder):
             raise self._busy(holder)
         self.files.write_text(self._object, self._record())
-        time.sleep(self.SETTLE_S)
-        holder = self.holder()
+        try:
+            time.sleep(self.SETTLE_S)
+            holder = self.holder()
+        except BaseException:  # (Ctrl-C while settling: leave no lock behind)
+            self.release()
+            raise
         if holder is None or holder.get("token") != self.token:
-            raise self._busy(holder or {})
+            raise self._busy(holder)
         self._thread = threading.Thread(target=self._refresh, name="imagereward-store-lease", daemon=True)
         self._thread.start()
 
