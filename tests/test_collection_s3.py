@@ -239,6 +239,14 @@ def test_parquet_list_on_s3_and_listing_and_export_from_an_s3_store(
     assert main(["--store", store, "--check"]) == 0
     assert "healthy" in capsys.readouterr().out
 
+    # Copies come out of object storage too; moves only for local files.
+    assert main(["--store", store, "--copy-to", str(tmp_path / "copied")]) == 0
+    assert sorted(p.name for p in (tmp_path / "copied").iterdir()) == sorted(p.name for p in images)
+    assert all((tmp_path / "copied" / p.name).read_bytes() == p.read_bytes() for p in images)
+    assert main(["--store", store, "--move-to", str(tmp_path / "moved")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("on object storage; it can be copied, not moved") == 2 and "2 moved" in err
+
 
 def test_the_lock_refuses_a_second_writer_and_takes_over_an_ended_lease(tmp_path: Path, s3: S3) -> None:
     url = s3.url("store")
@@ -400,3 +408,40 @@ def test_access_denied_and_no_credentials_are_one_line(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no credentials found; set AWS_ACCESS_KEY_ID" in err[0], err
     storage.forget()
+
+
+def test_copying_members_of_shards_on_s3(tmp_path: Path, s3: S3, scorer) -> None:
+    import tarfile
+
+    from imagereward.collection.actions import copy_selection, row_bytes
+
+    shards(tmp_path, s3, (3, 2))
+    store = tmp_path / "store"
+    score_collection(sources.ShardSource([s3.url("shards/*.tar")]), store, scorer=scorer)
+    report = copy_selection(store, tmp_path / "best")
+    assert (report.done, report.problems) == (5, [])
+    members = {}
+    for tar in sorted((tmp_path / "shards").glob("*.tar")):
+        with tarfile.open(tar) as archive:
+            members |= {m.name: archive.extractfile(m).read() for m in archive if m.name.endswith(".jpg")}
+    assert {p.name: p.read_bytes() for p in (tmp_path / "best").iterdir()} == members
+    row = ResultStore(store).read().to_pylist()[0]
+    assert row_bytes(row) == members[row["member"]]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["s3://bucket/images", "--store", "s"], "give --shards s3://… or --parquet-in s3://…"),
+        (["--paths-file", "s3://bucket/list.txt", "--store", "s"], "give --shards s3://… or --parquet-in s3://…"),
+        (["--shards", "x/*.tar", "--store", "s3://bucket/store", "--ray"], "--ray writes to a local or shared"),
+    ],
+)
+def test_what_object_storage_does_not_take_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not list(tmp_path.iterdir())
