@@ -209,10 +209,6 @@ class Location:
         """The canonical URL (no credentials, no query): what keys and rows hold."""
         return canonical(self.scheme, self.path)
 
-    def child(self, name: str) -> Location:
-        path = f"{self.path.rstrip('/')}/{name}"
-        return Location(self.fs, path, self.scheme, redact(canonical(self.scheme, path)), self.strip)
-
     def __setstate__(self, state: dict[str, Any]) -> None:  # (unpickled in a worker: keep its filesystem there too)
         self.__dict__.update(state)
         with _LOCK:

@@ -162,12 +162,6 @@ class ResultStore:
         self._skipped: set[PurePath] = set()  # damaged parts that could not be set aside: left out of reads
         self._writing = False  # this object holds the lock (inside `writer`)
 
-    @property
-    def filesystem(self) -> Any:
-        """The pyarrow filesystem of a store on object storage (None for a local folder): with `folder`, what a
-        writer such as Ray's ``write_parquet`` needs to reach it."""
-        return getattr(self._files, "fs", None)
-
     # ------------------------------------------------------------------------------------------------ creating
 
     @classmethod
