@@ -325,6 +325,17 @@ def test_no_credential_reaches_the_store_or_the_output(
     assert SECRET not in (tmp_path / "rows.csv").read_text()
     assert len(current(s3.url("store"))) == 3  # (the same store, by its plain URL)
 
+    # A Parquet list named with the secret: its rows are keyed and named without it.
+    images = write_images(tmp_path / "imgs", 1)
+    s3.upload(images[0], "lists/a.png")
+    write_paths_parquet(tmp_path / "in.parquet", [Path("a.png"), Path("missing.png")], [None, None])
+    s3.upload(tmp_path / "in.parquet", "lists/in.parquet")
+    listed = sources.ParquetSource(f"s3://testing-key-id:{SECRET}@{s3.bucket}/lists/in.parquet?scheme=http")
+    items = list(listed.items())
+    assert [i.key for i in items] == [s3.url("lists/a.png"), s3.url("lists/missing.png")]
+    assert SECRET not in repr(items) + str(listed.file) + listed.base
+    assert items[0].size == images[0].stat().st_size and items[1].size == -1
+
 
 def test_missing_bucket_and_no_network_are_one_line(
     tmp_path: Path, s3: S3, model_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]

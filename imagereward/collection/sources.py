@@ -209,7 +209,7 @@ class ParquetSource:
             shown = self.location.shown
             if found is None:
                 raise SourceError(f"{shown}: no such object (a Parquet file with a '{path_column}' column)")
-            self.file = Path(file)  # (its name, for messages; read through `location`)
+            self.file = Path(self.location.path)  # (its name, for messages: no query; read through `location`)
         else:
             self.file = Path(file)
             shown = file
