@@ -179,9 +179,7 @@ print("finished", flush=True)
 
 
 def marked(store: Path) -> dict[str, int]:
-    from imagereward.collection.shardlog import ShardLog
-
-    return {name: mark.members for name, mark in ShardLog(store).read().items()}
+    return {name: mark.members for name, mark in ResultStore(store).shard_log().read().items()}
 
 
 def test_a_run_killed_mid_shard_resumes_and_marks_follow_the_rows(tmp_path: Path, model_dir: Path, scorer) -> None:

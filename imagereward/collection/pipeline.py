@@ -108,7 +108,7 @@ def plan_shards(source: Source, log: ShardLog, identity: Identity, rescore: bool
     for i, (path, name) in enumerate(zip(source.shards, source.names, strict=True)):
         try:
             fp: str | None = content_fingerprint(path)
-        except OSError:
+        except (OSError, ImageRewardError):
             fp = None  # listing it says what is wrong
         mark = marks.get(name)
         if fp is not None and mark is not None and mark.fingerprint == fp and mark.identity == identity:
@@ -234,7 +234,7 @@ def score_collection(
     """
     started = time.monotonic()
     results = store if isinstance(store, ResultStore) else ResultStore.create(store)
-    summary = RunSummary(store=str(results.folder))
+    summary = RunSummary(store=results.name)
     with _model_threads(torch_threads), results.writer() as writer:
         if scorer is None:
             from ..scorer import ImageRewardScorer
@@ -244,7 +244,7 @@ def score_collection(
             )
         plan = RunPlan(model_id(scorer), clean_prompts, prompt, rescore, DoneIndex.empty())
         results.rows()  # (parts' footers: a damaged part is set aside, and the shards' marks with it, before planning)
-        shards = plan_shards(source, ShardLog(results.folder), plan.identity, rescore)
+        shards = plan_shards(source, results.shard_log(), plan.identity, rescore)
         outputs = None
         if per_shard_dir is not None and shards.shards is not None:
             outputs = PerShardWriter(per_shard_dir, results)
@@ -301,7 +301,7 @@ class _Marks:
     written) once the part holding their last rows is on disk."""
 
     def __init__(self, store: ResultStore, plan: ShardPlan, identity: Identity, outputs: PerShardWriter | None) -> None:
-        self.log, self.plan, self.identity, self.outputs = ShardLog(store.folder), plan, identity, outputs
+        self.log, self.plan, self.identity, self.outputs = store.shard_log(), plan, identity, outputs
         self.waiting: list[ShardDone] = []
         self.problems: list[str] = []
 

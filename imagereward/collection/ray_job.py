@@ -21,11 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from . import deps
+from . import deps, storage
 from .items import IMAGE_SIZE_PIXELS, Caption, Item, as_text, path_bytes
 from .pipeline import RunPlan, RunSummary, model_id, plan_shards, scorer_name, store_rows
 from .prepare import ReadOptions, prepare_data
-from .shardlog import ShardLog
 from .sources import (
     IMAGE_SUFFIXES,
     FileSource,
@@ -35,6 +34,7 @@ from .sources import (
     SourceError,
     shard_items,
     shard_names,
+    stat,
 )
 from .store import DoneIndex, ResultStore, rows_to_table
 
@@ -44,10 +44,8 @@ _MEMBER_COLUMNS = ("shard", "__key__", "width", "height")  # (width, height: -1 
 
 def _mtime(path: str, cache: dict[str, int]) -> int:
     if path not in cache:
-        try:
-            cache[path] = os.stat(path).st_mtime_ns
-        except OSError:
-            cache[path] = -1
+        found = stat(path)  # (a file, or an object by URL)
+        cache[path] = found[1] if found else -1
     return cache[path]
 
 
@@ -67,17 +65,14 @@ def _items(
         prompts = batch.get("prompt", [None] * n)
         for path, value in zip(batch["path"], prompts, strict=True):
             path, prompt = str(path), _text(value)
-            try:
-                st = os.stat(path)
-                size, mtime = st.st_size, st.st_mtime_ns
-            except OSError:
-                size, mtime = -1, -1
+            size, mtime = stat(path) or (-1, -1)
             item = Item(key=as_text(path), path=path, size=size, mtime_ns=mtime, prompt=prompt)
             out.append((item, None, None))
     else:  # webdataset rows: __key__, path (the shard), one column per suffix
         columns = {name.lower(): name for name in batch if not name.startswith("__") and name != "path"}
         for i in range(n):
-            shard, key = os.path.abspath(str(batch["path"][i])), str(batch["__key__"][i])
+            shard, key = str(batch["path"][i]), str(batch["__key__"][i])
+            shard = shard if storage.is_url(shard) else os.path.abspath(shard)
             image_ext = next(
                 (e for e in columns if f".{e}" in IMAGE_SUFFIXES and batch[columns[e]][i] is not None), None
             )
@@ -92,7 +87,7 @@ def _items(
                     break
             name = (names or {}).get(shard) or shard_names([shard])[0]
             # The local reader's item (header mtime, checksums: the same key and fingerprint as a local run).
-            item = _listed(shard, name).get(as_text(key))
+            item = _shard_listing(shard, name).get(as_text(key))
             if item is None:  # (a key the two readers see differently: scored, keyed the same way)
                 item = Item(
                     key=f"{as_text(name)}#{as_text(key)}",
@@ -113,13 +108,12 @@ def _items(
 _LISTED: dict[tuple[str, int, int, str], dict[str, Item]] = {}
 
 
-def _listed(shard: str, name: str) -> dict[str, Item]:
+def _shard_listing(shard: str, name: str) -> dict[str, Item]:
     """The items of a shard as the local reader lists them (headers only), kept for the shard's next batches."""
-    try:
-        st = os.stat(shard)
-    except OSError:
+    found = stat(shard)
+    if found is None:
         return {}
-    cache_key = (shard, st.st_size, st.st_mtime_ns, name)
+    cache_key = (shard, found[0], found[1], name)
     if cache_key not in _LISTED:
         found: dict[str, Item] = {}
         try:
@@ -247,16 +241,28 @@ def _dataset(ray: Any, source: Any, plan: RunPlan) -> tuple[Any, str] | None:
     if isinstance(source, ShardSource):  # (the shards left after `plan_shards`: finished ones are not read)
         if not source.shards:
             return None
-        return ray.data.read_webdataset(source.shards, decoder=None, include_paths=True), "webdataset"
+        # Shards on object storage are read through the filesystem the source resolved (its credentials and
+        # options), and their rows get back the URLs that key them, as the local reader gives.
+        local = [shard for shard in source.shards if not storage.is_url(shard)]
+        parts = [ray.data.read_webdataset(local, decoder=None, include_paths=True)] if local else []
+        for scheme, (fs, paths) in _by_filesystem([s for s in source.shards if storage.is_url(s)]).items():
+            ds = ray.data.read_webdataset(paths, filesystem=fs, decoder=None, include_paths=True)
+            parts.append(ds.map_batches(_with_scheme, fn_kwargs={"scheme": scheme}, batch_format="numpy"))
+        return (parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]), "webdataset"
     if isinstance(source, ParquetSource):
         columns = [source.path_column] + ([source.prompt_column] if source.prompt_column else [])
-        ds = ray.data.read_parquet(str(source.file)).select_columns(columns)
-        base = str(source.file.resolve().parent)
+        where = source.location
+        if where is None:
+            ds = ray.data.read_parquet(str(source.file))
+        else:
+            ds = ray.data.read_parquet(where.path, filesystem=where.fs)
+        ds = ds.select_columns(columns)
+        base = source.base
         renames = {source.path_column: "path"} | ({source.prompt_column: "prompt"} if source.prompt_column else {})
         ds = ds.rename_columns(renames)
 
         def absolute(batch: dict[str, Any]) -> dict[str, Any]:
-            batch["path"] = np.array([os.path.join(base, str(p)) for p in batch["path"]], dtype=object)
+            batch["path"] = np.array([_listed(str(p), base) for p in batch["path"]], dtype=object)
             return batch
 
         return ds.map_batches(absolute, batch_format="numpy"), "parquet"
@@ -269,6 +275,30 @@ def _dataset(ray: Any, source: Any, plan: RunPlan) -> tuple[Any, str] | None:
             return None
         return ray.data.read_binary_files(todo, include_paths=True), "files"
     raise TypeError(f"no Ray reader for {type(source).__name__}")
+
+
+def _listed(path: str, base: str) -> str:
+    """A path from a Parquet list, relative ones taken from the list's folder (a URL for a list on object storage)."""
+    if storage.is_url(path):
+        return path
+    if storage.is_url(base):
+        return path if os.path.isabs(path) else storage.join(base, path)
+    return os.path.join(base, path)
+
+
+def _by_filesystem(urls: list[str]) -> dict[str, tuple[Any, list[str]]]:
+    """Shard URLs grouped by scheme: (the filesystem, the paths on it) each."""
+    groups: dict[str, tuple[Any, list[str]]] = {}
+    for url in urls:
+        where = storage.locate(url)
+        groups.setdefault(where.scheme, (where.fs, []))[1].append(where.path)
+    return groups
+
+
+def _with_scheme(batch: dict[str, Any], *, scheme: str) -> dict[str, Any]:
+    """Ray's webdataset rows name a shard by its path on the filesystem: give back the URL that keys its items."""
+    batch["path"] = np.array([storage.canonical(scheme, str(p)) for p in batch["path"]], dtype=object)
+    return batch
 
 
 def run_ray(
@@ -302,7 +332,7 @@ def run_ray(
         plan = RunPlan(model_id(probe), clean_prompts, prompt, rescore, DoneIndex.empty())
         del probe
         results.rows()  # (parts' footers: a damaged part is set aside, and the shards' marks with it, before planning)
-        shards = plan_shards(source, ShardLog(results.folder), plan.identity, rescore)
+        shards = plan_shards(source, results.shard_log(), plan.identity, rescore)
         plan.index = results.index(shards.shards)  # (tar shards: only the rows of shards not finished)
         summary.skipped = shards.skipped  # (the images of finished shards; the others are not counted on Ray)
         ray = _init_ray(address, num_cpus)

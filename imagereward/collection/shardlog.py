@@ -23,10 +23,11 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
-from . import deps
+from ..errors import ImageRewardError
+from . import deps, storage
 
 FOLDER = "_shards"
 PART = re.compile(r"^log-(\d{8})-[0-9a-f]{8}\.parquet$")
@@ -58,9 +59,22 @@ class ShardMark:
 
 def content_fingerprint(path: str) -> str:
     """``<size>:<hash>``: the shard's size and a BLAKE2b hash of its first and last 64 KiB. Reads at most 128 KiB,
-    whatever the shard's size. What it misses: an edit in the middle of a shard that keeps its size (a caption's text
-    rewritten with as many bytes, say); `--rescore` scores such a shard again."""
+    whatever the shard's size (two ranged reads on object storage). What it misses: an edit in the middle of a shard
+    that keeps its size (a caption's text rewritten with as many bytes, say); `--rescore` scores such a shard again.
+    Raises OSError when the shard cannot be read."""
     digest = hashlib.blake2b(digest_size=16)
+    if storage.is_url(path):
+        where = storage.locate(path)
+        try:
+            with where.fs.open_input_file(where.path) as handle:
+                size = handle.size()
+                digest.update(handle.read_at(min(EDGE, size), 0))
+                if size > EDGE:
+                    start = max(EDGE, size - EDGE)
+                    digest.update(handle.read_at(size - start, start))
+        except Exception as exc:  # (missing, no access: listing the shard says what is wrong)
+            raise OSError(storage.scrub(str(exc))) from None
+        return f"{size}:{digest.hexdigest()}"
     with open(path, "rb") as handle:
         size = os.fstat(handle.fileno()).st_size
         digest.update(handle.read(EDGE))
@@ -87,27 +101,32 @@ def _schema() -> Any:
 
 
 class ShardLog:
-    """The finished shards of one store. Written only by the run holding the store's lock."""
+    """The finished shards of one store, through the store's files (`store_files`: a local folder or object storage).
+    Written only by the run holding the store's lock."""
 
-    def __init__(self, store_folder: str | os.PathLike[str]) -> None:
-        self.folder = Path(store_folder) / FOLDER
+    def __init__(self, files: Any) -> None:
+        self.files = files
 
-    def parts(self) -> list[Path]:
-        if not self.folder.is_dir():
+    def _path(self, name: str) -> PurePath:
+        return self.files.path(f"{FOLDER}/{name}")
+
+    def parts(self) -> list[PurePath]:
+        try:
+            names = self.files.listing(FOLDER)
+        except (OSError, ImageRewardError):
             return []
-        found = [(int(m.group(1)), p) for p in self.folder.iterdir() if (m := PART.match(p.name))]
-        return [p for _, p in sorted(found)]
+        found = [(int(m.group(1)), name) for name in names if (m := PART.match(name))]
+        return [self._path(name) for _, name in sorted(found)]
 
     def read(self) -> dict[str, ShardMark]:
         """The newest mark of each shard."""
-        pq = deps.pyarrow().parquet
         marks: dict[str, ShardMark] = {}
+        columns = [name for name in _schema().names if name != "finished_at"]  # (its time zone would load pandas)
         for part in self.parts():
             try:
-                columns = [name for name in _schema().names if name != "finished_at"]  # (its time zone: pandas)
-                rows = pq.ParquetFile(part).read(columns=columns).to_pylist()
+                rows = self.files.parquet(part).read(columns=columns).to_pylist()
             except Exception as exc:  # damaged or foreign: its shards are listed again, nothing is lost
-                log.warning("store log %s cannot be read (%s); its shards are listed again", part, exc)
+                log.warning("store log %s cannot be read (%s); its shards are listed again", part.name, exc)
                 continue
             for row in rows:
                 identity = Identity(row["model"], bool(row["clean_prompt"]), row["prompt"])
@@ -120,15 +139,21 @@ class ShardLog:
         """Forget every mark (the log's own files): called when rows leave the store (a damaged part set aside), so
         that every shard is listed again and its missing rows are scored."""
         for part in self.parts():
-            with contextlib.suppress(OSError):
-                part.unlink()
+            with contextlib.suppress(OSError, ImageRewardError):
+                self.files.remove(part)
+
+    def clear_stale(self) -> None:
+        """Remove the temporary files of log parts that killed runs were writing (with the store's lock held)."""
+        with contextlib.suppress(OSError, ImageRewardError):
+            for name in self.files.listing(FOLDER):
+                if name.startswith(".tmp-"):
+                    self.files.remove(self._path(name))
 
     def append(self, marks: Sequence[ShardMark]) -> None:
-        """Add marks as one new log part (written to a temporary name, flushed, renamed), merging the log's parts
-        into one when they pile up."""
+        """Add marks as one new log part (whole or absent, as a store part), merging the log's parts into one when
+        they pile up."""
         if not marks:
             return
-        self.folder.mkdir(exist_ok=True)
         self._write(marks)
         if len(self.parts()) > MERGE_PARTS:
             self.merge()
@@ -144,7 +169,7 @@ class ShardLog:
         tables = []
         for part in parts:
             try:
-                tables.append(pa.parquet.ParquetFile(part).read(columns=_schema().names).cast(_schema()))
+                tables.append(self.files.parquet(part).read(columns=_schema().names).cast(_schema()))
             except Exception:
                 continue
         if tables:
@@ -154,8 +179,8 @@ class ShardLog:
             rows = rows["__order_max"]
             self._write_table(table.take(pc.take(rows, pc.sort_indices(rows))))
         for part in parts:
-            with contextlib.suppress(OSError):
-                part.unlink()
+            with contextlib.suppress(OSError, ImageRewardError):
+                self.files.remove(part)
 
     def _write(self, marks: Sequence[ShardMark]) -> None:
         now = datetime.now(timezone.utc)
@@ -175,18 +200,16 @@ class ShardLog:
         self._write_table(deps.pyarrow().Table.from_pylist(rows, schema=_schema()))
 
     def _write_table(self, table: Any) -> None:
-        """A new log part, numbered after the others: a temporary name, flushed, renamed into place."""
+        """A new log part, numbered after the others, written as the store writes its parts (`write_new`)."""
         pq = deps.pyarrow().parquet
         parts = self.parts()
         number = int(PART.match(parts[-1].name).group(1)) + 1 if parts else 0  # type: ignore[union-attr]
         token = uuid.uuid4().hex[:8]
-        temporary = self.folder / f".tmp-{token}.parquet"
-        try:
-            with open(temporary, "wb") as handle:
-                pq.write_table(table, handle, compression="zstd")
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temporary, self.folder / f"log-{number:08d}-{token}.parquet")
-        finally:
-            with contextlib.suppress(OSError):
-                temporary.unlink()
+        folder = self.files.path(FOLDER)
+        if isinstance(folder, Path):
+            folder.mkdir(exist_ok=True)
+        self.files.write_new(
+            self._path(f".tmp-{token}.parquet"),
+            self._path(f"log-{number:08d}-{token}.parquet"),
+            lambda handle: pq.write_table(table, handle, compression="zstd"),
+        )
