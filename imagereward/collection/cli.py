@@ -312,10 +312,10 @@ def _run(args: argparse.Namespace) -> int:
             _say(problem)
         say_store_problems()
         if not args.quiet:
-            skipped = "" if args.ray else f", {summary.skipped} already in the store ({summary.total} found)"
             _say(
-                f"{summary.scored} scored, {summary.failed} failed{skipped} in {summary.elapsed_s:.1f} s "
-                f"-> {args.store}"
+                f"{summary.scored} scored, {summary.failed} failed, {summary.skipped} already in the store "
+                f"({summary.total} found) in {summary.elapsed_s:.1f} s -> {args.store}"
+                + (" (interrupted)" if summary.interrupted else "")
             )
         if summary.interrupted:
             return EXIT_INTERRUPTED
