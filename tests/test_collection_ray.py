@@ -214,7 +214,11 @@ def test_a_stopped_ray_run_keeps_what_came_back(
 
 def test_a_failed_ray_run_leaves_only_the_store(tmp_path: Path, local_ray, model_dir: Path) -> None:
     write_images(tmp_path / "imgs", 2)
-    with pytest.raises(Exception, match=r"(?i)cuda"):  # the actors cannot load the model on a GPU this machine lacks
+    from imagereward.collection.ray_job import RayRunError
+
+    # The actors cannot load the model on a GPU this machine lacks: one line, with the cause.
+    with pytest.raises(RayRunError, match=r"^Ray run failed: .*CUDA.*; the 0 row\(s\) that came back are in") as failed:
         run_ray(FileSource([str(tmp_path / "imgs")]), tmp_path / "s", models_dir=str(model_dir), device="cuda")
+    assert "\n" not in str(failed.value)
     store_files_only(tmp_path / "s")
     assert ResultStore(tmp_path / "s").parts() == []

@@ -87,7 +87,7 @@ def _wait_started(log: Path, proc: subprocess.Popen, what: str, timeout: float =
 
 def _stop(proc: subprocess.Popen) -> None:
     """SIGTERM to the node's process group (its `ray start --block` stops what it started), then SIGKILL."""
-    for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
+    for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 10)):
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
@@ -119,7 +119,6 @@ def two_nodes() -> Iterator[dict]:
         ]  # fmt: skip
         with open(base / "head.log", "wb") as log:
             procs.append(subprocess.Popen(head_args, env=env, stdout=log, stderr=log, start_new_session=True))
-        _wait_started(base / "head.log", procs[0], "head node")
         node_args = [
             RAY, "start", f"--address=127.0.0.1:{port}", "--num-cpus=2", '--resources={"far": 1}',
             *_node_args(base / "t2"),
@@ -136,6 +135,7 @@ def two_nodes() -> Iterator[dict]:
                     start_new_session=True,
                 )
             )
+        _wait_started(base / "head.log", procs[0], "head node")  # (the second node waits for the head meanwhile)
         _wait_started(base / "node.log", procs[1], "second node")
         yield {"address": f"127.0.0.1:{port}", "far": far, "env": env, "base": base}
     finally:

@@ -168,8 +168,8 @@ class ScoreActor:
         n = len(batch["key"])
         meta = []
         for i in range(n):
-            raw_path = batch["path_bytes"][i]
-            real = os.fsdecode(bytes(raw_path)) if isinstance(raw_path, (bytes, bytearray)) else str(batch["path"][i])
+            raw_path = _blob(batch["path_bytes"][i])
+            real = os.fsdecode(raw_path) if raw_path else str(batch["path"][i])
             item = Item(
                 key=str(batch["key"][i]),
                 path=real,
@@ -216,7 +216,8 @@ class _Tally:
 
 
 class RayRunError(ImageRewardError):
-    """The rows that came back are not the images the run set out to score."""
+    """The Ray job failed, or the rows that came back are not the images the run set out to score (what came back
+    is in the store either way)."""
 
 
 def _listing(source: Any, plan: RunPlan, summary: RunSummary) -> tuple[_Tally, list[str] | None]:
@@ -335,7 +336,14 @@ def run_ray(
                 num_gpus=gpus_per_actor,
                 resources=actor_resources or None,
             )
-            _receive(ds, _Pending(writer, flush_rows, flush_seconds), summary, received, should_stop)
+            try:
+                _receive(ds, _Pending(writer, flush_rows, flush_seconds), summary, received, should_stop)
+            except ray.exceptions.RayError as exc:  # (a task's or actor's error, with its traceback on the node)
+                lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+                raise RayRunError(
+                    f"Ray run failed: {lines[-1] if lines else type(exc).__name__}; the {received.count} row(s) that "
+                    f"came back are in {results.folder}"
+                ) from exc
         summary.elapsed_s = time.monotonic() - started
         if not summary.interrupted and received != expected:
             raise RayRunError(
