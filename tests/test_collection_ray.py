@@ -222,3 +222,15 @@ def test_a_failed_ray_run_leaves_only_the_store(tmp_path: Path, local_ray, model
     assert "\n" not in str(failed.value)
     store_files_only(tmp_path / "s")
     assert ResultStore(tmp_path / "s").parts() == []
+
+
+def test_the_command_line_says_what_a_ray_run_skipped(tmp_path: Path, local_ray, model_dir: Path, capsys) -> None:
+    from imagereward.collection.cli import main
+
+    write_images(tmp_path / "imgs", 3)
+    args = [str(tmp_path / "imgs"), "--store", str(tmp_path / "s"), "--models-dir", str(model_dir), "--offline"]
+    assert main([*args, "--ray", "--device", "cpu", "--limit", "0"]) == 0
+    assert "3 scored, 0 failed, 0 already in the store (3 found)" in capsys.readouterr().err
+    write_images(tmp_path / "imgs", 1, start=3)
+    assert main([*args, "--ray", "--device", "cpu", "--limit", "0"]) == 0
+    assert "1 scored, 0 failed, 3 already in the store (4 found)" in capsys.readouterr().err
