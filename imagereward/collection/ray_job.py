@@ -27,11 +27,11 @@ from typing import Any
 import numpy as np
 
 from ..errors import ImageRewardError
-from . import deps
+from . import deps, storage
 from .items import IMAGE_SIZE_PIXELS, SCORED, Item, as_text, key_hash, path_bytes
 from .pipeline import RunPlan, RunSummary, _maybe_compact, _Pending, model_id, scorer_name, store_rows
 from .prepare import ItemReader, Prepared, ReadOptions, prepare_data
-from .sources import FileSource, ParquetSource, PathListSource, ShardSource, SourceError, shard_items
+from .sources import FileSource, ParquetSource, PathListSource, ShardSource, SourceError, shard_items, stat
 from .store import DoneIndex, ResultStore, rows_to_table
 
 #: Rows a prepare task hands over at a time (150 KB of pixels each).
@@ -42,18 +42,14 @@ _TEXT_COLUMNS = ("key", "path", "member", "prompt", "sha256", "error")
 
 def _mtime(path: str, cache: dict[str, int]) -> int:
     if path not in cache:
-        try:
-            cache[path] = os.stat(path).st_mtime_ns
-        except OSError:
-            cache[path] = -1
+        found = stat(path)  # (a file, or an object by URL)
+        cache[path] = found[1] if found else -1
     return cache[path]
 
 
 def _size(path: str) -> int:
-    try:
-        return os.stat(path).st_size
-    except OSError:
-        return -1
+    found = stat(path)
+    return found[0] if found else -1
 
 
 def _items(batch: dict[str, Any], kind: str, cache: dict[str, int]) -> Iterator[tuple[Item, bytes | None]]:
@@ -71,11 +67,7 @@ def _items(batch: dict[str, Any], kind: str, cache: dict[str, int]) -> Iterator[
         prompts = batch.get("prompt", [None] * len(paths))
         for path, value in zip(paths, prompts, strict=True):
             path, prompt = str(path), _text(value)
-            try:
-                st = os.stat(path)
-                size, mtime = st.st_size, st.st_mtime_ns
-            except OSError:
-                size, mtime = -1, -1
+            size, mtime = stat(path) or (-1, -1)  # (a file, or an object by URL)
             yield Item(key=as_text(path), path=path, size=size, mtime_ns=mtime, prompt=prompt), None
     else:  # shards: each one listed here exactly as the local run lists it (odd shards included)
         for shard in paths:
@@ -245,13 +237,18 @@ def _dataset(ray: Any, source: Any, paths: list[str] | None) -> tuple[Any, str]:
         return ray.data.from_items(rows, override_num_blocks=len(rows)), "shards"
     if isinstance(source, ParquetSource):
         columns = [source.path_column] + ([source.prompt_column] if source.prompt_column else [])
-        ds = ray.data.read_parquet(str(source.file)).select_columns(columns)
-        base = str(source.file.resolve().parent)
+        where = source.location
+        if where is None:
+            ds = ray.data.read_parquet(str(source.file))
+        else:
+            ds = ray.data.read_parquet(where.path, filesystem=where.fs)
+        ds = ds.select_columns(columns)
+        base = source.base
         renames = {source.path_column: "path"} | ({source.prompt_column: "prompt"} if source.prompt_column else {})
         ds = ds.rename_columns(renames)
 
         def absolute(batch: dict[str, Any]) -> dict[str, Any]:
-            batch["path"] = np.array([os.path.join(base, str(p)) for p in batch["path"]], dtype=object)
+            batch["path"] = np.array([_listed(str(p), base) for p in batch["path"]], dtype=object)
             return batch
 
         return ds.map_batches(absolute, batch_format="numpy"), "parquet"
@@ -260,6 +257,15 @@ def _dataset(ray: Any, source: Any, paths: list[str] | None) -> tuple[Any, str]:
     if isinstance(source, FileSource):
         return ray.data.read_binary_files(paths, include_paths=True), "files"
     raise TypeError(f"no Ray reader for {type(source).__name__}")
+
+
+def _listed(path: str, base: str) -> str:
+    """A path from a Parquet list, relative ones taken from the list's folder (a URL for a list on object storage)."""
+    if storage.is_url(path):
+        return path
+    if storage.is_url(base):
+        return path if os.path.isabs(path) else storage.join(base, path)
+    return os.path.join(base, path)
 
 
 def _stream(ds: Any) -> Iterator[Any]:
@@ -303,7 +309,7 @@ def run_ray(
 
     started = time.monotonic()
     results = store if isinstance(store, ResultStore) else ResultStore.create(store)
-    summary = RunSummary(store=str(results.folder))
+    summary = RunSummary(store=results.name)
     with results.writer() as writer:  # (adopts the staging folders that killed runs of earlier versions left)
         # The driver loads the model once on the CPU for its identity (fingerprints), as the actors will on theirs.
         probe = ImageRewardScorer.load(models_dir, device="cpu", offline=offline, progress=False)
@@ -344,13 +350,13 @@ def run_ray(
                 lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
                 raise RayRunError(
                     f"Ray run failed: {lines[-1] if lines else type(exc).__name__}; the {received.count} row(s) that "
-                    f"came back are in {results.folder}"
+                    f"came back are in {results.name}"
                 ) from exc
         summary.elapsed_s = time.monotonic() - started
         if not summary.interrupted and received != expected:
             raise RayRunError(
                 f"Ray run: {received.count} row(s) came back for {expected.count} image(s) to score, not each image "
-                f"once; the rows are in {results.folder}, and the next run scores what is missing"
+                f"once; the rows are in {results.name}, and the next run scores what is missing"
             )
         _maybe_compact(results)
     summary.problems.extend(p for p in results.problems if p not in summary.problems)
