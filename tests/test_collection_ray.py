@@ -234,3 +234,34 @@ def test_the_command_line_says_what_a_ray_run_skipped(tmp_path: Path, local_ray,
     write_images(tmp_path / "imgs", 1, start=3)
     assert main([*args, "--ray", "--device", "cpu", "--limit", "0"]) == 0
     assert "1 scored, 0 failed, 3 already in the store (4 found)" in capsys.readouterr().err
+
+
+def test_the_store_may_be_anywhere_the_driver_writes(tmp_path: Path, local_ray, model_dir: Path, scorer) -> None:
+    """No worker writes: a store the workers cannot reach at all (the driver's memory) gets every row."""
+    pytest.importorskip("fsspec")
+    import os
+
+    write_shard(tmp_path / "shards" / "00000.tar", 0, 3)
+    write_shard(tmp_path / "shards" / "00001.tar", 3, 2, caption="json")
+    url = "memory://bucket/store-" + os.urandom(4).hex()
+    summary = run_ray(ShardSource([str(tmp_path / "shards" / "*.tar")]), url, models_dir=str(model_dir), offline=True)
+    score_collection(ShardSource([str(tmp_path / "shards" / "*.tar")]), tmp_path / "local", scorer=scorer)
+    columns = ["key", "prompt", "score", "status", "fingerprint"]
+    got = {r["key"]: r for r in ResultStore.open_existing(url).read(columns).to_pylist()}
+    same(got, {r["key"]: r for r in ResultStore(tmp_path / "local").read(columns).to_pylist()})
+    assert (summary.scored, summary.total) == (5, 5)
+
+
+def test_a_ray_run_scores_into_a_store_on_s3(tmp_path: Path, local_ray, model_dir: Path, s3, capsys) -> None:
+    """The command line takes --ray with a store on object storage: the driver writes it, the workers never do."""
+    from imagereward.collection.cli import main
+
+    write_shard(tmp_path / "shards" / "00000.tar", 0, 4)
+    args = ["--shards", str(tmp_path / "shards" / "*.tar"), "--store", s3.url("store"), "--models-dir", str(model_dir)]
+    args += ["--offline", "--device", "cpu", "--ray", "--limit", "0"]
+    assert main(args) == 0
+    assert "4 scored, 0 failed, 0 already in the store (4 found)" in capsys.readouterr().err
+    assert main(args) == 0
+    assert "0 scored, 0 failed, 4 already in the store (4 found)" in capsys.readouterr().err
+    assert ResultStore.open_existing(s3.url("store")).read(["key"]).num_rows == 4
+    assert not [key for key in s3.keys("store/") if ".ray-" in key]

@@ -185,8 +185,6 @@ def _check(args: argparse.Namespace) -> None:
             "images and path lists on object storage: give --shards s3://… or --parquet-in s3://… (paths and "
             "--paths-file are local)"
         )
-    if args.ray and is_url(args.store):
-        raise UsageError("--ray writes to a local or shared-folder store for now; give --store a folder")
     if args.models_dir and not Path(args.models_dir).expanduser().is_dir():
         raise UsageError(f"--models-dir {args.models_dir}: is not a folder")
     from ..engine import check_device  # one line before the model loads, as the main command line
