@@ -194,8 +194,6 @@ def _check(args: argparse.Namespace) -> None:
             "images and path lists on object storage: give --shards s3://… or --parquet-in s3://… (paths and "
             "--paths-file are local)"
         )
-    if args.ray and is_url(args.store):
-        raise UsageError("--ray writes to a local or shared-folder store for now; give --store a folder")
     if is_url(args.per_shard_dir):
         raise UsageError("--per-shard-dir is a local folder for now")
     if args.models_dir and not Path(args.models_dir).expanduser().is_dir():

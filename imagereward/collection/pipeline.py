@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -28,12 +28,13 @@ import numpy as np
 import torch
 
 from ..errors import ImageRewardError
+from . import deps
 from .items import FAILED, SCORED, Item, as_text, fingerprint, path_bytes
 from .pershard import PerShardWriter
 from .prepare import ItemReader, Prepared, ReadOptions
 from .shardlog import Identity, ShardLog, ShardMark, content_fingerprint
 from .sources import ShardDone, ShardSource, Source
-from .store import DoneIndex, ResultStore
+from .store import DoneIndex, ResultStore, rows_to_table
 
 #: Compact the store after a run when it holds at most this many rows (else only when parts pile up).
 COMPACT_ROWS = 2_000_000
@@ -327,24 +328,33 @@ class _Marks:
 
 
 class _Pending:
-    """Rows scored but not yet in the store: written every `rows` rows or `seconds` seconds, and at the end."""
+    """Rows scored but not yet in the store: written every `rows` rows or `seconds` seconds, and at the end. Rows come
+    as dicts (this run's) or as Arrow tables with the store's columns (the Ray job's)."""
 
-    def __init__(self, writer: Any, rows: int, seconds: float, marks: _Marks) -> None:
+    def __init__(self, writer: Any, rows: int, seconds: float, marks: _Marks | None = None) -> None:
         self.writer, self.rows, self.seconds, self.marks = writer, rows, seconds, marks
-        self.pending: list[dict[str, Any]] = []
+        self.pending: list[Any] = []  # tables
+        self.count = 0
         self.last = time.monotonic()
 
-    def add(self, rows: list[dict[str, Any]], finished: list[ShardDone]) -> None:
-        self.pending.extend(rows)
-        self.marks.add(rows, finished)
-        if len(self.pending) >= self.rows or time.monotonic() - self.last >= self.seconds:
+    def add(self, rows: list[dict[str, Any]] | Any, finished: Sequence[ShardDone] = ()) -> None:
+        """Rows, and the shards whose last rows these are (or were already added)."""
+        if self.marks is not None:
+            self.marks.add([] if hasattr(rows, "num_rows") else rows, list(finished))
+        if not hasattr(rows, "num_rows") and not rows:
+            return  # (a batch bringing only shards that finished)
+        table = rows if hasattr(rows, "num_rows") else rows_to_table(rows)
+        self.pending.append(table)
+        self.count += table.num_rows
+        if self.count >= self.rows or time.monotonic() - self.last >= self.seconds:
             self.flush()
 
     def flush(self) -> None:
         if self.pending:
-            self.writer.append(self.pending)
-        self.pending, self.last = [], time.monotonic()
-        self.marks.written()  # (only after the rows: a mark never stands for rows that are not on disk)
+            self.writer.append(deps.pyarrow().concat_tables(self.pending, promote_options="default"))
+        self.pending, self.count, self.last = [], 0, time.monotonic()
+        if self.marks is not None:
+            self.marks.written()  # (only after the rows: a mark never stands for rows that are not on disk)
 
 
 class _Clock:
