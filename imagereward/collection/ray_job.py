@@ -9,8 +9,9 @@ No worker writes a file: the scored rows (a few hundred bytes each, no pixels) s
 appends them to the store every `flush_rows` rows or `flush_seconds` as the local run does. So the store can be
 wherever the driver can write, and nodes need no shared file system for the output. A driver killed midway loses at
 most the rows not yet flushed, and the next run (local or Ray) scores exactly those again. The driver lists the source
-once before the job, as the local run does (images found, already in the store, to score), and before it finishes
-checks that every image to score came back once (count and a sum of key hashes), else says so.
+once before the job, as the local run does (images found, already in the store, to score; tar shards the store's
+shard log marks finished are skipped unlisted, and a run that finishes marks the shards it listed), and before it
+finishes checks that every image to score came back once (count and a sum of key hashes), else says so.
 
 Same listing, preprocessing, fingerprints and rows as the single-process path, so both give the same scores and
 either can resume the other's store. Every node needs this package (and the model files at `models_dir`) installed,
