@@ -4,9 +4,12 @@
     python -m imagereward.collection --shards 'data/*.tar' --store data.scores --workers 2
     python -m imagereward.collection --store outputs.scores --min-score 1 --copy-to best   # no scoring: select
     python -m imagereward.collection --store outputs.scores --check        # parts, rows, damaged parts (--repair)
+    python -m imagereward.collection outputs -r --store outputs.scores --scorer hpsv2.1   # adds the HPSv2.1 column
+    python -m imagereward.collection --store outputs.scores --by hpsv2.1 --min-score 0.25 -o best.csv
 
 `add_arguments` adds the collection options to a parser that already has the main command line's options (paths,
--p, -r, -f, -o, --copy-to, --clean-prompt, --models-dir, --offline, --device, --dtype, --batch-size, -q); `run`
+-p, -r, -f, -o, --copy-to, --clean-prompt, --models-dir, --scorer, --weights, --offline, --device, --dtype,
+--batch-size, -q); `run`
 takes the parsed arguments. `build_parser` makes a stand-alone parser with both.
 """
 
@@ -69,6 +72,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         help="the model's CPU threads (default: cores minus --workers, at least 1, when there are workers)",
     )
+    group.add_argument(
+        "--by",
+        metavar="SCORER",
+        help="the score column that --min-score, --max-score, the listing, -o, --copy-to and --move-to go by: a "
+        "scorer's name or label, e.g. hpsv2.1 or HPSv2.1 (default: the first scorer holding scores, in the order "
+        "ImageReward, CLIP, Aesthetic, BLIP, PickScore, HPSv2.1, Ensemble)",
+    )
     group.add_argument("--min-score", type=float, help="list, export, copy or move only images scoring at least this")
     group.add_argument("--max-score", type=float, help="… and at most this")
     group.add_argument("--prompt-contains", metavar="TEXT", help="… whose prompt contains TEXT (any case)")
@@ -107,6 +117,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--copy-to", help="copy the selected images there (never overwrites)")
     parser.add_argument("--clean-prompt", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--models-dir")
+    parser.add_argument(
+        "-s",
+        "--scorer",
+        action="append",
+        metavar="NAME",
+        help="scorer(s) filling the store, one column each (repeat, or name=a,b): imagereward (default), clip, "
+        "aesthetic, blip, pickscore, hpsv2.1, ensemble; a scorer added to a store scores only its own column",
+    )
+    parser.add_argument("--weights", metavar="NAME=W,...", help="with --scorer ensemble: each member's weight")
     parser.add_argument("--offline", action="store_true")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto", choices=("auto", "fp32", "fp16", "bf16"))
@@ -128,6 +147,7 @@ COLLECTION_ONLY = (
     "max_score",
     "prompt_contains",
     "move_to",
+    "by",
     "ray",
     "check",
     "repair",
@@ -170,6 +190,14 @@ def _check(args: argparse.Namespace) -> None:
         raise UsageError("--threads must be at least 1")
     if args.copy_to and args.move_to:
         raise UsageError("give --copy-to or --move-to, not both")
+    if getattr(args, "by", None):
+        from .columns import UnknownColumnError, column_of
+
+        try:
+            column_of(args.by)
+        except UnknownColumnError as exc:
+            raise UsageError(f"--by {exc}") from None
+    args.scorer_names = _scorer_names(args)
     if args.models_dir and not Path(args.models_dir).expanduser().is_dir():
         raise UsageError(f"--models-dir {args.models_dir}: is not a folder")
     from ..engine import check_device  # one line before the model loads, as the main command line
@@ -178,6 +206,22 @@ def _check(args: argparse.Namespace) -> None:
         check_device(args.device)
     except ImageRewardError as exc:
         raise UsageError(f"--device {exc}") from None
+
+
+def _scorer_names(args: argparse.Namespace) -> list[str]:
+    """--scorer as the main command line reads it (default: imagereward); one line for an unknown name."""
+    from ..cli import UsageError as MainUsageError
+    from ..cli import scorer_names
+
+    try:
+        names = scorer_names(args)
+        if "ensemble" in names:
+            from ..ensemble import make_ensemble
+
+            make_ensemble(names, args.weights)  # (bad weights or members: said before anything is loaded)
+        return names
+    except (MainUsageError, ImageRewardError) as exc:
+        raise UsageError(str(exc)) from None
 
 
 def make_source(args: argparse.Namespace) -> Any:
@@ -204,6 +248,8 @@ def _score(args: argparse.Namespace, store: ResultStore, source: Any) -> Any:
         "dtype": args.dtype,
         "batch_size": args.batch_size,
         "rescore": args.rescore,
+        "scorers": args.scorer_names,
+        "weights": args.weights,
         "prompt": args.prompt,
         "clean_prompts": args.clean_prompt,
         "caption_field": args.caption_field,
@@ -219,13 +265,14 @@ def _score(args: argparse.Namespace, store: ResultStore, source: Any) -> Any:
     from .pipeline import score_collection
 
     bar = None
+    desc = "/".join(args.scorer_names)
     if not args.quiet:
         from tqdm import tqdm
 
         def progress(p: Any) -> None:
             nonlocal bar
             if bar is None:
-                bar = tqdm(total=p.total, unit="img", desc="ImageReward", file=sys.stderr, mininterval=0.5)
+                bar = tqdm(total=p.total, unit="img", desc=desc, file=sys.stderr, mininterval=0.5)
             bar.update(p.done - bar.n)
 
     try:
@@ -243,13 +290,13 @@ def _score(args: argparse.Namespace, store: ResultStore, source: Any) -> Any:
             bar.close()
 
 
-def _table(rows: Sequence[dict[str, Any]]) -> str:
-    lines = [f"{'score':>8}  {'image':<60}  prompt"]
+def _table(rows: Sequence[dict[str, Any]], by: str = "score") -> str:
+    lines = [f"{by[:12]:>12}  {'image':<60}  prompt"]
     for row in rows:
         score = "" if row["score"] is None else f"{row['score']:.3f}"
         image = row["key"] if len(row["key"]) <= 60 else "…" + row["key"][-59:]
         prompt = " ".join((row["prompt"] or row["error"] or "").split())  # one line
-        lines.append(f"{score:>8}  {image:<60}  {prompt[:80]}")
+        lines.append(f"{score:>12}  {image:<60}  {prompt[:80]}")
     return "\n".join(lines)
 
 
@@ -321,7 +368,7 @@ def _run(args: argparse.Namespace) -> int:
             return EXIT_INTERRUPTED
         if summary.failed or summary.problems:
             status = EXIT_SOME_FAILED
-    filters = Filters(args.min_score, args.max_score, args.prompt_contains)
+    filters = Filters(args.min_score, args.max_score, args.prompt_contains, by=args.by)
     fmt = args.format or FORMATS.get(Path(args.output).suffix.lower(), "table") if args.output else args.format
     if args.output:
         if fmt not in ("csv", "json"):
@@ -337,10 +384,11 @@ def _run(args: argparse.Namespace) -> int:
             min_score=args.min_score,
             max_score=args.max_score,
             prompt_contains=args.prompt_contains,
+            by=args.by,
             limit=args.limit,
         )
         say_store_problems()
-        print(_table(page.rows))
+        print(_table(page.rows, page.by))
         if page.total > len(page.rows):
             print(f"… {page.total - len(page.rows)} more (--limit N, or -o FILE.csv for all)")
     target = getattr(args, "copy_to", None) or args.move_to

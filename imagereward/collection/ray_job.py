@@ -21,13 +21,15 @@ from typing import Any
 import numpy as np
 
 from . import deps
-from .items import IMAGE_SIZE_PIXELS, Caption, Item, as_text, path_bytes
-from .pipeline import RunPlan, RunSummary, model_id, scorer_name, store_rows
+from .items import Caption, Item, as_text, path_bytes
+from .pipeline import RunPlan, RunSummary, Todo, scorer_name, store_rows
 from .prepare import ReadOptions, prepare_data
+from .scoring import load_run_scorers
 from .sources import IMAGE_SUFFIXES, FileSource, ParquetSource, PathListSource, ShardSource
 from .store import DoneIndex, ResultStore, rows_to_table
 
-_TEXT_COLUMNS = ("key", "path", "member", "prompt", "sha256", "error")
+_TEXT_COLUMNS = ("key", "path", "member", "prompt", "sha256", "error", "model", "needs")
+_NEEDS_SEPARATOR = "\x1f"
 
 
 def _mtime(path: str, cache: dict[str, int]) -> int:
@@ -89,19 +91,20 @@ def _items(batch: dict[str, Any], kind: str, cache: dict[str, int]) -> list[tupl
 
 
 def prepare_batch(batch: dict[str, Any], *, kind: str, plan: RunPlan, options: ReadOptions) -> dict[str, Any]:
-    """CPU stage: rows to score, with their uint8 pixels (zeros where the image could not be used)."""
+    """CPU stage: rows to score, with the pixels of each of the run's layouts (`pixels0`, `pixels1`, …; zeros where
+    the image could not be used) and the score columns each row needs."""
     from .prepare import ItemReader
 
     reader = ItemReader(options)
     columns: dict[str, list[Any]] = {
         name: [] for name in (*_TEXT_COLUMNS, "path_bytes", "size", "mtime_ns", "fingerprint")
     }
-    pixels: list[np.ndarray] = []
-    blank = np.zeros(IMAGE_SIZE_PIXELS, np.uint8)
+    pixels: list[list[np.ndarray]] = [[] for _ in options.geometries]
+    blanks = [g.blank() for g in options.geometries]
     try:
         for item, data, caption in _items(batch, kind, {}):
-            fp = plan.todo(item)
-            if fp is None:
+            todo = plan.todo(item)
+            if todo is None:
                 continue
             prepared = reader.prepare(item) if data is None else prepare_data(item, data, caption, options)
             for name, value in (
@@ -114,16 +117,21 @@ def prepare_batch(batch: dict[str, Any], *, kind: str, plan: RunPlan, options: R
                 ("error", None if prepared.error is None else as_text(prepared.error)),
                 ("size", item.size),
                 ("mtime_ns", item.mtime_ns),
-                ("fingerprint", fp),
+                ("fingerprint", todo.fingerprint),
+                ("model", todo.model),
+                ("needs", _NEEDS_SEPARATOR.join(sorted(todo.needs))),
             ):
                 columns[name].append(value)
-            pixels.append(prepared.pixels if prepared.pixels is not None else blank)
+            for g, blank in enumerate(blanks):
+                made = prepared.pixels[g] if prepared.pixels is not None else None
+                pixels[g].append(made if made is not None else blank)
     finally:
         reader.close()
     out: dict[str, Any] = {name: np.array(values, dtype=object) for name, values in columns.items()}
     for name in ("size", "mtime_ns", "fingerprint"):
         out[name] = np.array(columns[name], dtype=np.int64)
-    out["pixels"] = np.stack(pixels) if pixels else np.zeros((0, *IMAGE_SIZE_PIXELS), np.uint8)
+    for g, blank in enumerate(blanks):
+        out[f"pixels{g}"] = np.stack(pixels[g]) if pixels[g] else np.zeros((0, *blank.shape), blank.dtype)
     return out
 
 
@@ -138,20 +146,26 @@ class ScoreActor:
     """One model per actor (on its GPU when the pool asks for one); batches of prepared rows -> store rows."""
 
     def __init__(
-        self, models_dir: str | None, device: str, dtype: str, batch_size: int, offline: bool | None, plan: RunPlan
+        self,
+        models_dir: str | None,
+        device: str,
+        dtype: str,
+        batch_size: int,
+        offline: bool | None,
+        plan: RunPlan,
+        scorers: tuple[str, ...] = ("imagereward",),
+        weights: str | None = None,
     ) -> None:
-        from ..scorer import ImageRewardScorer
-
-        self.scorer = ImageRewardScorer.load(
-            models_dir, device=device, dtype=dtype, batch_size=batch_size, offline=offline, progress=False
-        )
-        if model_id(self.scorer) != plan.model:
-            raise RuntimeError(f"this node's model ({model_id(self.scorer)}) differs from the driver's ({plan.model})")
+        self.run = load_run_scorers(
+            scorers, models_dir, device=device, dtype=dtype, batch_size=batch_size, offline=offline, progress=False,
+            weights=weights,
+        )  # fmt: skip
+        if self.run.weights != plan.weights:
+            raise RuntimeError(f"this node's weights ({self.run.weights}) differ from the driver's ({plan.weights})")
         self.plan = plan
         self.name = scorer_name()
 
     def __call__(self, batch: dict[str, Any]) -> Any:
-        import torch
 
         n = len(batch["key"])
         meta = []
@@ -165,16 +179,13 @@ class ScoreActor:
                 size=int(batch["size"][i]),
                 mtime_ns=int(batch["mtime_ns"][i]),
             )
-            fp, prompt, sha, error = (
-                int(batch["fingerprint"][i]),
-                _text(batch["prompt"][i]),
-                _text(batch["sha256"][i]),
-                _text(batch["error"][i]),
-            )
-            meta.append((item, fp, prompt, sha, error))
-        good = np.array([m[4] is None for m in meta], dtype=bool)
-        pixels = torch.from_numpy(np.ascontiguousarray(batch["pixels"][good])).permute(0, 3, 1, 2)
-        return rows_to_table(store_rows(self.scorer, meta, pixels, self.plan.model, self.plan.clean, self.name))
+            needs = frozenset(filter(None, (_text(batch["needs"][i]) or "").split(_NEEDS_SEPARATOR)))
+            todo = Todo(int(batch["fingerprint"][i]), _text(batch["model"][i]), needs)
+            prompt, sha, error = _text(batch["prompt"][i]), _text(batch["sha256"][i]), _text(batch["error"][i])
+            meta.append((item, todo, prompt, sha, error))
+        every = list(range(n))
+        pixels = [(batch[f"pixels{g}"], every) for g in range(len(self.run.geometries))]
+        return rows_to_table(store_rows(self.run, meta, pixels, self.plan.clean, self.name))
 
 
 def _init_ray(address: str | None, num_cpus: int | None) -> Any:
@@ -227,6 +238,8 @@ def run_ray(
     actors: int = 1,
     gpus_per_actor: float = 0.0,
     rescore: bool = False,
+    scorers: tuple[str, ...] | list[str] = ("imagereward",),
+    weights: str | None = None,
     prompt: str | None = None,
     clean_prompts: bool = True,
     caption_field: str = "caption",
@@ -234,22 +247,21 @@ def run_ray(
     num_cpus: int | None = None,
 ) -> RunSummary:
     """Score `source` into `store` with Ray Data (`address`: None or "local" for a local instance, or a cluster's)."""
-    from ..scorer import ImageRewardScorer
-
     started = time.monotonic()
     results = store if isinstance(store, ResultStore) else ResultStore.create(store)
     summary = RunSummary(store=str(results.folder))
     with results.writer() as writer:
-        # The driver loads the model once on the CPU for its identity (fingerprints), as the actors will on theirs.
-        probe = ImageRewardScorer.load(models_dir, device="cpu", offline=offline, progress=False)
-        plan = RunPlan(model_id(probe), clean_prompts, prompt, rescore, DoneIndex.empty())
+        # The driver loads the models once on the CPU for their records (`columns`), as the actors will on theirs.
+        probe = load_run_scorers(scorers, models_dir, device="cpu", offline=offline, progress=False, weights=weights)
+        plan = RunPlan(probe.weights, clean_prompts, prompt, rescore, DoneIndex.empty())
+        geometries = tuple(probe.geometries)
         del probe
-        plan.index = results.index()
+        plan.index = results.index(plan.weights)
         ray = _init_ray(address, num_cpus)
         found = _dataset(ray, source, plan)
         if found is not None:
             ds, kind = found
-            options = ReadOptions(prompt, caption_field, True, hash_files)
+            options = ReadOptions(prompt, caption_field, True, hash_files, geometries)
             ds = ds.map_batches(
                 prepare_batch, fn_kwargs={"kind": kind, "plan": plan, "options": options}, batch_format="numpy"
             )
@@ -262,6 +274,8 @@ def run_ray(
                     "batch_size": batch_size,
                     "offline": offline,
                     "plan": plan,
+                    "scorers": tuple(scorers),
+                    "weights": weights,
                 },
                 batch_size=batch_size,
                 batch_format="numpy",
