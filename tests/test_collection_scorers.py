@@ -236,3 +236,30 @@ def test_columns_from_different_runs_merge_in_read_compact_and_index(tmp_path: P
     assert {r["key"]: (r[IR], r[HPS], r[f"{IR} weights"]) for r in after} == {
         k: (r[IR], r[HPS], r[f"{IR} weights"]) for k, r in before.items()
     }
+
+
+def test_the_folder_tab_scores_with_the_chosen_scorers(tmp_path: Path, models: Path, images: Path) -> None:
+    import json
+    import threading
+
+    from imagereward.infotext import parse_infotext
+    from imagereward.webui import collection_tab as tab
+    from imagereward.webui.folders import FolderPolicy
+
+    folder = tmp_path / "outputs"
+    shutil.copytree(images, folder)
+    policy = FolderPolicy.make(restricted=False, output_folders=[folder], stores_dir=tmp_path / "st", base=tmp_path)
+    assert tab.scorer_names(["HPSv2.1", "ImageReward"]) == ("hpsv2.1", "imagereward")
+    with pytest.raises(Exception, match="unknown scorer 'Judge'"):
+        tab.scorer_names(["Judge"])
+    first = load_scorers(["imagereward"], models, device="cpu", offline=True, progress=False)
+    assert "7 scored" in tab.score_folder(folder, tab.LockedScorer(first, threading.Lock()), policy=policy)
+    both = load_scorers(["imagereward", "hpsv2.1"], models, device="cpu", offline=True, progress=False)
+    text = tab.score_folder(folder, tab.LockedScorer(both, threading.Lock()), policy=policy)
+    assert "7 scored, 0 already in the store" in text  # (HPSv2.1's column only: ImageReward's values stay)
+    items, info, status, _ = tab.browse(folder, tab.View.of(None, None, "", 1, ["HPSv2.1"]), policy)
+    assert len(items) == 7 and "best first by HPSv2.1" in status
+    settings = [parse_infotext(t).settings for t in json.loads(info)["infotexts"]]
+    assert all(s["ImageReward scorer"] == "HPSv2.1" and "HPSv2-1" in s for s in settings)
+    values = [float(s["HPSv2-1"]) for s in settings]
+    assert values == sorted(values, reverse=True)
