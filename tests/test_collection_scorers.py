@@ -50,15 +50,29 @@ def rows(store: Path) -> dict[str, dict]:
     return {r["key"]: r for r in ResultStore(store).read().to_pylist()}
 
 
-def test_adding_a_scorer_scores_only_its_column_and_duckdb_reads_both(tmp_path: Path, models: Path, images: Path):
+def test_adding_a_scorer_scores_only_its_column_and_duckdb_reads_both(
+    tmp_path: Path, models: Path, images: Path, monkeypatch: pytest.MonkeyPatch
+):
+    from imagereward.engine import Scorer
+
+    scored: list[tuple[str, ...]] = []  # the outputs of each model pass, once per image
+    real = Scorer.score_pixels
+
+    def counting(self, prompts, pixels, **options):
+        scored.extend([self.outputs] * len(pixels))
+        return real(self, prompts, pixels, **options)
+
+    monkeypatch.setattr(Scorer, "score_pixels", counting)
     store = tmp_path / "store"
     first = run(images, store, models, "imagereward")
     assert (first.scored, first.skipped, first.total) == (7, 0, 7)
     before = rows(store)
     assert all(r[IR] is not None and r[HPS] is None for r in before.values())
 
+    scored.clear()
     second = run(images, store, models, "imagereward", "hpsv2.1")
     assert (second.scored, second.skipped) == (7, 0)
+    assert scored == [("hpsv2.1",)] * 7  # only the new column was scored
     raw = ResultStore(store).read(raw=True).to_pylist()  # (compacted: one row per image now)
     assert len(raw) == 7
     after = rows(store)
@@ -118,6 +132,24 @@ def test_ensemble_other_weights_and_a_changed_image(tmp_path: Path, models: Path
     assert third[str(changed)][IR] is not None
     assert third[str(changed)][HPS] is None and third[str(changed)]["Ensemble"] is None
     assert all(third[k][HPS] is not None for k in third if k != str(changed))
+
+
+def test_each_image_is_decoded_once_for_every_scorer(
+    tmp_path: Path, models: Path, images: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import imagereward.collection.prepare as prepare
+
+    opened: list[str] = []
+    real = prepare.open_image
+
+    def counting(stream, name=None):
+        opened.append(name)
+        return real(stream, name=name)
+
+    monkeypatch.setattr(prepare, "open_image", counting)
+    summary = run(images, tmp_path / "store", models, "ensemble", weights="imagereward=1,hpsv2.1=1", workers=0)
+    assert summary.scored == 7 and sorted(opened) == sorted(str(p) for p in images.iterdir())
+    assert all(r["Ensemble"] is not None for r in rows(tmp_path / "store").values())
 
 
 def test_selection_picks_a_column(tmp_path: Path, models: Path, images: Path):
@@ -194,7 +226,7 @@ def test_command_line_scorers_and_by(tmp_path: Path, models: Path, images: Path,
     store = str(tmp_path / "store")
     base = ["--models-dir", str(models), "--offline", "--device", "cpu", "--workers", "0", "-q"]
     assert main([str(images), "--store", store, "--scorer", "imagereward", *base]) == 0
-    assert main(["--store", store, "--by", "hpsv2.1", "--min-score", "0"]) == 3
+    assert main(["--store", store, "--by", "hpsv2.1", "--min-score", "0"]) == 2
     assert "the store holds no HPSv2.1 scores (it holds: ImageReward)" in capsys.readouterr().err
     assert main(["--store", store, "--by", "judge"]) == 2
     assert "--by 'judge' is not a scorer" in capsys.readouterr().err

@@ -302,9 +302,11 @@ def _table(rows: Sequence[dict[str, Any]], by: str = "score") -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Score (when inputs are given), then list or export, then copy or move. Returns the exit status."""
+    from .columns import UnknownColumnError
+
     try:
         return _run(args)
-    except UsageError as exc:
+    except (UsageError, UnknownColumnError) as exc:  # (--by a scorer the store holds no scores of)
         _say(str(exc))
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -117,7 +117,6 @@ def prepare_data(
             return Prepared(item, None, None, digest, NO_PROMPT)
         if options.exif_orientation:
             image = apply_exif_orientation(image)
-        image.load()
         pixels = tuple(
             geometry.make(image) if wanted is None or i in wanted else None
             for i, geometry in enumerate(options.geometries)
