@@ -12,7 +12,15 @@ highest-numbered part (the last one within a part) is the one that counts; `read
 has to be deleted to stay correct. Scores are the exception to "the newest row": a run adding a scorer writes rows
 holding only that scorer's column, so each score column takes the newest value among the key's rows of the same
 content (same fingerprint; `merge`). `read`, `compact` and `index` all apply it, so after a compaction a plain reader
-sees one row per image with every scorer's column. The score columns and their records are described in `columns`.
+sees one row per image with every scorer's column.
+
+Score columns: one per scorer, named by the scorer's label exactly as the infotext and the gallery's badges name it
+(``ImageReward``, ``HPSv2.1``, ``Ensemble``; one name for one score everywhere), each beside its record
+``<label> weights`` (a hash of the weights files, or ImageReward's model id; for the ensemble its members, weights and
+their records). In pandas they read as ``df["HPSv2.1"]``, ``df["HPSv2.1 weights"]``; in SQL both are quoted
+(``"HPSv2.1"``: a dot needs quoting in any case, so one rule serves every column), and a score and its record sort
+side by side. Every part holds every column, unused ones null, so readers that take one part's schema for the whole
+folder (pandas, DuckDB without union_by_name) see the same columns whichever scorers a run used. Details: `columns`.
 
 Atomicity: a part is written to a hidden temporary name, flushed to disk and renamed into place, so a part is either
 complete or absent. A run killed at any moment (SIGKILL included) loses at most the rows not yet flushed, and the next
