@@ -295,3 +295,23 @@ def test_the_folder_tab_scores_with_the_chosen_scorers(tmp_path: Path, models: P
     assert all(s["ImageReward scorer"] == "HPSv2.1" and "HPSv2-1" in s for s in settings)
     values = [float(s["HPSv2-1"]) for s in settings]
     assert values == sorted(values, reverse=True)
+
+
+def test_the_aesthetic_score_needs_no_prompt(tmp_path: Path) -> None:
+    from imagereward.scorers import openai_clip
+    from tests.collection_data import image_bytes
+
+    models = tmp_path / "models"
+    openai_clip.write_random_release(models / "openai-clip-vit-l-14", size="tiny", seed=2)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for seed in range(3):
+        (folder / f"{seed}.png").write_bytes(image_bytes(seed))  # no infotext, no prompt
+    summary = run(folder, tmp_path / "store", models, "aesthetic")
+    assert (summary.scored, summary.failed) == (3, 0)
+    got = rows(tmp_path / "store")
+    expected = load_scorers(["aesthetic"], models, device="cpu", offline=True, progress=False).score(None, sorted(got))[
+        "aesthetic"
+    ]
+    assert [got[k]["Aesthetic"] for k in sorted(got)] == pytest.approx(expected, abs=1e-5)
+    assert all(r["prompt"] is None for r in got.values())

@@ -218,8 +218,10 @@ def score_collection(
         summary.total, todo = count_todo(source, plan)
         summary.skipped = summary.total - todo
         summary.problems = list(getattr(source, "problems", []))
-        options = ReadOptions(prompt, caption_field, exif_orientation, hash_files, tuple(run.geometries))
-        batches = _batch_loader(_Batches(source, plan, options, batch_size, run.geometries_for), workers)
+        options = ReadOptions(
+            prompt, caption_field, exif_orientation, hash_files, tuple(run.geometries), run.needs_prompt
+        )
+        batches = _batch_loader(_Batches(source, plan, options, batch_size, run.layouts), workers)
         pending = _Pending(writer, flush_rows, flush_seconds)
         clock = _Clock(started, todo)
         name = scorer_name()

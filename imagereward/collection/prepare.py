@@ -41,6 +41,7 @@ class ReadOptions:
     exif_orientation: bool = True
     hash_files: bool = False
     geometries: tuple[Geometry, ...] = DEFAULT_GEOMETRIES  # the pixel layouts the run's models read
+    needs_prompt: bool = True  # False: no scorer of the run reads one (aesthetic), so none is required
 
 
 class ItemReader:
@@ -113,7 +114,7 @@ def prepare_data(
         if prompt is None and item.member is None:
             text = read_image_infotext(image)
             prompt = parse_infotext(text).prompt if text else None
-        if prompt is None:
+        if prompt is None and options.needs_prompt:
             return Prepared(item, None, None, digest, NO_PROMPT)
         if options.exif_orientation:
             image = apply_exif_orientation(image)

@@ -166,7 +166,6 @@ class ScoreActor:
         self.name = scorer_name()
 
     def __call__(self, batch: dict[str, Any]) -> Any:
-
         n = len(batch["key"])
         meta = []
         for i in range(n):
@@ -254,14 +253,14 @@ def run_ray(
         # The driver loads the models once on the CPU for their records (`columns`), as the actors will on theirs.
         probe = load_run_scorers(scorers, models_dir, device="cpu", offline=offline, progress=False, weights=weights)
         plan = RunPlan(probe.weights, clean_prompts, prompt, rescore, DoneIndex.empty())
-        geometries = tuple(probe.geometries)
+        geometries, needs_prompt = tuple(probe.geometries), probe.needs_prompt
         del probe
         plan.index = results.index(plan.weights)
         ray = _init_ray(address, num_cpus)
         found = _dataset(ray, source, plan)
         if found is not None:
             ds, kind = found
-            options = ReadOptions(prompt, caption_field, True, hash_files, geometries)
+            options = ReadOptions(prompt, caption_field, True, hash_files, geometries, needs_prompt)
             ds = ds.map_batches(
                 prepare_batch, fn_kwargs={"kind": kind, "plan": plan, "options": options}, batch_format="numpy"
             )

@@ -118,6 +118,22 @@ def weights_id(scorer: Any, output: str) -> str:
 # --------------------------------------------------------------------------------------------------- the run
 
 
+@dataclass(frozen=True)
+class Layouts:
+    """Which geometries an item needs for the columns it lacks; small and picklable, for the decode workers."""
+
+    ensemble_members: tuple[str, ...]  # the ensemble's member columns ((): no ensemble in the run)
+    models: tuple[tuple[frozenset[str], int], ...]  # per model: its columns and its geometry
+
+    def computed(self, needs: frozenset[str]) -> frozenset[str]:
+        """The columns scored for an image that needs `needs`: the ensemble brings its members."""
+        return needs | frozenset(self.ensemble_members) if label(ENSEMBLE) in needs else needs
+
+    def __call__(self, needs: frozenset[str]) -> frozenset[int]:
+        wanted = self.computed(needs)
+        return frozenset(g for columns, g in self.models if columns & wanted)
+
+
 class RunScorers:
     """A loaded `ScorerSet` (or one `engine.Scorer`, the WebUI's ImageReward) seen as store columns.
 
@@ -146,20 +162,16 @@ class RunScorers:
         if self.ensemble is not None:
             pairs = zip(self.ensemble.members, self.ensemble.weights, strict=True)
             self.weights[label(ENSEMBLE)] = ",".join(f"{m}={w:g}@{self.weights[label(m)]}" for m, w in pairs)
-        self.members = tuple(label(m) for m in self.ensemble.members) if self.ensemble is not None else ()
-        self.needs_prompt = any(model.needs_prompt for model, _ in self.models)
-
-    def computed(self, needs: frozenset[str]) -> frozenset[str]:
-        """The columns scored for an image that needs `needs`: the ensemble brings its members."""
-        return needs | frozenset(self.members) if label(ENSEMBLE) in needs else needs
-
-    def geometries_for(self, needs: frozenset[str]) -> frozenset[int]:
-        wanted = self.computed(needs)
-        return frozenset(
-            self.geometry_of_model[i]
-            for i, (_, outputs) in enumerate(self.models)
-            if any(label(o) in wanted for o in outputs)
+        members = tuple(label(m) for m in self.ensemble.members) if self.ensemble is not None else ()
+        self.layouts = Layouts(
+            members,
+            tuple(
+                (frozenset(label(o) for o in outputs), g)
+                for (_, outputs), g in zip(self.models, self.geometry_of_model, strict=True)
+            ),
         )
+        self.computed = self.layouts.computed
+        self.needs_prompt = any(model.needs_prompt for model, _ in self.models)  # (the aesthetic score reads none)
 
     def score(
         self,

@@ -121,7 +121,7 @@ def build(
 ) -> gr.Blocks:
     actions = FolderTabActions(get_scorer, done, queue_lock, policy)
 
-    def score(folder_text: str, again: bool, chosen: Any, progress: Any = gr.Progress()) -> str:  # noqa: B008
+    def score(folder_text: str, again: bool, chosen: Any = None, progress: Any = gr.Progress()) -> str:  # noqa: B008
         return actions.score(folder_text, again, chosen, progress)  # (gr.Progress() as a default: gradio's way)
 
     with gr.Blocks(analytics_enabled=False) as blocks:
