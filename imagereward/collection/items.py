@@ -18,9 +18,6 @@ from typing import Any
 
 from .columns import SCORE_COLUMNS, WEIGHTS_COLUMNS
 
-#: The shape of one image's prepared pixels: 224 x 224 RGB, uint8.
-IMAGE_SIZE_PIXELS = (224, 224, 3)
-
 #: Values of the store's ``status`` column.
 SCORED = "scored"
 FAILED = "error"
