@@ -46,7 +46,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 
@@ -154,8 +154,7 @@ def _legacy_row(row: dict[str, Any]) -> dict[str, Any]:
     return {**row, first: score, weights_column(first): row.get(LEGACY_MODEL) if score is not None else None}
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(NamedTuple):
     """What the index knows of one key: its current fingerprint, the model folded into it by an earlier version
     (None: none), whether its image failed (nothing to score until it changes), and the score columns holding a
     score made by the wanted weights."""
@@ -202,7 +201,7 @@ class DoneIndex:
             int(self.fingerprints[i]),
             self.model_names[code] if code >= 0 else None,
             bool(self.failed[i]) if self.failed is not None else False,
-            frozenset(column for column, flags in self.valid.items() if flags[i]),
+            frozenset([column for column, flags in self.valid.items() if flags[i]]),
         )
 
     def is_done(self, key: str, fingerprint: int) -> bool:
@@ -345,10 +344,12 @@ class ResultStore:
         models: dict[str, int] = {}
 
         def model_codes(column: Any) -> np.ndarray:
-            values = column.to_pylist()
-            return np.fromiter(
-                (-1 if v is None else models.setdefault(v, len(models)) for v in values), np.int16, len(values)
-            )
+            if column.null_count == len(column):
+                return np.full(len(column), -1, np.int16)
+            encoded = pc.dictionary_encode(column)
+            codes = np.array([models.setdefault(v, len(models)) for v in encoded.dictionary.to_pylist()], np.int16)
+            indices = encoded.indices.to_numpy(zero_copy_only=False)
+            return np.where(np.isnan(indices), -1, codes[np.nan_to_num(indices).astype(np.int64)]).astype(np.int16)
 
         def status(value: str) -> Any:
             return lambda c: pc.fill_null(pc.equal(c, value), False).to_numpy(zero_copy_only=False)
