@@ -232,7 +232,8 @@ def test_command_line_scorers_and_by(tmp_path: Path, models: Path, images: Path,
     assert "--by 'judge' is not a scorer" in capsys.readouterr().err
 
     assert main([str(images), "--store", store, "-s", "hpsv2.1", "-s", "imagereward", *base[:-1]]) == 0
-    assert "7 scored, 0 failed, 0 already in the store (7 found)" in capsys.readouterr().err
+    said = capsys.readouterr().err
+    assert "7 scored (HPSv2.1: 7, ImageReward: 0), 0 failed, 0 already in the store (7 found)" in said
     assert main(["--store", store, "--by", "HPSv2.1", "-o", str(tmp_path / "out.json"), "-q"]) == 0
     rows = json.loads((tmp_path / "out.json").read_text())
     assert [r["HPSv2.1"] for r in rows] == sorted((r["HPSv2.1"] for r in rows), reverse=True)

@@ -291,9 +291,12 @@ def _score(args: argparse.Namespace, store: ResultStore, source: Any) -> Any:
 
 
 def _table(rows: Sequence[dict[str, Any]], by: str = "score") -> str:
+    from ..scorers.specs import SCORERS
+
+    decimals = next((spec.scale.decimals for spec in SCORERS.values() if spec.label == by), 3)
     lines = [f"{by[:12]:>12}  {'image':<60}  prompt"]
     for row in rows:
-        score = "" if row["score"] is None else f"{row['score']:.3f}"
+        score = "" if row["score"] is None else f"{row['score']:.{decimals}f}"
         image = row["key"] if len(row["key"]) <= 60 else "…" + row["key"][-59:]
         prompt = " ".join((row["prompt"] or row["error"] or "").split())  # one line
         lines.append(f"{score:>12}  {image:<60}  {prompt[:80]}")
@@ -362,8 +365,10 @@ def _run(args: argparse.Namespace) -> int:
         say_store_problems()
         if not args.quiet:
             skipped = "" if args.ray else f", {summary.skipped} already in the store ({summary.total} found)"
+            columns = getattr(summary, "columns", {})
+            per_column = f" ({', '.join(f'{c}: {n}' for c, n in columns.items())})" if len(columns) > 1 else ""
             _say(
-                f"{summary.scored} scored, {summary.failed} failed{skipped} in {summary.elapsed_s:.1f} s "
+                f"{summary.scored} scored{per_column}, {summary.failed} failed{skipped} in {summary.elapsed_s:.1f} s "
                 f"-> {args.store}"
             )
         if summary.interrupted:

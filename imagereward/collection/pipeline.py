@@ -58,6 +58,7 @@ class RunSummary:
     interrupted: bool = False
     store: str = ""
     problems: list[str] = field(default_factory=list)  # inputs that could not be listed (broken shards), damaged parts
+    columns: dict[str, int] = field(default_factory=dict)  # score column -> images given a score in it by this run
 
 
 @dataclass(frozen=True)
@@ -231,6 +232,10 @@ def score_collection(
                 pending.add(rows)
                 failed = sum(row["status"] != SCORED for row in rows)
                 summary.scored += len(rows) - failed
+                for column in run.columns:
+                    summary.columns[column] = summary.columns.get(column, 0) + sum(
+                        row.get(column) is not None for row in rows
+                    )
                 summary.failed += failed
                 if progress is not None:
                     progress(clock.progress(summary))
