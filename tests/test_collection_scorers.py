@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from PIL import Image, PngImagePlugin
 
 pytest.importorskip("pyarrow")
 
@@ -35,7 +36,11 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("images")
     write_images(root, 6)
-    write_images(root, 1, start=50, size=48)  # another size: HPSv2.1's letterbox pads it differently
+    write_images(root, 1, start=50, size=48)  # another size
+    wide = Image.open(root / "00050.png")  # not square: HPSv2.1's letterbox pads it, the others crop it
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", wide.info["parameters"])
+    wide.crop((0, 0, 48, 20)).save(root / "00050.png", pnginfo=info)
     return root
 
 
