@@ -206,7 +206,7 @@ def score_collection(
     """
     started = time.monotonic()
     results = store if isinstance(store, ResultStore) else ResultStore.create(store)
-    summary = RunSummary(store=str(results.folder))
+    summary = RunSummary(store=results.name)
     with _model_threads(torch_threads), results.writer() as writer:
         if scorer is None:
             run = load_run_scorers(
@@ -228,7 +228,7 @@ def score_collection(
         name = scorer_name()
         try:
             for batch in batches:
-                rows = store_rows(run, batch["meta"], batch["pixels"], plan.clean, name)
+                rows = _score_batch(run, batch, plan, name)
                 pending.add(rows)
                 failed = sum(row["status"] != SCORED for row in rows)
                 summary.scored += len(rows) - failed
@@ -310,6 +310,10 @@ def _model_threads(threads: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+def _score_batch(run: RunScorers, batch: dict[str, Any], plan: RunPlan, name: str) -> list[dict[str, Any]]:
+    return store_rows(run, batch["meta"], batch["pixels"], plan.clean, name)
 
 
 def store_rows(
