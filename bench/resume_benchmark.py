@@ -45,6 +45,8 @@ shards, store, models, workers, batch, threads, fill = json.loads(sys.argv[1])
 scorer = ImageRewardScorer.load(models, device="cpu", offline=True, progress=False)
 if fill:  # the same model identity (fingerprints), without the forward pass
     scorer.score = lambda prompts, *args, **kwargs: [0.0] * len(prompts)
+    if hasattr(scorer, "score_pixels"):  # (revisions with a column per scorer score through it)
+        scorer.score_pixels = lambda prompts, pixels, **kwargs: {o: [0.0] * len(pixels) for o in scorer.outputs}
 load = os.getloadavg()[0]
 started = time.perf_counter()
 summary = score_collection(ShardSource(shards), store, scorer=scorer, batch_size=batch, workers=workers,

@@ -35,8 +35,8 @@ def shards(folder: Path, count: int, per: int = 4) -> Path:
 
 
 def scores(store: Path) -> dict[str, float | None]:
-    table = ResultStore(store).read(["key", "score"])
-    return dict(zip(table["key"].to_pylist(), table["score"].to_pylist(), strict=True))
+    table = ResultStore(store).read(["key", "ImageReward"])
+    return dict(zip(table["key"].to_pylist(), table["ImageReward"].to_pylist(), strict=True))
 
 
 def run(folder: Path, store: Path, scorer, **options):
@@ -225,7 +225,7 @@ def test_per_shard_results(tmp_path: Path, scorer) -> None:
     for s in range(2):
         table = pq.read_table(out / f"{s:05d}.parquet")
         assert table["__key__"].to_pylist() == [f"{i:09d}" for i in range(s * 3, s * 3 + 3)]
-        assert set(table["shard"].to_pylist()) == {f"{s:05d}.tar"} and None not in table["score"].to_pylist()
+        assert set(table["shard"].to_pylist()) == {f"{s:05d}.tar"} and None not in table["ImageReward"].to_pylist()
     assert sorted(p.name for p in out.iterdir()) == ["00000.parquet", "00001.parquet"]
 
     write_shard(data / "00002.tar", 50, 2)
@@ -255,14 +255,14 @@ from pathlib import Path
 from imagereward.scorer import ImageRewardScorer
 from imagereward.collection.cli import main
 
-real = ImageRewardScorer.score
+real = ImageRewardScorer.score_pixels
 calls = []
 def slow(self, *args, **kwargs):
     calls.append(1)
     Path({flag!r}).write_text(str(len(calls)))  # (the batch before this one is in the run's rows)
     time.sleep(0.2)
     return real(self, *args, **kwargs)
-ImageRewardScorer.score = slow
+ImageRewardScorer.score_pixels = slow
 sys.exit(main({argv!r}))
 """
 

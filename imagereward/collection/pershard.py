@@ -19,7 +19,8 @@ from typing import Any
 
 from ..errors import ImageRewardError
 from . import deps
-from .store import ResultStore, latest_per_key, rows_to_table
+from .columns import SCORE_COLUMNS
+from .store import DoneIndex, ResultStore, latest_per_key, rows_to_table
 
 #: The Parquet metadata key marking a file as this package's per-shard results.
 MARK = b"imagereward"
@@ -46,6 +47,10 @@ class PerShardWriter:
     def __init__(self, folder: str | os.PathLike[str], store: ResultStore) -> None:
         self.folder, self.store = Path(folder), store
         self.rows: dict[str, list[dict[str, Any]]] = {}
+        #: The store's index before the run (None: empty); a row of content the store already held (a scorer added)
+        #: holds only the new columns, and its shard's file is then read back from the store, where they are merged.
+        self.index: DoneIndex | None = None
+        self.partial: set[str] = set()  # shards with such rows
 
     def check(self, shards: list[str]) -> None:
         """Refuse (one line) when a file the run would write is someone else's."""
@@ -61,17 +66,23 @@ class PerShardWriter:
 
     def add(self, rows: list[dict[str, Any]]) -> None:
         for row in rows:
-            if row.get("shard") is not None:
-                self.rows.setdefault(row["shard"], []).append(row)
+            shard = row.get("shard")
+            if shard is None:
+                continue
+            self.rows.setdefault(shard, []).append(row)
+            entry = self.index.get(row["key"]) if self.index is not None else None
+            if entry is not None and entry.fingerprint == row["fingerprint"]:
+                self.partial.add(shard)
 
     def finish(self, shard: str, members: int) -> str | None:
         """Write the shard's file (its rows are in the store by now); a line saying why not, or None."""
         rows = self.rows.pop(shard, [])
-        table = rows_to_table(rows) if len(rows) >= members else self.store.shard_rows(shard)  # (resumed: some earlier)
+        whole = len(rows) >= members and shard not in self.partial  # (else resumed, or a scorer added: from the store)
+        table = rows_to_table(rows) if whole else self.store.shard_rows(shard)
         path = target(self.folder, shard)
         if path.exists() and not _ours(path):
             return f"--per-shard-dir: {path} exists and was not written by imagereward; left as it is"
-        table = latest_per_key(table).sort_by([("__key__", "ascending"), ("key", "ascending")])
+        table = latest_per_key(table, SCORE_COLUMNS).sort_by([("__key__", "ascending"), ("key", "ascending")])
         table = table.replace_schema_metadata({MARK: MARK_VALUE})
         temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
         try:

@@ -6,10 +6,11 @@
 A shard is *finished* when every one of its images has a row in the store: its row here is written only after the part
 holding its last rows is on disk (`pipeline`), so a run killed at any moment never leaves a mark without the rows. A
 rerun reads each input shard's `content_fingerprint` (its size and a hash of its first and last 64 KiB) and skips the
-shard when its name, fingerprint and the run's scoring identity (model, prompt cleaning, fixed prompt) match its
-newest row here; every other shard is listed and its members are compared one by one with the store's rows. The log
-only ever saves work: a log part that cannot be read is ignored (its shards are listed again, and their unchanged
-members are still not scored again).
+shard when its name, fingerprint and the run's scoring identity (the scorers and their weights, prompt cleaning, fixed
+prompt) match its newest row here; every other shard is listed and its members are compared one by one with the
+store's rows (so a scorer added lists a finished shard again, and only its column is scored there). The log only
+ever saves work: a log part that cannot be read is ignored (its shards are listed again, and their unchanged members
+are still not scored again).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import logging
 import os
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path, PurePath
@@ -43,9 +44,15 @@ log = logging.getLogger("imagereward")
 class Identity:
     """What decides every score of a run besides the images: a finished shard counts only for the same identity."""
 
-    model: str
+    weights: str  # the run's score columns with their weights records, sorted (`of`); stored as ``model``
     clean_prompt: bool
     prompt: str | None  # the fixed prompt (--prompt), None when prompts come from captions
+
+    @classmethod
+    def of(cls, weights: Mapping[str, str], clean_prompt: bool, prompt: str | None) -> Identity:
+        """A run's identity: a scorer added (or its weights changed) lists a finished shard again, and only the new
+        column is scored there (the store's rows say which columns each image holds)."""
+        return cls("\n".join(f"{column}={record}" for column, record in sorted(weights.items())), clean_prompt, prompt)
 
 
 @dataclass(frozen=True)
@@ -90,7 +97,7 @@ def _schema() -> Any:
         [
             ("shard", pa.string()),
             ("fingerprint", pa.string()),
-            ("model", pa.string()),
+            ("model", pa.string()),  # `Identity.weights` (named as when it held the model id)
             ("clean_prompt", pa.bool_()),
             ("prompt", pa.string()),
             ("members", pa.int64()),
@@ -188,7 +195,7 @@ class ShardLog:
             {
                 "shard": m.shard,
                 "fingerprint": m.fingerprint,
-                "model": m.identity.model,
+                "model": m.identity.weights,
                 "clean_prompt": m.identity.clean_prompt,
                 "prompt": m.identity.prompt,
                 "members": m.members,
