@@ -445,7 +445,6 @@ def test_copying_members_of_shards_on_s3(tmp_path: Path, s3: S3, scorer) -> None
     [
         (["s3://bucket/images", "--store", "s"], "give --shards s3://… or --parquet-in s3://…"),
         (["--paths-file", "s3://bucket/list.txt", "--store", "s"], "give --shards s3://… or --parquet-in s3://…"),
-        (["--shards", "x/*.tar", "--store", "s3://bucket/store", "--ray"], "--ray writes to a local or shared"),
     ],
 )
 def test_what_object_storage_does_not_take_is_one_line(

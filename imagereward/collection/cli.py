@@ -185,8 +185,6 @@ def _check(args: argparse.Namespace) -> None:
             "images and path lists on object storage: give --shards s3://… or --parquet-in s3://… (paths and "
             "--paths-file are local)"
         )
-    if args.ray and is_url(args.store):
-        raise UsageError("--ray writes to a local or shared-folder store for now; give --store a folder")
     if args.models_dir and not Path(args.models_dir).expanduser().is_dir():
         raise UsageError(f"--models-dir {args.models_dir}: is not a folder")
     from ..engine import check_device  # one line before the model loads, as the main command line
@@ -329,10 +327,10 @@ def _run(args: argparse.Namespace) -> int:
             _say(problem)
         say_store_problems()
         if not args.quiet:
-            skipped = "" if args.ray else f", {summary.skipped} already in the store ({summary.total} found)"
             _say(
-                f"{summary.scored} scored, {summary.failed} failed{skipped} in {summary.elapsed_s:.1f} s "
-                f"-> {store.name}"
+                f"{summary.scored} scored, {summary.failed} failed, {summary.skipped} already in the store "
+                f"({summary.total} found) in {summary.elapsed_s:.1f} s -> {store.name}"
+                + (" (interrupted)" if summary.interrupted else "")
             )
         if summary.interrupted:
             return EXIT_INTERRUPTED

@@ -22,10 +22,11 @@ import numpy as np
 import torch
 
 from ..errors import ImageRewardError
+from . import deps
 from .items import FAILED, SCORED, Item, as_text, fingerprint, path_bytes
 from .prepare import ItemReader, Prepared, ReadOptions
 from .sources import Source
-from .store import DoneIndex, ResultStore
+from .store import DoneIndex, ResultStore, rows_to_table
 
 #: Compact the store after a run when it holds at most this many rows (else only when parts pile up).
 COMPACT_ROWS = 2_000_000
@@ -228,21 +229,26 @@ def _batch_loader(batches: _Batches, workers: int) -> Any:
 
 
 class _Pending:
-    """Rows scored but not yet in the store: written every `rows` rows or `seconds` seconds, and at the end."""
+    """Rows scored but not yet in the store: written every `rows` rows or `seconds` seconds, and at the end. Rows come
+    as dicts (this run's) or as Arrow tables with the store's columns (the Ray job's)."""
 
     def __init__(self, writer: Any, rows: int, seconds: float) -> None:
         self.writer, self.rows, self.seconds = writer, rows, seconds
-        self.pending: list[dict[str, Any]] = []
+        self.pending: list[Any] = []  # tables
+        self.count = 0
         self.last = time.monotonic()
 
-    def add(self, rows: list[dict[str, Any]]) -> None:
-        self.pending.extend(rows)
-        if len(self.pending) >= self.rows or time.monotonic() - self.last >= self.seconds:
+    def add(self, rows: list[dict[str, Any]] | Any) -> None:
+        table = rows if hasattr(rows, "num_rows") else rows_to_table(rows)
+        self.pending.append(table)
+        self.count += table.num_rows
+        if self.count >= self.rows or time.monotonic() - self.last >= self.seconds:
             self.flush()
 
     def flush(self) -> None:
-        self.writer.append(self.pending)
-        self.pending, self.last = [], time.monotonic()
+        if self.pending:
+            self.writer.append(deps.pyarrow().concat_tables(self.pending, promote_options="default"))
+        self.pending, self.count, self.last = [], 0, time.monotonic()
 
 
 class _Clock:
