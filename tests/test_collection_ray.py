@@ -27,7 +27,8 @@ def local_ray():
 
 
 def rows(store: Path) -> dict[str, dict]:
-    columns = ["key", "member", "prompt", "score", "status", "fingerprint", "size", "mtime_ns", "model"]
+    columns = ["key", "member", "prompt", "ImageReward", "HPSv2.1", "status", "fingerprint", "size", "mtime_ns"]
+    columns += ["model", "ImageReward weights", "HPSv2.1 weights"]
     return {r["key"]: r for r in ResultStore(store).read(columns).to_pylist()}
 
 
@@ -35,7 +36,9 @@ def same(a: dict[str, dict], b: dict[str, dict]) -> None:
     assert a.keys() == b.keys() and len(a) > 0
     for key in a:
         ra, rb = dict(a[key]), dict(b[key])
-        assert ra.pop("score") == pytest.approx(rb.pop("score"), abs=1e-5), key
+        for column in ("ImageReward", "HPSv2.1"):
+            if column in ra:
+                assert ra.pop(column) == pytest.approx(rb.pop(column), abs=1e-5), key
         assert ra == rb
 
 
@@ -68,6 +71,28 @@ def test_ray_gives_the_single_process_scores(tmp_path: Path, local_ray, model_di
     local_again = score_collection(sources["files"](), tmp_path / "files-ray", scorer=scorer)
     assert (local_again.scored, local_again.skipped) == (0, 8)
     assert ResultStore(tmp_path / "shards-ray").read(raw=True).num_rows == 7
+
+
+def test_ray_adds_a_scorer_as_the_local_path_does(tmp_path: Path, local_ray, model_dir: Path, scorer) -> None:
+    """The Ray job fills the same columns: HPSv2.1 added to an ImageReward store scores only its column, with the
+    records and values of the single-process path (each layout made from one decode in the CPU stage)."""
+    import shutil
+
+    from imagereward.scorers import hpsv2
+
+    models = tmp_path / "models"
+    shutil.copytree(model_dir, models)
+    hpsv2.write_random_release(models / "hpsv2.1", size="tiny", seed=3)
+    write_shard(tmp_path / "shards" / "00000.tar", 0, 4, caption="txt")
+    source = lambda: ShardSource([str(tmp_path / "shards" / "*.tar")])  # noqa: E731
+    options = {"models_dir": str(models), "offline": True, "device": "cpu", "batch_size": 4}
+    for store in ("local", "ray"):
+        score_collection(source(), tmp_path / store, scorer=scorer, batch_size=4)
+    score_collection(source(), tmp_path / "local", scorers=("imagereward", "hpsv2.1"), **options)
+    summary = run_ray(source(), tmp_path / "ray", scorers=("imagereward", "hpsv2.1"), **options)
+    assert summary.scored == 4
+    same(rows(tmp_path / "ray"), rows(tmp_path / "local"))
+    assert all(r["HPSv2.1"] is not None for r in rows(tmp_path / "ray").values())
 
 
 def test_complete_files_of_a_killed_ray_run_are_kept(tmp_path: Path, local_ray, model_dir: Path, scorer) -> None:
@@ -137,7 +162,7 @@ def test_ray_scores_mixed_shards_as_the_single_process_path(tmp_path: Path, loca
     shards = _odd_shards(tmp_path / "shards")
     score_collection(shards, local, scorer=scorer, batch_size=4)
     summary = run_ray(shards, distributed, models_dir=str(model_dir), offline=True, device="cpu")
-    columns = ["key", "member", "prompt", "score", "status", "error", "fingerprint"]
+    columns = ["key", "member", "prompt", "ImageReward", "status", "error", "fingerprint"]
     got = {r["key"]: r for r in ResultStore(distributed).read(columns).to_pylist()}
     want = {r["key"]: r for r in ResultStore(local).read(columns).to_pylist()}
     same(got, want)
@@ -246,7 +271,7 @@ def test_the_store_may_be_anywhere_the_driver_writes(tmp_path: Path, local_ray, 
     url = "memory://bucket/store-" + os.urandom(4).hex()
     summary = run_ray(ShardSource([str(tmp_path / "shards" / "*.tar")]), url, models_dir=str(model_dir), offline=True)
     score_collection(ShardSource([str(tmp_path / "shards" / "*.tar")]), tmp_path / "local", scorer=scorer)
-    columns = ["key", "prompt", "score", "status", "fingerprint"]
+    columns = ["key", "prompt", "ImageReward", "status", "fingerprint"]
     got = {r["key"]: r for r in ResultStore.open_existing(url).read(columns).to_pylist()}
     same(got, {r["key"]: r for r in ResultStore(tmp_path / "local").read(columns).to_pylist()})
     assert (summary.scored, summary.total) == (5, 5)

@@ -2,7 +2,7 @@
 
     source (shards: one task per shard, listed and read as the local run does; files: read_binary_files; a Parquet
     of paths: read_parquet)  ->  map_batches(prepare_batch)   CPU tasks: skip what the store holds, decode, preprocess
-            ->  map_batches(ScoreActor)   an actor pool, one model per actor (`actors`, `gpus_per_actor`)
+            ->  map_batches(ScoreActor)   an actor pool, the run's models in each actor (`actors`, `gpus_per_actor`)
             ->  the driver: iter_batches  ->  parts of the store, through the store's writer
 
 No worker writes a file: the scored rows (a few hundred bytes each, no pixels) stream back to the driver, which
@@ -28,16 +28,18 @@ import numpy as np
 
 from ..errors import ImageRewardError
 from . import deps, storage
-from .items import IMAGE_SIZE_PIXELS, SCORED, Item, as_text, key_hash, path_bytes
-from .pipeline import RunPlan, RunSummary, _maybe_compact, _Pending, model_id, scorer_name, store_rows
+from .items import SCORED, Item, as_text, key_hash, path_bytes
+from .pipeline import RunPlan, RunSummary, Todo, _maybe_compact, _Pending, scorer_name, store_rows
 from .prepare import ItemReader, Prepared, ReadOptions, prepare_data
+from .scoring import load_run_scorers
 from .sources import FileSource, ParquetSource, PathListSource, ShardSource, SourceError, shard_items, stat
 from .store import DoneIndex, ResultStore, rows_to_table
 
 #: Rows a prepare task hands over at a time (150 KB of pixels each).
 PREPARE_ROWS = 64
 
-_TEXT_COLUMNS = ("key", "path", "member", "prompt", "sha256", "error")
+_TEXT_COLUMNS = ("key", "path", "member", "prompt", "sha256", "error", "model", "needs")
+_NEEDS_SEPARATOR = "\x1f"
 
 
 def _mtime(path: str, cache: dict[str, int]) -> int:
@@ -90,28 +92,29 @@ def _blob(value: Any) -> bytes | None:
 def prepare_batch(
     batch: dict[str, Any], *, kind: str, plan: RunPlan, options: ReadOptions, rows: int = PREPARE_ROWS
 ) -> Iterator[dict[str, Any]]:
-    """CPU stage: rows to score with their uint8 pixels (zeros where the image could not be used), `rows` at a time
-    (a shard's task would otherwise hand over all of its pixels in one block)."""
+    """CPU stage: rows to score with the pixels of each of the run's layouts (`pixels0`, `pixels1`, …; zeros where
+    the image could not be used) and the score columns each row needs, `rows` at a time (a shard's task would
+    otherwise hand over all of its pixels in one block)."""
     reader = ItemReader(options)
-    ready: list[tuple[Prepared, int]] = []
+    ready: list[tuple[Prepared, Todo]] = []
     try:
         for item, data in _items(batch, kind, {}):
-            fp = plan.todo(item)
-            if fp is None:
+            todo = plan.todo(item)
+            if todo is None:
                 continue
-            ready.append((reader.prepare(item) if data is None else prepare_data(item, data, None, options), fp))
+            ready.append((reader.prepare(item) if data is None else prepare_data(item, data, None, options), todo))
             if len(ready) >= rows:
-                yield _columns(ready)
+                yield _columns(ready, options)
                 ready = []
     finally:
         reader.close()
     if ready:
-        yield _columns(ready)
+        yield _columns(ready, options)
 
 
-def _columns(ready: list[tuple[Prepared, int]]) -> dict[str, Any]:
+def _columns(ready: list[tuple[Prepared, Todo]], options: ReadOptions) -> dict[str, Any]:
     columns: dict[str, list[Any]] = {name: [] for name in (*_TEXT_COLUMNS, "path_bytes")}
-    for prepared, _ in ready:
+    for prepared, todo in ready:
         item = prepared.item
         for name, value in (
             ("key", item.key),
@@ -121,14 +124,18 @@ def _columns(ready: list[tuple[Prepared, int]]) -> dict[str, Any]:
             ("prompt", None if prepared.prompt is None else as_text(prepared.prompt)),
             ("sha256", prepared.sha256),
             ("error", None if prepared.error is None else as_text(prepared.error)),
+            ("model", todo.model),
+            ("needs", _NEEDS_SEPARATOR.join(sorted(todo.needs))),
         ):
             columns[name].append(value)
     out: dict[str, Any] = {name: np.array(values, dtype=object) for name, values in columns.items()}
     out["size"] = np.array([p.item.size for p, _ in ready], dtype=np.int64)
     out["mtime_ns"] = np.array([p.item.mtime_ns for p, _ in ready], dtype=np.int64)
-    out["fingerprint"] = np.array([fp for _, fp in ready], dtype=np.int64)
-    blank = np.zeros(IMAGE_SIZE_PIXELS, np.uint8)
-    out["pixels"] = np.stack([p.pixels if p.pixels is not None else blank for p, _ in ready])
+    out["fingerprint"] = np.array([todo.fingerprint for _, todo in ready], dtype=np.int64)
+    for g, geometry in enumerate(options.geometries):
+        blank = geometry.blank()
+        made = [p.pixels[g] if p.pixels is not None and p.pixels[g] is not None else blank for p, _ in ready]
+        out[f"pixels{g}"] = np.stack(made) if made else np.zeros((0, *blank.shape), blank.dtype)
     return out
 
 
@@ -143,21 +150,26 @@ class ScoreActor:
     """One model per actor (on its GPU when the pool asks for one); batches of prepared rows -> store rows."""
 
     def __init__(
-        self, models_dir: str | None, device: str, dtype: str, batch_size: int, offline: bool | None, plan: RunPlan
+        self,
+        models_dir: str | None,
+        device: str,
+        dtype: str,
+        batch_size: int,
+        offline: bool | None,
+        plan: RunPlan,
+        scorers: tuple[str, ...] = ("imagereward",),
+        weights: str | None = None,
     ) -> None:
-        from ..scorer import ImageRewardScorer
-
-        self.scorer = ImageRewardScorer.load(
-            models_dir, device=device, dtype=dtype, batch_size=batch_size, offline=offline, progress=False
-        )
-        if model_id(self.scorer) != plan.model:
-            raise RuntimeError(f"this node's model ({model_id(self.scorer)}) differs from the driver's ({plan.model})")
+        self.run = load_run_scorers(
+            scorers, models_dir, device=device, dtype=dtype, batch_size=batch_size, offline=offline, progress=False,
+            weights=weights,
+        )  # fmt: skip
+        if self.run.weights != plan.weights:
+            raise RuntimeError(f"this node's weights ({self.run.weights}) differ from the driver's ({plan.weights})")
         self.plan = plan
         self.name = scorer_name()
 
     def __call__(self, batch: dict[str, Any]) -> Any:
-        import torch
-
         n = len(batch["key"])
         meta = []
         for i in range(n):
@@ -170,16 +182,13 @@ class ScoreActor:
                 size=int(batch["size"][i]),
                 mtime_ns=int(batch["mtime_ns"][i]),
             )
-            fp, prompt, sha, error = (
-                int(batch["fingerprint"][i]),
-                _text(batch["prompt"][i]),
-                _text(batch["sha256"][i]),
-                _text(batch["error"][i]),
-            )
-            meta.append((item, fp, prompt, sha, error))
-        good = np.array([m[4] is None for m in meta], dtype=bool)
-        pixels = torch.from_numpy(np.ascontiguousarray(batch["pixels"][good])).permute(0, 3, 1, 2)
-        return rows_to_table(store_rows(self.scorer, meta, pixels, self.plan.model, self.plan.clean, self.name))
+            needs = frozenset(filter(None, (_text(batch["needs"][i]) or "").split(_NEEDS_SEPARATOR)))
+            todo = Todo(int(batch["fingerprint"][i]), _text(batch["model"][i]), needs)
+            prompt, sha, error = _text(batch["prompt"][i]), _text(batch["sha256"][i]), _text(batch["error"][i])
+            meta.append((item, todo, prompt, sha, error))
+        every = list(range(n))
+        pixels = [(batch[f"pixels{g}"], every) for g in range(len(self.run.geometries))]
+        return rows_to_table(store_rows(self.run, meta, pixels, self.plan.clean, self.name))
 
 
 def _init_ray(address: str | None, num_cpus: int | None) -> Any:
@@ -287,6 +296,8 @@ def run_ray(
     gpus_per_actor: float = 0.0,
     actor_resources: dict[str, float] | None = None,
     rescore: bool = False,
+    scorers: tuple[str, ...] | list[str] = ("imagereward",),
+    weights: str | None = None,
     prompt: str | None = None,
     clean_prompts: bool = True,
     caption_field: str = "caption",
@@ -303,25 +314,25 @@ def run_ray(
         230 bytes in Arrow, and the driver handles some 700,000 a second: many GPUs' rows make few, large parts).
     should_stop: polled after each block of rows; True ends the run early (what came back is kept). Ctrl-C does the
         same; either way the summary says `interrupted`.
+    scorers, weights: as `pipeline.score_collection`'s (each scorer fills its own column).
     Raises RayRunError when the rows that came back are not the images to score (they are kept all the same).
     """
-    from ..scorer import ImageRewardScorer
-
     started = time.monotonic()
     results = store if isinstance(store, ResultStore) else ResultStore.create(store)
     summary = RunSummary(store=results.name)
     with results.writer() as writer:  # (adopts the staging folders that killed runs of earlier versions left)
-        # The driver loads the model once on the CPU for its identity (fingerprints), as the actors will on theirs.
-        probe = ImageRewardScorer.load(models_dir, device="cpu", offline=offline, progress=False)
-        plan = RunPlan(model_id(probe), clean_prompts, prompt, rescore, DoneIndex.empty())
+        # The driver loads the models once on the CPU for their records (`columns`), as the actors will on theirs.
+        probe = load_run_scorers(scorers, models_dir, device="cpu", offline=offline, progress=False, weights=weights)
+        plan = RunPlan(probe.weights, clean_prompts, prompt, rescore, DoneIndex.empty())
+        geometries, needs_prompt = tuple(probe.geometries), probe.needs_prompt
         del probe
-        plan.index = results.index()
+        plan.index = results.index(plan.weights)
         expected, paths = _listing(source, plan, summary)
         received = _Tally()
         if expected.count:
             ray = _init_ray(address, num_cpus)
             ds, kind = _dataset(ray, source, paths)
-            options = ReadOptions(prompt, caption_field, True, hash_files)
+            options = ReadOptions(prompt, caption_field, True, hash_files, geometries, needs_prompt)
             ds = ds.map_batches(
                 prepare_batch,
                 fn_kwargs={"kind": kind, "plan": plan, "options": options},
@@ -337,6 +348,8 @@ def run_ray(
                     "batch_size": batch_size,
                     "offline": offline,
                     "plan": plan,
+                    "scorers": tuple(scorers),
+                    "weights": weights,
                 },
                 batch_size=batch_size,
                 batch_format="numpy",
