@@ -4,11 +4,13 @@ It installs stand-in `modules` (and `gradio` when it is not installed) into `sys
 AUTOMATIC1111 1.10's `process_images` (written from reading `modules/processing.py` and `modules/scripts.py`):
 `before_process`; the per-image lists from `n_iter * batch_size` (or the prompt matrix's list); `process`; img2img's
 `init` (several init images make the batch, one per batch index); per batch the interrupt and skip checks, the
-slices, `before_process_batch`, sampling, hires fix's "save before", `postprocess_batch_list`, `p.save_samples()`
-read once per batch with the state flags, then per image face restoration with its "save before",
-`postprocess_image`, colour correction with its "save before", `postprocess_image_after_composite`, the save, the
-infotext (callables in `extra_generation_params` called with the batch lists), masks; the grid; `Processed`;
-`postprocess`.
+slices, `before_process_batch`, sampling, hires fix's "save before", decoding, `state.nextjob()`,
+`postprocess_batch_list`, `p.save_samples()` read once per batch with the state flags, then per image face
+restoration with its "save before", `postprocess_image`, colour correction with its "save before",
+`postprocess_image_after_composite`, the save, the infotext (callables in `extra_generation_params` called with the
+batch lists), masks; the grid; `Processed`; `postprocess`. `Host.loop = "forge-neo"` follows Forge Neo 2.x's
+`process_images_inner` instead (see `Host.loop`); `P.before_sampling` and `P.after_decoding` let a test interrupt a
+batch while it is sampled or post-processed.
 
 Besides our script it runs stand-ins of the scripts that re-enter ours: ADetailer (per image: `postprocess` on
 `copy(p)` with an empty `Processed` for the first image of a batch, `before_process` + `process` on `copy(p)` for
@@ -69,6 +71,12 @@ class State:
         self.interrupted = False
         self.skipped = False
         self.stopping_generation = False
+        self.job_no = 0  # what /sdapi/v1/progress reports: batches decoded so far
+        self.sampling_step = 0
+
+    def nextjob(self) -> None:
+        self.job_no += 1
+        self.sampling_step = 0
 
 
 @dataclass
@@ -153,6 +161,10 @@ class Host:
         self.first_passes = 0  # images sampled by a first pass (the sampler's `sample`/`sample_img2img`)
         self.hires_passes = 0  # images through hires fix's second pass
         self.saved_modules: dict[str, Any] = {}
+        # Whose `process_images_inner` the loop follows: "a1111" (1.10) or "forge-neo" (2.x). Both call
+        # `state.nextjob()` right after decoding a batch, before `postprocess_batch_list`; Forge Neo also runs
+        # `postprocess_maskoverlay` per image and records `p.latents_after_sampling` / `p.pixels_after_sampling`.
+        self.loop = "a1111"
 
     def install(self) -> None:
         host = self
@@ -325,6 +337,9 @@ class Runner:
     def postprocess_image_after_composite(self, p: Any, pp: Any) -> None:
         self._call("postprocess_image_after_composite", p, pp)
 
+    def postprocess_maskoverlay(self, p: Any, ppmo: Any) -> None:
+        self._call("postprocess_maskoverlay", p, ppmo)
+
     def postprocess(self, p: Any, processed: Any) -> None:
         self._call("postprocess", p, processed)
 
@@ -373,8 +388,13 @@ class P:
     host: Any = None
     steps: int = DEFAULT_STEPS
     hr_second_pass_steps: int = 0
-    # Test controls: called as hook(p, n) before batch n is sampled (to interrupt or skip).
+    # Test controls: called as hook(p, n) before batch n is sampled (an interrupt or skip then lands during its
+    # sampling: the WebUI goes on with what the sampler had), and after batch n is decoded and `state.nextjob()`
+    # ran (an interrupt then lands during its post-processing, when /sdapi/v1/progress already shows the next job).
     before_sampling: Any = None
+    after_decoding: Any = None
+    latents_after_sampling: list[Any] = field(default_factory=list)  # Forge Neo's
+    pixels_after_sampling: list[Any] = field(default_factory=list)
 
     def sample(
         self, conditioning: Any, unconditional_conditioning: Any, seeds: Any, subseeds: Any, subseed_strength: Any,
@@ -527,6 +547,8 @@ class StandInSampler:
     def _first(self, p: Any) -> torch.Tensor:
         self.host.first_passes += len(p.seeds)
         steps = "" if p.steps == DEFAULT_STEPS else f"|{p.steps} steps"  # (the default keeps the fixtures' pixels)
+        if self.host.state.interrupted or self.host.state.skipped:  # the sampler stops early: a half-sampled image
+            steps += "|half"
         init = [i if p.init_images else -1 for i in range(len(p.seeds))]
         return torch.stack(
             [sample(p.seeds[i], p.subseeds[i], p.prompts[i] + steps, init[i], p.width) for i in range(len(p.seeds))]
@@ -648,7 +670,13 @@ def process_images(p: P) -> Processed:
         if p.before_sampling is not None:
             p.before_sampling(p, n)
         samples = p.sample(None, None, p.seeds, p.subseeds, p.subseed_strength, p.prompts)
+        neo = host.loop == "forge-neo"
+        if neo:
+            p.latents_after_sampling.extend(samples)
         x_samples = samples.float().clamp(0, 1)  # (the stand-in's latents are pixels: decoding is the identity)
+        state.nextjob()
+        if p.after_decoding is not None:
+            p.after_decoding(p, n)
         p.prompts = p.all_prompts[n * b : (n + 1) * b]
         p.negative_prompts = p.all_negative_prompts[n * b : (n + 1) * b]
         batch_params = types.SimpleNamespace(images=list(x_samples))
@@ -675,6 +703,8 @@ def process_images(p: P) -> Processed:
             runner.postprocess_image(p, pp)
             image = pp.image
             mask_for_overlay = p.mask_for_overlay
+            if neo:
+                runner.postprocess_maskoverlay(p, types.SimpleNamespace(index=i, mask_for_overlay=mask_for_overlay))
             if p.color_corrections is not None and i < len(p.color_corrections):
                 if save_samples and opts.save_images_before_color_correction:
                     save(image, i, infotext(i), "-before-color-correction")
@@ -683,6 +713,8 @@ def process_images(p: P) -> Processed:
                 image = image.convert("RGBA")
                 image.alpha_composite(p.overlay_images[i])
                 image = image.convert("RGB")
+            if neo:
+                p.pixels_after_sampling.append(image)
             pp = types.SimpleNamespace(image=image)
             runner.postprocess_image_after_composite(p, pp)
             image = pp.image
