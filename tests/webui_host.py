@@ -71,6 +71,7 @@ class State:
         self.interrupted = False
         self.skipped = False
         self.stopping_generation = False
+        self.job = ""  # the job's name; X/Y/Z sets "k out of N" before each cell
         self.job_no = 0  # what /sdapi/v1/progress reports: batches decoded so far
         self.sampling_step = 0
 
@@ -281,7 +282,7 @@ class _Component:
     def click(self, fn: Any, inputs: Any = None, outputs: Any = None, **kwargs: Any) -> None:
         self.handlers = [*getattr(self, "handlers", []), (fn, inputs, outputs)]
 
-    change = click
+    change = submit = click
 
 
 def _update(**kwargs: Any) -> dict[str, Any]:
@@ -308,6 +309,7 @@ class Runner:
     def __init__(self, scripts: list[tuple[Any, tuple[Any, ...]]]) -> None:
         self.scripts = scripts
         self.errors: list[str] = []
+        self.selectable_scripts: list[Any] = []  # the scripts of the Script dropdown; p.script_args[0] picks one
 
     def _call(self, hook: str, p: Any, *extra: Any, **kwargs: Any) -> None:
         for script, args in self.scripts:
@@ -388,6 +390,7 @@ class P:
     host: Any = None
     steps: int = DEFAULT_STEPS
     hr_second_pass_steps: int = 0
+    script_args: tuple[Any, ...] = ()
     # Test controls: called as hook(p, n) before batch n is sampled (an interrupt or skip then lands during its
     # sampling: the WebUI goes on with what the sampler had), and after batch n is decoded and `state.nextjob()`
     # ran (an interrupt then lands during its post-processing, when /sdapi/v1/progress already shows the next job).
@@ -835,3 +838,70 @@ def prompt_matrix(p: P) -> None:
     p.do_not_save_grid = True
     p.prompt = prompts
     p.seed = [p.seed] * len(prompts)
+
+
+class XYZPlot:
+    """A1111 1.10's X/Y/Z plot (scripts/xyz_grid.py) with seed axes: `run` makes one `process_images` per cell on
+    `copy(p)` (the copies share `extra_generation_params`), with `state.job` set to "k out of N" before each; takes
+    each cell's first image and infotext; lays out the plot's grid, the Z sub-grids and the cells as `draw_xyz_grid`
+    does, and returns a shallow copy of the first cell's `Processed` (its `extra_generation_params` is that cell's)."""
+
+    args_from = 1
+    args_to = 19
+
+    def title(self) -> str:
+        return "X/Y/Z plot"
+
+    def attach(self, p: P, **arguments: Any) -> None:
+        """Select this script for `p` with these arguments (the rest at their defaults), as the API does."""
+        names = list(self.run.__code__.co_varnames[2 : 2 + self.args_to - self.args_from])
+        defaults = {"x_type": 0, "y_type": 0, "z_type": 0, "x_values": [0], "y_values": [0], "z_values": [0],
+                    "include_lone_images": True, "include_sub_grids": False, "first_axis": "x"}  # fmt: skip
+        values = {**{name: None for name in names}, **defaults, **arguments}
+        p.scripts.selectable_scripts = [self]
+        p.script_args = (1, *(values[name] for name in names))
+
+    def run(
+        self, p: P, x_type: int, x_values: list[int], x_values_dropdown: Any, y_type: int, y_values: list[int],
+        y_values_dropdown: Any, z_type: int, z_values: list[int], z_values_dropdown: Any, draw_legend: Any,
+        include_lone_images: bool, include_sub_grids: bool, no_fixed_seeds: Any, vary_seeds_x: Any,
+        vary_seeds_y: Any, vary_seeds_z: Any, margin_size: Any, first_axis: str,
+    ) -> Processed:  # fmt: skip
+        xs, ys, zs = (list(v) if t else [0] for t, v in ((x_type, x_values), (y_type, y_values), (z_type, z_values)))
+        size = len(xs) * len(ys) * len(zs)
+        result: Processed | None = None
+        images: list[Any] = [None] * size
+        infotexts: list[Any] = [None] * size
+        state = p.host.state
+
+        def process_cell(ix: int, iy: int, iz: int) -> None:
+            nonlocal result
+            index = ix + iy * len(xs) + iz * len(xs) * len(ys)
+            state.job = f"{index + 1} out of {size}"
+            cell = copy(p)
+            cell.seed = int(p.seed) + xs[ix] + ys[iy] + zs[iz]  # seed axes: offsets
+            processed = process_images(cell)
+            if result is None:
+                result = copy(processed)
+                result.index_of_first_image = 1
+            images[index], infotexts[index] = processed.images[0], processed.infotexts[0]
+
+        cells = [(ix, iy, iz) for ix in range(len(xs)) for iy in range(len(ys)) for iz in range(len(zs))]
+        if first_axis == "y":  # the order cells are made in; the layout stays x + y·X + z·X·Y
+            cells.sort(key=lambda c: (c[1], c[0], c[2]))
+        for ix, iy, iz in cells:
+            process_cell(ix, iy, iz)
+        assert result is not None
+        for i in range(len(zs)):
+            start = i * len(xs) * len(ys) + i
+            images.insert(i, image_grid(images[start : start + len(xs) * len(ys)]))
+            infotexts.insert(i, infotexts[start])
+        images.insert(0, image_grid(images[: len(zs)]))
+        infotexts.insert(0, infotexts[0])
+        if not include_lone_images:
+            images = images[: len(zs) + 1]
+        if not include_sub_grids:
+            del images[1 : 1 + len(zs)]
+            del infotexts[1 : 1 + len(zs)]
+        result.images, result.infotexts = images, infotexts
+        return result
