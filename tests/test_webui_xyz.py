@@ -24,8 +24,8 @@ def world(tmp_path: Path):
 X, Y = [0, 100], [0, 1000]  # seed offsets: 4 cells, made in the order (0,0) (0,1) (1,0) (1,1), laid out x + 2·y
 
 
-def plot(world: World, **arguments) -> tuple[object, dict]:
-    p = world.p(TOP1, batch_size=1, n_iter=1, seed=500)
+def plot(world: World, batch_size: int = 1, **arguments) -> tuple[object, dict]:
+    p = world.p(TOP1, batch_size=batch_size, n_iter=1, seed=500)
     xyz = XYZPlot()
     xyz.attach(p, x_type=1, x_values=X, y_type=1, y_values=Y, **arguments)
     processed = xyz.run(p, *p.script_args[xyz.args_from : xyz.args_to])
@@ -68,3 +68,12 @@ def test_a_job_outside_a_plot_keeps_its_own_details(world: World) -> None:
     processed = world.run(world.p(TOP1, batch_size=1, n_iter=1))
     entries = processed.extra_generation_params[DETAILS_KEY]["images"]
     assert [e["index"] for e in entries] == [0] and "cell" not in entries[0]
+
+
+def test_a_cell_that_shows_its_own_grid_has_no_index_for_its_images(world: World) -> None:
+    """Two requested images per cell: each cell keeps 2 and its gallery starts with its grid, which is the image the
+    plot shows for it; the kept images themselves are not in the plot's gallery."""
+    processed, params = plot(world, batch_size=2)
+    entries = params[DETAILS_KEY]["images"]
+    assert len(entries) == 8 and all(e["index"] is None and e["position"] is None for e in entries)
+    assert sorted({e["cell"] for e in entries}) == [0, 1, 2, 3] and len(processed.images) == 5
