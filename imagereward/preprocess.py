@@ -181,12 +181,18 @@ def pil_to_pixels(
 
     `fit="letterbox"`: the whole image, RGB (RGBA: its colour channels), as 0..1 floats, through `letterbox`."""
     if fit == "letterbox":
-        image = to_8bit(image)
-        limits.check_size(image.width, image.height)
-        rgb = np.asarray(image if image.mode == "RGB" else image.convert("RGB"), dtype=np.uint8)
-        floats = torch.from_numpy(rgb.copy()).permute(2, 0, 1).float().div_(255.0)
-        return _normalise(letterbox(floats.unsqueeze(0), size)[0], normalisation)
+        return _normalise(pil_letterbox(image, size), normalisation)
     return uint8_to_pixels(pil_to_uint8(image, size, rgb_first=rgb_first, crop_rounding=crop_rounding), normalisation)
+
+
+def pil_letterbox(image: Image.Image, size: int = IMAGE_SIZE) -> torch.Tensor:
+    """(3, size, size) floats in about 0..1, before normalisation: the whole image, RGB (RGBA: its colour channels),
+    through `letterbox` (`fit="letterbox"`)."""
+    image = to_8bit(image)
+    limits.check_size(image.width, image.height)
+    rgb = np.asarray(image if image.mode == "RGB" else image.convert("RGB"), dtype=np.uint8)
+    floats = torch.from_numpy(rgb.copy()).permute(2, 0, 1).float().div_(255.0)
+    return letterbox(floats.unsqueeze(0), size)[0]
 
 
 def load_pil(item: ImageInput, *, exif_orientation: bool = True) -> Image.Image:

@@ -809,7 +809,7 @@ def test_folder_tab_every_action_returns_the_page_it_shows(world: World, tmp_pat
     write_images(first, 3)
     write_images(second, 2, start=3)
     rules = FolderPolicy.make(restricted=False, output_folders=[tmp_path / "out"], stores_dir=tmp_path / "st")
-    actions = tab.FolderTabActions(lambda: scorer, lambda: None, threading.Lock(), lambda: rules)
+    actions = tab.FolderTabActions(lambda *names: scorer, lambda: None, threading.Lock(), lambda: rules)
     items, _, status, page = actions.score(str(first), False, "", "", "")
     assert (len(items), page) == (3, 1) and "3 scored" in status and "page 1 of 1" in status
     items, _, status, page = actions.step(1)(str(first), "", "", "", page)  # Next on the only page

@@ -48,15 +48,23 @@ class FolderTabActions:
         self.scan: logic.Scan | None = None
 
     def score(
-        self, folder_text: str, again: bool, low: str = "", high: str = "", text: str = "", progress: Any = None
+        self,
+        folder_text: str,
+        again: bool,
+        low: str = "",
+        high: str = "",
+        text: str = "",
+        chosen: Any = None,
+        progress: Any = None,
     ) -> tuple[Any, str, str, Any]:
-        """Score the folder, then show its first page (with the filters as they are): the gallery, the status and
-        the Page field always describe the same folder and page."""
-        message = self._score(folder_text, again, progress)
-        items, info, status, number = logic.browse(folder_text, logic.View.of(low, high, text, 1), self.policy())
+        """Score the folder, then show its first page (with the filters and scorers as they are): the gallery, the
+        status and the Page field always describe the same folder and page."""
+        message = self._score(folder_text, again, chosen, progress)
+        view = logic.View.of(low, high, text, 1, chosen)
+        items, info, status, number = logic.browse(folder_text, view, self.policy())
         return items, info, f"{message} {status}", number
 
-    def _score(self, folder_text: str, again: bool, progress: Any) -> str:
+    def _score(self, folder_text: str, again: bool, chosen: Any, progress: Any) -> str:
         scan = self.scan = logic.Scan.new()
 
         def report(done_count: int, total: int, rate: float) -> None:
@@ -66,7 +74,7 @@ class FolderTabActions:
         try:
             rules = self.policy()
             rules.folder(folder_text, what="score")  # refused before the model is loaded
-            scorer = logic.LockedScorer(self.get_scorer(), self.queue_lock)
+            scorer = logic.LockedScorer(self.get_scorer(logic.scorer_names(chosen)), self.queue_lock)
             return logic.score_folder(folder_text, scorer, policy=rules, progress=report, scan=scan, rescore=again)
         finally:
             self.scan = None
@@ -78,21 +86,27 @@ class FolderTabActions:
         self.scan.stop.set()
         return "Stopping after the current batch…"
 
-    def show(self, folder_text: str, low: str, high: str, text: str, number: Any) -> tuple[Any, str, str, Any]:
-        return logic.browse(folder_text, logic.View.of(low, high, text, number), self.policy())
+    def show(
+        self, folder_text: str, low: str, high: str, text: str, number: Any, chosen: Any = None
+    ) -> tuple[Any, str, str, Any]:
+        return logic.browse(folder_text, logic.View.of(low, high, text, number, chosen), self.policy())
 
-    def first_page(self, folder_text: str, low: str, high: str, text: str, number: Any) -> tuple[Any, str, str, Any]:
-        return self.show(folder_text, low, high, text, 1)
+    def first_page(
+        self, folder_text: str, low: str, high: str, text: str, number: Any, chosen: Any = None
+    ) -> tuple[Any, str, str, Any]:
+        return self.show(folder_text, low, high, text, 1, chosen)
 
     def step(self, delta: int) -> Callable[..., Any]:
-        def handler(folder_text: str, low: str, high: str, text: str, number: Any) -> tuple[Any, str, str, Any]:
-            return self.show(folder_text, low, high, text, max(1, int(number or 1) + delta))
+        def handler(
+            folder_text: str, low: str, high: str, text: str, number: Any, chosen: Any = None
+        ) -> tuple[Any, str, str, Any]:
+            return self.show(folder_text, low, high, text, max(1, int(number or 1) + delta), chosen)
 
         return handler
 
     def place(self, move: bool) -> Callable[..., str]:
-        def handler(folder_text: str, low: str, high: str, text: str, where: str) -> str:
-            view = logic.View.of(low, high, text, 1)
+        def handler(folder_text: str, low: str, high: str, text: str, where: str, chosen: Any = None) -> str:
+            view = logic.View.of(low, high, text, 1, chosen)
             return logic.copy_or_move(folder_text, view, where, move=move, policy=self.policy())
 
         return handler
@@ -135,9 +149,10 @@ def build(
         low: str,
         high: str,
         text: str,
-        progress: Any = gr.Progress(),  # noqa: B008
-    ) -> tuple[Any, str, str, Any]:  # (gr.Progress() as a default is gradio's way)
-        return actions.score(folder_text, again, low, high, text, progress)
+        chosen: Any = None,
+        progress: Any = gr.Progress(),  # noqa: B008  (gr.Progress() as a default is gradio's way)
+    ) -> tuple[Any, str, str, Any]:
+        return actions.score(folder_text, again, low, high, text, chosen, progress)
 
     with gr.Blocks(analytics_enabled=False) as blocks:
         for note in (logic.needs_pyarrow(), logic.folder_limit_note(policy())):
@@ -146,6 +161,11 @@ def build(
         with gr.Row():
             folder = gr.Textbox(label="Folder (sub-folders included)", value=default_folder, scale=4)
             rescore = gr.Checkbox(label="Score everything again", value=False)
+        scorers = gr.Dropdown(
+            choices=logic.scorer_choices(), value=["ImageReward"], multiselect=True,
+            label="Scorers (one column each; a scorer added later scores only its column; the first one shown, "
+            "filtered and sorted by)",
+        )  # fmt: skip
         with gr.Row():
             score_button, stop_button = gr.Button("Score new images", variant="primary"), gr.Button("Stop")
         status = gr.Markdown(
@@ -166,11 +186,11 @@ def build(
             target = gr.Textbox(label="Copy or move the images shown by these filters (all pages) into", scale=4)
             copy_button, move_button = gr.Button("Copy"), gr.Button("Move")
 
-        filters, views = [folder, min_score, max_score, prompt, page], [gallery, info, status, page]
-        place_inputs = [folder, min_score, max_score, prompt, target]
+        filters, views = [folder, min_score, max_score, prompt, page, scorers], [gallery, info, status, page]
+        place_inputs = [folder, min_score, max_score, prompt, target, scorers]
         # Every action that shows images returns the page it shows into Page: a page past the end, a new folder or a
         # new filter never leaves Page pointing at a page the gallery does not show.
-        score_inputs = [folder, rescore, min_score, max_score, prompt]
+        score_inputs = [folder, rescore, min_score, max_score, prompt, scorers]
         score_button.click(_safely(score, _as_view), inputs=score_inputs, outputs=views)
         stop_button.click(_safely(actions.stop, _as_status), inputs=[], outputs=[status])
         show_button.click(_safely(actions.show, _as_view), inputs=filters, outputs=views)
