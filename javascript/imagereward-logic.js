@@ -7,7 +7,8 @@
  * infotexts here), under the key of the infotext's scorer: "ImageReward scorer: <label>" names it (absent: ImageReward,
  * as in every infotext written before there was a choice), SCORERS gives its key ("PickScore: 21.312"). An ensemble's
  * infotext also holds each member's score under the member's own key. extra_generation_params["ImageReward details"]
- * adds rank and group where its score agrees.
+ * adds rank and group where its score agrees. An image of a batch cut short by an interrupt carries no score but an
+ * "ImageReward status" entry ("unfinished · not saved"): its badge is that plain label, grey, never ranked or starred.
  */
 (function () {
     "use strict";
@@ -17,6 +18,7 @@
     var INFOTEXT_KEY = "ImageReward"; // ImageReward's score key (and the default scorer's label)
     var SCORER_KEY = "ImageReward scorer"; // the job's scorer, by label; written only when not ImageReward
     var WEIGHTS_KEY = "ImageReward weights"; // the ensemble's weights: "imagereward=1,hpsv2.1=2"
+    var STATUS_KEY = "ImageReward status"; // an image shown but not ranked nor saved: "unfinished · not saved"
     var DEFAULT_SCORER = "ImageReward";
     var ENSEMBLE = "Ensemble";
     var OPTION_KEY = "imagereward_show_overlays";
@@ -259,6 +261,19 @@
         return {score: score, scorer: spec.label, digits: spec.digits, members: members};
     }
 
+    /** The "ImageReward status" an infotext's settings line carries ("unfinished · not saved"), or null. */
+    function readStatus(infotext) {
+        var pairs = settingsPairs(infotext);
+        var value = pairs ? settingValue(pairs, STATUS_KEY) : null;
+        return value && value.trim() ? value.trim() : null;
+    }
+
+    /** A badge entry for an image shown with a status instead of a score: a label, no score, no rank. */
+    function statusEntry(status) {
+        return {score: null, rank: null, groupSize: null, group: null, best: false, source: "infotext", scorer: null,
+            digits: null, members: [], status: status};
+    }
+
     /** The score written on an infotext's settings line under its scorer's key (see readInfotext), or null. */
     function parseInfotextScore(infotext) {
         var read = readInfotext(infotext);
@@ -429,6 +444,12 @@
         var infotexts = Array.isArray(info.infotexts) ? info.infotexts : null;
         if (infotexts) {
             for (var k = firstIndex; k < infotexts.length; k++) {
+                var status = readStatus(infotexts[k]);
+                if (status !== null) {
+                    images[k] = statusEntry(status);
+                    count++;
+                    continue;
+                }
                 var read = readInfotext(infotexts[k]);
                 if (read === null) {
                     continue;
@@ -475,6 +496,9 @@
         var digits = null;
         Object.keys(images).forEach(function (key) {
             var score = images[key].score;
+            if (typeof score !== "number") {
+                return; // an image shown with a status, not a score
+            }
             min = min === null ? score : Math.min(min, score);
             max = max === null ? score : Math.max(max, score);
             if (n === 0 && typeof images[key].scorer === "string") {
@@ -575,6 +599,10 @@
         if (!entry) {
             return "";
         }
+        if (entry.status) {
+            return DEFAULT_SCORER + ": " + entry.status + " " + DASH + " its batch was interrupted, so it was not " +
+                "ranked with the finished candidates";
+        }
         var text = scoreDescription(entry);
         if (entry.groupSize === 1) {
             return text + " " + DASH + " the only candidate in its group";
@@ -653,6 +681,7 @@
         INFOTEXT_KEY: INFOTEXT_KEY,
         SCORER_KEY: SCORER_KEY,
         WEIGHTS_KEY: WEIGHTS_KEY,
+        STATUS_KEY: STATUS_KEY,
         DEFAULT_SCORER: DEFAULT_SCORER,
         ENSEMBLE: ENSEMBLE,
         SCORERS: SCORERS,
@@ -683,6 +712,8 @@
         weightedMembers: weightedMembers,
         readInfotext: readInfotext,
         parseInfotextScore: parseInfotextScore,
+        readStatus: readStatus,
+        statusEntry: statusEntry,
         agreementTolerance: agreementTolerance,
         scoresAgree: scoresAgree,
         detailsScorer: detailsScorer,

@@ -149,6 +149,9 @@
     }
 
     function badgeText(entry, variant) {
+        if (entry.status) {  // "unfinished · not saved"; the strip's small thumbnails take its first word
+            return variant === "small" ? entry.status.split(/\s/)[0] : entry.status;
+        }
         var text = formatScore(entry.score, entryDigits(entry));
         if (variant === "small") {
             // The strip's thumbnails are about 36px wide: the same decimals without the leading zero fit.
@@ -167,7 +170,8 @@
 
     function fillBadge(doc, badge, entry, variant, id, signature) {
         var best = showsBest(entry);
-        badge.className = CLS_BADGE + " " + CLS_BADGE + "--" + variant + (best ? " " + CLS_BADGE + "--best" : "");
+        badge.className = CLS_BADGE + " " + CLS_BADGE + "--" + variant + (best ? " " + CLS_BADGE + "--best" : "") +
+            (entry.status ? " " + CLS_BADGE + "--status" : "");
         badge.id = id;
         badge.title = badgeTooltip(entry);
         badge.setAttribute("data-imagereward-sig", signature);

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import threading
 from copy import copy
 from pathlib import Path
 from typing import Any, ClassVar
@@ -793,3 +794,31 @@ def test_kept_aside_discarded_images_keep_their_before_copies_beside_them(world:
     befores = sorted(f.seed for f in aside if f.suffix == "-before-highres-fix")
     assert len(finals) == 3 and befores == finals and seed_of(kept) not in finals
     assert all("ImageReward: " in f.info for f in aside if f.suffix == "")
+
+
+def test_folder_tab_every_action_returns_the_page_it_shows(world: World, tmp_path: Path, scorer) -> None:
+    """Issue 22.2: Next page on a one-page result set Page to 2 and emptied the gallery; after scoring another folder,
+    Show said "page 1 of 1" with Page still 2. Score, Show, Next, Previous and Enter in a filter each return the page
+    their gallery shows (a page past the end: the last one)."""
+    pytest.importorskip("pyarrow")
+    from imagereward.webui import tab
+    from imagereward.webui.folders import FolderPolicy
+    from tests.collection_data import write_images
+
+    first, second = tmp_path / "out" / "first", tmp_path / "out" / "second"
+    write_images(first, 3)
+    write_images(second, 2, start=3)
+    rules = FolderPolicy.make(restricted=False, output_folders=[tmp_path / "out"], stores_dir=tmp_path / "st")
+    actions = tab.FolderTabActions(lambda *names: scorer, lambda: None, threading.Lock(), lambda: rules)
+    items, _, status, page = actions.score(str(first), False, "", "", "")
+    assert (len(items), page) == (3, 1) and "3 scored" in status and "page 1 of 1" in status
+    items, _, status, page = actions.step(1)(str(first), "", "", "", page)  # Next on the only page
+    assert (len(items), page) == (3, 1) and "page 1 of 1" in status
+    items, _, _, page = actions.step(-1)(str(first), "", "", "", 1)
+    assert (len(items), page) == (3, 1)
+    items, _, status, page = actions.score(str(second), False, "", "", "")  # Page was 2 before this: now 1
+    assert (len(items), page) == (2, 1) and "page 1 of 1" in status
+    items, _, status, page = actions.show(str(second), "", "", "", 2)
+    assert (len(items), page) == (2, 1) and "page 1 of 1" in status
+    items, _, status, page = actions.first_page(str(first), "", "", "zzz no such prompt", 3)
+    assert (items, page) == ([], 1) and "0 image(s) match; page 1 of 1" in status

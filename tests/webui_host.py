@@ -4,11 +4,13 @@ It installs stand-in `modules` (and `gradio` when it is not installed) into `sys
 AUTOMATIC1111 1.10's `process_images` (written from reading `modules/processing.py` and `modules/scripts.py`):
 `before_process`; the per-image lists from `n_iter * batch_size` (or the prompt matrix's list); `process`; img2img's
 `init` (several init images make the batch, one per batch index); per batch the interrupt and skip checks, the
-slices, `before_process_batch`, sampling, hires fix's "save before", `postprocess_batch_list`, `p.save_samples()`
-read once per batch with the state flags, then per image face restoration with its "save before",
-`postprocess_image`, colour correction with its "save before", `postprocess_image_after_composite`, the save, the
-infotext (callables in `extra_generation_params` called with the batch lists), masks; the grid; `Processed`;
-`postprocess`.
+slices, `before_process_batch`, sampling, hires fix's "save before", decoding, `state.nextjob()`,
+`postprocess_batch_list`, `p.save_samples()` read once per batch with the state flags, then per image face
+restoration with its "save before", `postprocess_image`, colour correction with its "save before",
+`postprocess_image_after_composite`, the save, the infotext (callables in `extra_generation_params` called with the
+batch lists), masks; the grid; `Processed`; `postprocess`. `Host.loop = "forge-neo"` follows Forge Neo 2.x's
+`process_images_inner` instead (see `Host.loop`); `P.before_sampling` and `P.after_decoding` let a test interrupt a
+batch while it is sampled or post-processed.
 
 Besides our script it runs stand-ins of the scripts that re-enter ours: ADetailer (per image: `postprocess` on
 `copy(p)` with an empty `Processed` for the first image of a batch, `before_process` + `process` on `copy(p)` for
@@ -69,6 +71,13 @@ class State:
         self.interrupted = False
         self.skipped = False
         self.stopping_generation = False
+        self.job = ""  # the job's name; X/Y/Z sets "k out of N" before each cell
+        self.job_no = 0  # what /sdapi/v1/progress reports: batches decoded so far
+        self.sampling_step = 0
+
+    def nextjob(self) -> None:
+        self.job_no += 1
+        self.sampling_step = 0
 
 
 @dataclass
@@ -153,6 +162,10 @@ class Host:
         self.first_passes = 0  # images sampled by a first pass (the sampler's `sample`/`sample_img2img`)
         self.hires_passes = 0  # images through hires fix's second pass
         self.saved_modules: dict[str, Any] = {}
+        # Whose `process_images_inner` the loop follows: "a1111" (1.10) or "forge-neo" (2.x). Both call
+        # `state.nextjob()` right after decoding a batch, before `postprocess_batch_list`; Forge Neo also runs
+        # `postprocess_maskoverlay` per image and records `p.latents_after_sampling` / `p.pixels_after_sampling`.
+        self.loop = "a1111"
 
     def install(self) -> None:
         host = self
@@ -269,7 +282,7 @@ class _Component:
     def click(self, fn: Any, inputs: Any = None, outputs: Any = None, **kwargs: Any) -> None:
         self.handlers = [*getattr(self, "handlers", []), (fn, inputs, outputs)]
 
-    change = click
+    change = submit = click
 
 
 def _update(**kwargs: Any) -> dict[str, Any]:
@@ -296,6 +309,7 @@ class Runner:
     def __init__(self, scripts: list[tuple[Any, tuple[Any, ...]]]) -> None:
         self.scripts = scripts
         self.errors: list[str] = []
+        self.selectable_scripts: list[Any] = []  # the scripts of the Script dropdown; p.script_args[0] picks one
 
     def _call(self, hook: str, p: Any, *extra: Any, **kwargs: Any) -> None:
         for script, args in self.scripts:
@@ -324,6 +338,9 @@ class Runner:
 
     def postprocess_image_after_composite(self, p: Any, pp: Any) -> None:
         self._call("postprocess_image_after_composite", p, pp)
+
+    def postprocess_maskoverlay(self, p: Any, ppmo: Any) -> None:
+        self._call("postprocess_maskoverlay", p, ppmo)
 
     def postprocess(self, p: Any, processed: Any) -> None:
         self._call("postprocess", p, processed)
@@ -373,8 +390,14 @@ class P:
     host: Any = None
     steps: int = DEFAULT_STEPS
     hr_second_pass_steps: int = 0
-    # Test controls: called as hook(p, n) before batch n is sampled (to interrupt or skip).
+    script_args: tuple[Any, ...] = ()
+    # Test controls: called as hook(p, n) before batch n is sampled (an interrupt or skip then lands during its
+    # sampling: the WebUI goes on with what the sampler had), and after batch n is decoded and `state.nextjob()`
+    # ran (an interrupt then lands during its post-processing, when /sdapi/v1/progress already shows the next job).
     before_sampling: Any = None
+    after_decoding: Any = None
+    latents_after_sampling: list[Any] = field(default_factory=list)  # Forge Neo's
+    pixels_after_sampling: list[Any] = field(default_factory=list)
 
     def sample(
         self, conditioning: Any, unconditional_conditioning: Any, seeds: Any, subseeds: Any, subseed_strength: Any,
@@ -527,6 +550,8 @@ class StandInSampler:
     def _first(self, p: Any) -> torch.Tensor:
         self.host.first_passes += len(p.seeds)
         steps = "" if p.steps == DEFAULT_STEPS else f"|{p.steps} steps"  # (the default keeps the fixtures' pixels)
+        if self.host.state.interrupted or self.host.state.skipped:  # the sampler stops early: a half-sampled image
+            steps += "|half"
         init = [i if p.init_images else -1 for i in range(len(p.seeds))]
         return torch.stack(
             [sample(p.seeds[i], p.subseeds[i], p.prompts[i] + steps, init[i], p.width) for i in range(len(p.seeds))]
@@ -648,7 +673,13 @@ def process_images(p: P) -> Processed:
         if p.before_sampling is not None:
             p.before_sampling(p, n)
         samples = p.sample(None, None, p.seeds, p.subseeds, p.subseed_strength, p.prompts)
+        neo = host.loop == "forge-neo"
+        if neo:
+            p.latents_after_sampling.extend(samples)
         x_samples = samples.float().clamp(0, 1)  # (the stand-in's latents are pixels: decoding is the identity)
+        state.nextjob()
+        if p.after_decoding is not None:
+            p.after_decoding(p, n)
         p.prompts = p.all_prompts[n * b : (n + 1) * b]
         p.negative_prompts = p.all_negative_prompts[n * b : (n + 1) * b]
         batch_params = types.SimpleNamespace(images=list(x_samples))
@@ -675,6 +706,8 @@ def process_images(p: P) -> Processed:
             runner.postprocess_image(p, pp)
             image = pp.image
             mask_for_overlay = p.mask_for_overlay
+            if neo:
+                runner.postprocess_maskoverlay(p, types.SimpleNamespace(index=i, mask_for_overlay=mask_for_overlay))
             if p.color_corrections is not None and i < len(p.color_corrections):
                 if save_samples and opts.save_images_before_color_correction:
                     save(image, i, infotext(i), "-before-color-correction")
@@ -683,6 +716,8 @@ def process_images(p: P) -> Processed:
                 image = image.convert("RGBA")
                 image.alpha_composite(p.overlay_images[i])
                 image = image.convert("RGB")
+            if neo:
+                p.pixels_after_sampling.append(image)
             pp = types.SimpleNamespace(image=image)
             runner.postprocess_image_after_composite(p, pp)
             image = pp.image
@@ -803,3 +838,70 @@ def prompt_matrix(p: P) -> None:
     p.do_not_save_grid = True
     p.prompt = prompts
     p.seed = [p.seed] * len(prompts)
+
+
+class XYZPlot:
+    """A1111 1.10's X/Y/Z plot (scripts/xyz_grid.py) with seed axes: `run` makes one `process_images` per cell on
+    `copy(p)` (the copies share `extra_generation_params`), with `state.job` set to "k out of N" before each; takes
+    each cell's first image and infotext; lays out the plot's grid, the Z sub-grids and the cells as `draw_xyz_grid`
+    does, and returns a shallow copy of the first cell's `Processed` (its `extra_generation_params` is that cell's)."""
+
+    args_from = 1
+    args_to = 19
+
+    def title(self) -> str:
+        return "X/Y/Z plot"
+
+    def attach(self, p: P, **arguments: Any) -> None:
+        """Select this script for `p` with these arguments (the rest at their defaults), as the API does."""
+        names = list(self.run.__code__.co_varnames[2 : 2 + self.args_to - self.args_from])
+        defaults = {"x_type": 0, "y_type": 0, "z_type": 0, "x_values": [0], "y_values": [0], "z_values": [0],
+                    "include_lone_images": True, "include_sub_grids": False, "first_axis": "x"}  # fmt: skip
+        values = {**{name: None for name in names}, **defaults, **arguments}
+        p.scripts.selectable_scripts = [self]
+        p.script_args = (1, *(values[name] for name in names))
+
+    def run(
+        self, p: P, x_type: int, x_values: list[int], x_values_dropdown: Any, y_type: int, y_values: list[int],
+        y_values_dropdown: Any, z_type: int, z_values: list[int], z_values_dropdown: Any, draw_legend: Any,
+        include_lone_images: bool, include_sub_grids: bool, no_fixed_seeds: Any, vary_seeds_x: Any,
+        vary_seeds_y: Any, vary_seeds_z: Any, margin_size: Any, first_axis: str,
+    ) -> Processed:  # fmt: skip
+        xs, ys, zs = (list(v) if t else [0] for t, v in ((x_type, x_values), (y_type, y_values), (z_type, z_values)))
+        size = len(xs) * len(ys) * len(zs)
+        result: Processed | None = None
+        images: list[Any] = [None] * size
+        infotexts: list[Any] = [None] * size
+        state = p.host.state
+
+        def process_cell(ix: int, iy: int, iz: int) -> None:
+            nonlocal result
+            index = ix + iy * len(xs) + iz * len(xs) * len(ys)
+            state.job = f"{index + 1} out of {size}"
+            cell = copy(p)
+            cell.seed = int(p.seed) + xs[ix] + ys[iy] + zs[iz]  # seed axes: offsets
+            processed = process_images(cell)
+            if result is None:
+                result = copy(processed)
+                result.index_of_first_image = 1
+            images[index], infotexts[index] = processed.images[0], processed.infotexts[0]
+
+        cells = [(ix, iy, iz) for ix in range(len(xs)) for iy in range(len(ys)) for iz in range(len(zs))]
+        if first_axis == "y":  # the order cells are made in; the layout stays x + y·X + z·X·Y
+            cells.sort(key=lambda c: (c[1], c[0], c[2]))
+        for ix, iy, iz in cells:
+            process_cell(ix, iy, iz)
+        assert result is not None
+        for i in range(len(zs)):
+            start = i * len(xs) * len(ys) + i
+            images.insert(i, image_grid(images[start : start + len(xs) * len(ys)]))
+            infotexts.insert(i, infotexts[start])
+        images.insert(0, image_grid(images[: len(zs)]))
+        infotexts.insert(0, infotexts[0])
+        if not include_lone_images:
+            images = images[: len(zs) + 1]
+        if not include_sub_grids:
+            del images[1 : 1 + len(zs)]
+            del infotexts[1 : 1 + len(zs)]
+        result.images, result.infotexts = images, infotexts
+        return result

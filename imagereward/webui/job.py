@@ -41,6 +41,10 @@ log = logging.getLogger("imagereward")
 DETAILS_KEY = "ImageReward details"
 SCORES_KEY = "ImageReward scores"
 ERROR_KEY = "ImageReward error"
+# An image of a batch cut short by an interrupt or skip: shown last, never ranked, never saved. Its infotext carries
+# this entry instead of a score, and the gallery's badge shows the value as a plain label.
+STATUS_KEY = "ImageReward status"
+UNFINISHED = "unfinished · not saved"
 DETAILS_VERSION = 2
 
 TRUNCATION_NOTE = (
@@ -319,7 +323,7 @@ class BestOfNJob:
         return None if score is None or math.isnan(score) else format_score(score, score_decimals(self.args.scorer))
 
     def without_scores(self, text: str) -> str:
-        for key in self._score_keys():
+        for key in (*self._score_keys(), STATUS_KEY):
             text = with_setting(text, key, None)
         return text
 
@@ -579,14 +583,18 @@ class BestOfNJob:
         return list(by_key.values()), names
 
     def final_infotext(self, candidate: Candidate) -> str:
-        text = with_setting(candidate.infotext, self.score_key, self.score_text(candidate.index))
+        unfinished = candidate.index in self.unfinished  # no score to compete with the kept: a plain label instead
+        score = None if unfinished else self.score_text(candidate.index)
+        text = with_setting(candidate.infotext, self.score_key, score)
         if self.phases is not None and self.phases.broken is None:
             slot = self.phases.source(candidate.index)
             source = slot.source if slot is not None else candidate.index
             text = with_setting(text, self._first_key, self._first_text(source))
         for name, value in sorted(self.member_scores.get(candidate.index, {}).items()):
-            shown = None if math.isnan(value) else format_score(value, score_decimals(name))
+            shown = None if math.isnan(value) or unfinished else format_score(value, score_decimals(name))
             text = with_setting(text, score_key(name), shown)
+        if unfinished:
+            text = with_setting(text, STATUS_KEY, UNFINISHED)
         if self.failure is not None:
             text = with_setting(text, ERROR_KEY, "scoring failed, nothing was filtered")
         return text
@@ -612,9 +620,10 @@ class BestOfNJob:
             self._comment(processed, f"ImageReward: some files could not be written ({shown}).")
 
         params = {k: v for k, v in job_params.items() if k not in self._score_keys()}
-        params[SCORES_KEY] = [_round(outcome.scores[i]) for i in outcome.kept]
+        unfinished = {i for i, c in enumerate(outcome.candidates) if c.index in self.unfinished}
+        params[SCORES_KEY] = [None if i in unfinished else _round(outcome.scores[i]) for i in outcome.kept]
         first = processed.index_of_first_image
-        params[DETAILS_KEY] = self._details(outcome.selection, outcome.kept, outcome.scores, first, texts)
+        params[DETAILS_KEY] = self._details(outcome.selection, outcome.kept, outcome.scores, first, unfinished)
         if self.failure is not None:
             params[ERROR_KEY] = self.failure
         # A new dict: the WebUI shares p.extra_generation_params between X/Y/Z cells, which must not see these.
@@ -631,11 +640,12 @@ class BestOfNJob:
 
         images = [c.image for c in chosen]
         grid, grid_text, show_grid, save_grid = None, self.without_scores(texts[0]) if texts else "", False, False
-        if chosen:
-            show_grid, save_grid = hooks.grid_wanted(p, len(chosen))
+        finished = [c.image for c in chosen if c.index not in self.unfinished]  # the grid: never an unfinished image
+        if finished:
+            show_grid, save_grid = hooks.grid_wanted(p, len(finished))
             save_grid = save_grid and not self.writes_nothing
             if show_grid or save_grid:
-                grid = hooks.make_grid(p, list(images), grid_text)
+                grid = hooks.make_grid(p, finished, grid_text)
         gallery_images, gallery_texts = list(images), list(texts)
         first = 0
         if grid is not None and show_grid:
@@ -694,14 +704,17 @@ class BestOfNJob:
         return problems
 
     def _details(
-        self, selection: Selection | None, kept: list[int], scores: list[float], first: int, texts: list[str]
+        self, selection: Selection | None, kept: list[int], scores: list[float], first: int, unfinished: set[int]
     ) -> dict:
+        """The API's per-image details (`unfinished`: positions in `scores` of images shown unranked and unsaved)."""
         images = []
         for position, i in enumerate(kept):
             # position: among the job's images, after index_of_first_image (a script may insert its own grid later,
             # as the prompt matrix does, which moves every gallery index but not the positions)
             entry: dict[str, Any] = {"index": first + position, "position": position, "score": _round(scores[i])}
-            if selection is not None and i < len(selection.rank):
+            if i in unfinished:
+                entry.update(score=None, unfinished=True, saved=False)
+            elif selection is not None and i < len(selection.rank):
                 entry.update(
                     group=selection.group_of[i],
                     rank=selection.rank[i],
@@ -712,10 +725,10 @@ class BestOfNJob:
         if selection is not None:
             stats = summary(scores[: len(selection.rank)], selection)
         else:
-            finite = [s for s in scores if not math.isnan(s)]
+            finite = [s for i, s in enumerate(scores) if not math.isnan(s) and i not in unfinished]
             stats = {
                 "scored": len(finite),
-                "kept": len(kept),
+                "kept": len(kept) - len(unfinished),
                 "discarded": 0,
                 "min": min(finite, default=None),
                 "max": max(finite, default=None),
@@ -729,6 +742,7 @@ class BestOfNJob:
             threshold=self.args.threshold if self.args.mode in (Mode.THRESHOLD, Mode.TOP_K_ABOVE_THRESHOLD) else None,
             fallback=bool(selection and selection.fallback),
             failed=self.failure is not None,
+            unfinished=len(unfinished),
             messages=list(self.messages),
         )
         return {"version": DETAILS_VERSION, "images": images, "summary": stats}

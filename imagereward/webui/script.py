@@ -31,9 +31,10 @@ from .args import (
 )
 from .controls import ROWS as CONTROL_ROWS
 from .controls import Control
-from .job import JOB_ATTR, BestOfNJob, job_of
+from .job import DETAILS_KEY, JOB_ATTR, SCORES_KEY, BestOfNJob, job_of
 from .runtime import JobScoring, ScorerRuntime
 from .saves import DeferredSave, bind_arguments, call_with
+from .xyz import Plots, cell_of, xyz_arguments
 
 log = logging.getLogger("imagereward")
 
@@ -43,6 +44,7 @@ except ImportError:
     _forge_memory = None
 
 ERROR_ATTR = "_imagereward_error"
+CELL_ATTR = "_imagereward_xyz_cell"  # (shared dict, Cell) of a job that is an X/Y/Z plot's cell
 WRAPPED_ATTR = "_imagereward_original"
 
 
@@ -59,6 +61,7 @@ RUNTIME = ScorerRuntime(free_memory=_free_memory)
 # Jobs between `process` and `postprocess`, held strongly: a job whose WebUI loop failed still holds the saves it
 # captured, and the next job writes them (nothing lost).
 _RUNNING: set[BestOfNJob] = set()
+PLOTS = Plots()  # the X/Y/Z plot being made: each cell's details go into the one the plot returns
 
 
 def _low_vram() -> bool:
@@ -349,6 +352,9 @@ class ImageRewardScript(scripts.Script):
         job = BestOfNJob(job_args, scoring, keep_best_if_none=keep_best, per_group=per_group)
         job.start(p)
         setattr(p, JOB_ATTR, job)
+        # X/Y/Z names the cell it runs in `state.job` ("3 out of 4") just before each cell's `process_images`.
+        cell = cell_of(getattr(shared.state, "job", ""), xyz_arguments(p))
+        setattr(p, CELL_ATTR, None if cell is None else (p.extra_generation_params, cell))
 
     def process(self, p: Any, *args: Any) -> None:
         job = job_of(p)
@@ -392,6 +398,11 @@ class ImageRewardScript(scripts.Script):
         remove_phase_sampling(p)
         try:
             job.finish(p, processed, WebUISaveHooks())
+            plot_cell = getattr(p, CELL_ATTR, None)
+            if plot_cell is not None:
+                shared_params, cell = plot_cell
+                params, first = processed.extra_generation_params, processed.index_of_first_image
+                PLOTS.add(shared_params, cell, params, first, DETAILS_KEY, SCORES_KEY)
         except Exception:
             log.exception("ImageReward: the job could not finish; the WebUI's images are left as they were")
             job.abandon(WebUISaveHooks())

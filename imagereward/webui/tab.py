@@ -47,7 +47,24 @@ class FolderTabActions:
         self.get_scorer, self.done, self.queue_lock, self.policy = get_scorer, done, queue_lock, policy
         self.scan: logic.Scan | None = None
 
-    def score(self, folder_text: str, again: bool, chosen: Any = None, progress: Any = None) -> str:
+    def score(
+        self,
+        folder_text: str,
+        again: bool,
+        low: str = "",
+        high: str = "",
+        text: str = "",
+        chosen: Any = None,
+        progress: Any = None,
+    ) -> tuple[Any, str, str, Any]:
+        """Score the folder, then show its first page (with the filters and scorers as they are): the gallery, the
+        status and the Page field always describe the same folder and page."""
+        message = self._score(folder_text, again, chosen, progress)
+        view = logic.View.of(low, high, text, 1, chosen)
+        items, info, status, number = logic.browse(folder_text, view, self.policy())
+        return items, info, f"{message} {status}", number
+
+    def _score(self, folder_text: str, again: bool, chosen: Any, progress: Any) -> str:
         scan = self.scan = logic.Scan.new()
 
         def report(done_count: int, total: int, rate: float) -> None:
@@ -73,6 +90,11 @@ class FolderTabActions:
         self, folder_text: str, low: str, high: str, text: str, number: Any, chosen: Any = None
     ) -> tuple[Any, str, str, Any]:
         return logic.browse(folder_text, logic.View.of(low, high, text, number, chosen), self.policy())
+
+    def first_page(
+        self, folder_text: str, low: str, high: str, text: str, number: Any, chosen: Any = None
+    ) -> tuple[Any, str, str, Any]:
+        return self.show(folder_text, low, high, text, 1, chosen)
 
     def step(self, delta: int) -> Callable[..., Any]:
         def handler(
@@ -121,8 +143,16 @@ def build(
 ) -> gr.Blocks:
     actions = FolderTabActions(get_scorer, done, queue_lock, policy)
 
-    def score(folder_text: str, again: bool, chosen: Any = None, progress: Any = gr.Progress()) -> str:  # noqa: B008
-        return actions.score(folder_text, again, chosen, progress)  # (gr.Progress() as a default: gradio's way)
+    def score(
+        folder_text: str,
+        again: bool,
+        low: str,
+        high: str,
+        text: str,
+        chosen: Any = None,
+        progress: Any = gr.Progress(),  # noqa: B008  (gr.Progress() as a default is gradio's way)
+    ) -> tuple[Any, str, str, Any]:
+        return actions.score(folder_text, again, low, high, text, chosen, progress)
 
     with gr.Blocks(analytics_enabled=False) as blocks:
         for note in (logic.needs_pyarrow(), logic.folder_limit_note(policy())):
@@ -158,11 +188,16 @@ def build(
 
         filters, views = [folder, min_score, max_score, prompt, page, scorers], [gallery, info, status, page]
         place_inputs = [folder, min_score, max_score, prompt, target, scorers]
-        score_button.click(_safely(score, _as_status), inputs=[folder, rescore, scorers], outputs=[status])
+        # Every action that shows images returns the page it shows into Page: a page past the end, a new folder or a
+        # new filter never leaves Page pointing at a page the gallery does not show.
+        score_inputs = [folder, rescore, min_score, max_score, prompt, scorers]
+        score_button.click(_safely(score, _as_view), inputs=score_inputs, outputs=views)
         stop_button.click(_safely(actions.stop, _as_status), inputs=[], outputs=[status])
         show_button.click(_safely(actions.show, _as_view), inputs=filters, outputs=views)
         previous_button.click(_safely(actions.step(-1), _as_view), inputs=filters, outputs=views)
         next_button.click(_safely(actions.step(1), _as_view), inputs=filters, outputs=views)
+        for box in (folder, min_score, max_score, prompt):  # Enter in a filter: its first page
+            box.submit(_safely(actions.first_page, _as_view), inputs=filters, outputs=views)
         copy_button.click(_safely(actions.place(False), _as_status), inputs=place_inputs, outputs=[status])
         move_button.click(_safely(actions.place(True), _as_status), inputs=place_inputs, outputs=[status])
     return blocks

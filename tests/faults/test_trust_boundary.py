@@ -115,13 +115,13 @@ def test_a_listening_webui_keeps_the_tab_inside_its_output_folders(world: World,
         items, _, line, _ = tab["Show"](folder, "", "", "", 1)
         assert items == [] and "outside the folders" in line and LIFT_FLAG in line
         assert "Settings → ImageReward" in line
-    line = tab["Score new images"](str(outside), False)
+    _, _, line, _ = tab["Score new images"](str(outside), False, "", "", "")
     assert "outside the folders" in line and world.loads == 0  # refused before the model is loaded
     assert not (outside / ".imagereward-scores").exists()
 
     inside = tmp_path / "outputs" / "txt2img-images"
     write_images(inside, 2)
-    assert "2 scored" in tab["Score new images"](str(tmp_path / "outputs"), False)
+    assert "2 scored" in tab["Score new images"](str(tmp_path / "outputs"), False, "", "", "")[2]
     line = tab["Copy"](str(tmp_path / "outputs"), "", "", "", str(tmp_path / "elsewhere"))
     assert "outside the folders" in line and not (tmp_path / "elsewhere").exists()
     line = tab["Move"](str(tmp_path / "outputs"), "", "", "", "/tmp")
@@ -164,8 +164,9 @@ def test_a_folder_that_is_only_read_gets_its_store_elsewhere_and_is_told_where(w
     before = sorted(p.name for p in outside.iterdir())
     world.host.opts.imagereward_stores_dir = str(tmp_path / "stores")
     tab = _tab(world)
-    line = tab["Score new images"](str(outside), False)
+    items, _, line, page = tab["Score new images"](str(outside), False, "", "", "")
     assert "3 scored" in line and "kept in" in line and str(tmp_path / "stores") in line
+    assert len(items) == 3 and page == 1  # and the folder's first page is shown
     assert sorted(p.name for p in outside.iterdir()) == before  # nothing written into the folder
     (store,) = (tmp_path / "stores").iterdir()
     assert store.name.startswith("pictures-")
@@ -174,7 +175,7 @@ def test_a_folder_that_is_only_read_gets_its_store_elsewhere_and_is_told_where(w
 
     # An output folder keeps its store inside it, so the scores move with the folder.
     write_images(tmp_path / "outputs" / "a", 1)
-    tab["Score new images"](str(tmp_path / "outputs"), False)
+    tab["Score new images"](str(tmp_path / "outputs"), False, "", "", "")
     assert (tmp_path / "outputs" / ".imagereward-scores").is_dir()
 
 

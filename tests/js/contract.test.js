@@ -125,3 +125,19 @@ test("a grid inserted later (the prompt matrix) moves gallery indices: positions
         }
     }
 });
+
+test("generation_info_unfinished.json: the kept image has its score, the interrupted one a plain label", () => {
+    const info = load("generation_info_unfinished.json");
+    const parsed = ir.parseGenerationInfo(JSON.stringify(info));
+    const first = info.index_of_first_image;
+    const kept = parsed.images[first];
+    const unfinished = parsed.images[first + 1];
+    assert.equal(kept.score, Number(written(info.infotexts[first], "ImageReward")));
+    assert.equal(kept.rank, 1);
+    assert.equal(unfinished.score, null);
+    assert.equal(unfinished.status, "unfinished \u00b7 not saved");
+    assert.equal(unfinished.best, false);
+    assert.equal(unfinished.rank, null);
+    assert.match(ir.logic.badgeTooltip(unfinished), /not saved .* not ranked/);
+    assert.equal(parsed.summary.scored, 2);
+});

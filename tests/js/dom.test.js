@@ -333,3 +333,19 @@ test("an infotext naming an unknown scorer gets no badge (not the ImageReward ke
     assert.equal(ir.applyBadges(gallery, parsed).badges, 3);
     assert.equal(badgeOf(gallery.querySelectorAll(".grid-wrap .thumbnail-item")[1]), null);
 });
+
+test("an unfinished image: a plain grey label, no score, no star, after the kept image's badge", () => {
+    const info = JSON.parse(require("node:fs").readFileSync(
+        require("node:path").resolve(__dirname, "..", "fixtures", "generation_info_unfinished.json"), "utf8"));
+    const { gallery, parsed } = setup({ count: 2, info });
+    const result = ir.applyBadges(gallery, parsed);
+    assert.equal(result.badges, 2);
+    const thumbs = gallery.querySelectorAll(".grid-wrap .thumbnail-item");
+    const kept = badgeOf(thumbs[0]);
+    const label = badgeOf(thumbs[1]);
+    assert.match(visibleText(kept), /^\u2605\d\.\d{3}$/);
+    assert.equal(visibleText(label), "unfinished \u00b7 not saved");
+    assert.ok(label.classList.contains("imagereward-badge--status"));
+    assert.ok(!label.classList.contains("imagereward-badge--best"));
+    assert.equal(label.querySelector(".imagereward-badge__star"), null);
+});
