@@ -101,3 +101,27 @@ def test_index_of_listed_shards_knows_each_column(tmp_path: Path, models: Path) 
     assert index.get("00000.tar#000000000") is None
     assert len(results.index({"00001.tar"}, {IR: "other weights"}).get("00001.tar#000000004").valid) == 0
     assert len(results.index(set(), {IR: record})) == 0
+
+
+def test_index_of_listed_shards_reads_stores_of_the_single_score_layout(tmp_path: Path) -> None:
+    """Parts written with a `shard` column but the earlier ``score``/``model`` columns: ImageReward's, as in `read`."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    results = ResultStore.create(tmp_path / "s")
+    table = pa.table(
+        {
+            "key": ["a.tar#1", "a.tar#2", "b.tar#3"],
+            "score": [1.0, None, 3.0],
+            "model": ["m", "m", "m"],
+            "status": ["scored", "error", "scored"],
+            "fingerprint": pa.array([1, 2, 3], pa.int64()),
+            "shard": ["a.tar", "a.tar", "b.tar"],
+        }
+    )
+    pq.write_table(table, tmp_path / "s" / "part-00000000-0000abcd.parquet")
+    index = results.index({"a.tar"}, {IR: "m", HPS: "h"})
+    assert len(index) == 2 and index.get("b.tar#3") is None
+    first, second = index.get("a.tar#1"), index.get("a.tar#2")
+    assert (first.fingerprint, first.model, first.failed, first.valid) == (1, "m", False, frozenset({IR}))
+    assert (second.failed, second.valid) == (True, frozenset())
