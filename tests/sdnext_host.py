@@ -12,6 +12,8 @@ A1111 and matters to the script:
   `postprocess_image`; then the save and the infotext; there is no `postprocess_image_after_composite`;
 - the grid only when `not p.do_not_save_grid` and two images or more; `get_processed(p, ...)` makes the
   `Processed`; the scripts' `postprocess` is skipped after an interrupt or skip; `after_process` callbacks always run;
+- the infotext records `Batch: <n_iter>x<batch_size>` (a paste-back field);
+- its Control tab's generate action leaves `generation_info_control` empty;
 - options `keep_incomplete`, `image_metadata`; no `grid_only_if_multiple`, `grid_extended_filename`,
   `save_incomplete_images`, `enable_pnginfo`; `save_image` has no `short_filename` and returns three values;
 - the Control tab runs an installed extension's script only when its title is in `installer.control_extensions`.
@@ -19,6 +21,7 @@ A1111 and matters to the script:
 
 from __future__ import annotations
 
+import json
 import sys
 import types
 from pathlib import Path
@@ -27,7 +30,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from tests.webui_host import Disk, Host, P, Processed, create_infotext, sample
+from tests.webui_host import Disk, Host, P, Processed, sample
+from tests.webui_host import create_infotext as a1111_infotext
 
 A1111_ONLY_OPTIONS = ("grid_only_if_multiple", "grid_extended_filename", "save_incomplete_images", "enable_pnginfo")
 
@@ -82,6 +86,7 @@ class SDNextHost(Host):
         self.opts = SDNextOpts()  # type: ignore[assignment]
         self.disk = SDNextDisk(root / "outputs")
         self.after_process: list[Any] = []
+        self.after_component: list[Any] = []
         self.control_extensions = ["NudeNet", "IP Adapters", "Remove background"]
         self.current_image: Any = None  # the live preview an interrupt leaves
 
@@ -91,11 +96,13 @@ class SDNextHost(Host):
         marker = types.ModuleType("modules.processing_diffusers")
         callbacks = sys.modules["modules.script_callbacks"]
         callbacks.on_after_process = self.after_process.append
+        callbacks.on_after_component = self.after_component.append
         processing = sys.modules["modules.processing"]
         processing.processed = None
 
         def get_processed(p: Any, *args: Any, **kwargs: Any) -> Processed:
             processing.processed = Processed(*args, **kwargs)
+            processing.processed.js = lambda: json.dumps({"infotexts": processing.processed.infotexts})
             return processing.processed
 
         processing.get_processed = get_processed
@@ -106,6 +113,12 @@ class SDNextHost(Host):
             sys.modules[name] = module
             if name.startswith("modules."):
                 setattr(modules, name.split(".", 1)[1], module)
+
+
+def create_infotext(p: P, *args: Any, **kwargs: Any) -> str:
+    """SD.Next's infotext records `Batch: <n_iter>x<batch_size>` as they are when it is made."""
+    text = a1111_infotext(p, *args, **kwargs)
+    return text.replace("\nSteps: 2, ", f"\nSteps: 2, Batch: {p.n_iter}x{p.batch_size}, ", 1)
 
 
 def _pipeline(p: P) -> list[np.ndarray]:

@@ -96,6 +96,36 @@ def test_best_of_4_batch_2_count_2_keeps_the_best_of_each_requested_image(world:
     assert p.n_iter == 2
 
 
+def test_the_kept_images_texts_give_the_users_batch_numbers_back(world: World) -> None:
+    p = world.p(TOP1, batch_size=2, n_iter=2)
+    processed = world.run(p)
+    # The plan ran 8 batches of 2; pasted back, "Batch: 8x2" would make 4 times the images again.
+    for text in processed.infotexts:
+        assert parse_infotext(text).settings["Batch"] == "2x2"
+    for f in world.host.disk.finals():
+        assert parse_infotext(f.info).settings["Batch"] == "2x2"
+    for image in processed.images[processed.index_of_first_image :]:
+        assert parse_infotext(image.info["parameters"]).settings["Batch"] == "2x2"
+
+
+def test_the_control_tabs_gallery_fills_its_generation_info_box(world: World) -> None:
+    import json
+
+    from tests.webui_host import _Component
+
+    gallery, box, other = _Component(elem_id="control_gallery"), _Component(), _Component()
+    for callback in world.host.after_component:
+        callback(other, elem_id="txt2img_gallery")
+        callback(gallery, elem_id="control_gallery")
+        callback(box, elem_id="generation_info_control")
+    assert not hasattr(other, "handlers")
+    [(fn, inputs, outputs)] = gallery.handlers
+    assert inputs == []
+    assert outputs == [box]
+    processed = world.run(world.p(TOP1, batch_size=1, n_iter=1))
+    assert json.loads(fn())["infotexts"] == processed.infotexts
+
+
 def test_an_interrupt_finishes_the_job_without_sdnext_calling_postprocess(world: World) -> None:
     def interrupt(p: P, n: int) -> None:
         if n == 2:

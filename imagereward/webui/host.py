@@ -9,10 +9,14 @@ diffusers pipeline (`modules/processing_diffusers.py`); read from its source, th
 - after an interrupt or skip it does not call the scripts' `postprocess`; its `after_process` callback still runs,
   and `modules.processing.processed` then holds the job's `Processed`;
 - the sampling is one diffusers pipeline call: there is no `p.sample` to split into a first pass and the rest;
+- its infotext records `Batch: <count>x<size>` (a paste-back field), read while the job runs, when the plan has made
+  the batch count N times larger: the kept images' texts get the user's own numbers back;
 - its option names: `keep_incomplete` (save interrupted images), `image_metadata` (metadata in files); it has no
   `grid_only_if_multiple` (a grid needs two images) and its `save_image` has no `short_filename`;
 - its Control tab runs an installed extension's scripts only when the script's title is in
-  `installer.control_extensions`.
+  `installer.control_extensions`; it is the modern UI's place to generate (txt2img and img2img are "legacy" tabs,
+  hidden by default), and its generate action leaves `generation_info_control` empty (the info panel falls back to
+  `processing.processed`), so the badges get the job's texts from there too.
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ class Host:
     incomplete_option: str  # the option that saves images cut short by an interrupt
     metadata_option: str  # the option that writes the infotext into files
     split_refused: str | None  # why "finish only the kept" cannot work in this WebUI (None: it can)
+    batch_setting: str | None = None  # the infotext setting holding "<batch count>x<batch size>"
+    unfilled_info_tabs: tuple[str, ...] = ()  # tabs whose generate action leaves `generation_info_<tab>` empty
 
     def opt(self, opts: Any, name: str, default: Any) -> Any:
         """An option of the WebUI, or `default` where this WebUI has no such option."""
@@ -55,6 +61,17 @@ class Host:
 
     def writes_metadata(self, opts: Any) -> bool:
         return bool(self.opt(opts, self.metadata_option, True))
+
+    def user_infotext(self, text: str, n_iter: int, batch_size: int) -> str:
+        """`text` with the batch numbers the user asked for (the job's plan ran more batches)."""
+        if not self.batch_setting or not text:
+            return text
+        from ..infotext import parse_infotext, with_setting
+
+        if self.batch_setting not in parse_infotext(text).settings:
+            return text
+        value = f"{n_iter}x{batch_size}" if n_iter > 1 or batch_size > 1 else None
+        return with_setting(text, self.batch_setting, value)
 
 
 A1111_HOST = Host(
@@ -75,6 +92,8 @@ SDNEXT_HOST = Host(
     incomplete_option="keep_incomplete",
     metadata_option="image_metadata",
     split_refused="SD.Next samples with one diffusers pipeline call, which has no first pass to stop after",
+    batch_setting="Batch",
+    unfilled_info_tabs=("control",),
 )
 
 

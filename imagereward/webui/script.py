@@ -112,6 +112,8 @@ class WebUISaveHooks:
         missing = object()
         iteration, batch_index = getattr(p, "iteration", missing), getattr(p, "batch_index", missing)
         p.iteration, p.batch_index = save.iteration, save.batch_index
+        if isinstance(arguments.get("info"), str):
+            arguments = {**arguments, "info": HOST.user_infotext(arguments["info"], p.n_iter, p.batch_size)}
         try:
             call_with(_original_save_image(), arguments)
         finally:
@@ -412,11 +414,28 @@ def finish_job(p: Any, processed: Any) -> None:
     remove_phase_sampling(p)
     try:
         job.finish(p, processed, WebUISaveHooks())
+        _user_infotexts(p, processed)
     except Exception:
         log.exception("ImageReward: the job could not finish; the WebUI's images are left as they were")
         job.abandon(WebUISaveHooks())
     finally:
         RUNTIME.job_done(current_settings())
+
+
+def _user_infotexts(p: Any, processed: Any) -> None:
+    """The gallery's texts with the batch numbers the user asked for, where the WebUI records them (`host.py`)."""
+    if not HOST.batch_setting:
+        return
+
+    def fix(text: Any) -> Any:
+        return HOST.user_infotext(text, p.n_iter, p.batch_size) if isinstance(text, str) else text
+
+    processed.infotexts = [fix(text) for text in processed.infotexts]
+    processed.info = fix(processed.info)
+    for image in processed.images:
+        info = getattr(image, "info", None)
+        if isinstance(info, dict) and "parameters" in info:
+            info["parameters"] = fix(info["parameters"])
 
 
 # SD.Next calls no script's `postprocess` after an interrupt or skip: its `after_process` callback finishes the job
@@ -511,6 +530,31 @@ def _on_ui_tabs() -> list[tuple[Any, str, str]]:
     return [(tab, "ImageReward", "imagereward_tab")]
 
 
+# Tabs whose generate action does not fill `generation_info_<tab>` (SD.Next's Control): when its gallery changes,
+# the box gets the last job's `Processed` as JSON, which the badges read (`host.py`).
+_INFO_WIRING: dict[str, dict[str, Any]] = {}
+
+
+def _last_generation_info() -> str:
+    from modules import processing
+
+    processed = getattr(processing, "processed", None)
+    return processed.js() if processed is not None and callable(getattr(processed, "js", None)) else ""
+
+
+def _on_after_component(component: Any, **kwargs: Any) -> None:
+    elem_id = kwargs.get("elem_id") or getattr(component, "elem_id", None)
+    for tab in HOST.unfilled_info_tabs:
+        role = {f"{tab}_gallery": "gallery", f"generation_info_{tab}": "info"}.get(str(elem_id))
+        if role is None:
+            continue
+        found = _INFO_WIRING.setdefault(tab, {})
+        found[role] = component
+        if "gallery" in found and "info" in found:
+            found["gallery"].change(fn=_last_generation_info, inputs=[], outputs=[found["info"]], show_progress=False)
+            _INFO_WIRING.pop(tab)
+
+
 def register_callbacks() -> None:
     """Called by scripts/imagereward.py each time the WebUI (re)loads its scripts."""
     install_save_hook()
@@ -518,6 +562,9 @@ def register_callbacks() -> None:
         install_processed_hook()
         script_callbacks.on_after_process(_on_after_process)
     allow_in_control(ImageRewardScript().title())
+    if HOST.unfilled_info_tabs:
+        _INFO_WIRING.clear()
+        script_callbacks.on_after_component(_on_after_component)
     script_callbacks.on_ui_settings(_on_ui_settings)
     script_callbacks.on_ui_tabs(_on_ui_tabs)
     script_callbacks.on_app_started(_on_app_started)
