@@ -10,6 +10,9 @@ _.__getattr__  # imagereward/__init__.py, collection/__init__.py: module attribu
 _.forward  # every nn.Module in model.py and scorers/*: torch calls it through Module.__call__
 _.find_class  # openai_clip's restricted unpickler: pickle.Unpickler calls it for every global in the file
 _.persistent_load  # the same unpickler: pickle calls it for every tensor storage
+_.readable  # collection/storage.py _Raw: io.BufferedReader calls the raw stream's readable() and seekable()
+_.seekable
+_.locations  # collection/sources.py ShardSource: unpickled in a decode worker, they register their filesystems there
 
 # The WebUI's side (script.py is the only module that imports the WebUI; its hooks are called by the WebUI).
 _.ImageRewardScript  # found by the WebUI's script loader as a subclass of modules.scripts.Script
@@ -36,6 +39,7 @@ _.eta_s  # collection.pipeline.Progress: the estimated time left, for callers of
 _.letterbox_pixels  # scorers/hpsv2.py: HPSv2's pixels from a PIL image, the reference's steps (tests compare them)
 _.write_random_release  # each scorer module: a release-format checkpoint with random weights (tests, bench/)
 _.front_end_table  # specs.front_end_table: the front end's scorer table (tests/fixtures/scorers.json, JS tests)
+_.forget  # collection.storage.forget: drops resolved filesystems (tests that change the environment between runs)
 
 # Documentation data in the scorer table: read by people (README's tables quote them), not by code.
 _.backbone  # ModelFamily.backbone

@@ -6,6 +6,7 @@ import pytest
 
 from tests.checkpoints import write_model_dir
 from tests.fake_hub import fake_hub  # noqa: F401  (a fixture, shared by the hub and CLI tests)
+from tests.s3_server import s3, s3_auth_endpoint, s3_endpoint  # noqa: F401  (local S3 servers, a fresh bucket)
 
 
 @pytest.fixture(autouse=True)

@@ -9,6 +9,7 @@
   place (the old row is marked ``moved``, a new row carries the score), so a re-run scores nothing again.
 - Images inside tar shards can be copied (the member's bytes become a file) but not moved. A copy lists each shard
   once (its headers: one pass), then reads the selected members by seeking, best first.
+- Images on object storage (shards or files named by URL) are copied the same way, never moved.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from ..errors import ImageRewardError
+from . import storage
 from .items import MOVED, as_text, path_bytes, real_path
 from .query import Filters, selected, sort_table
 from .store import ResultStore
@@ -126,13 +128,15 @@ def row_bytes(row: dict[str, Any]) -> bytes:
     shard lists it once, not once per row."""
     if row.get("member") is None:
         try:
+            if storage.is_url(row["path"]):
+                return storage.read_all(row["path"])
             return Path(real_path(row)).read_bytes()
         except OSError as exc:
             raise ImageRewardError(f"{row['path']}: cannot read it ({exc.strerror or exc})") from None
     path = real_path(row)
     try:
-        st = os.stat(path)
-        cache_key = (path, st.st_mtime_ns, st.st_size)
+        found = _stat(path)
+        cache_key = (path, found[1], found[0])
         with _LISTINGS_LOCK:
             listing = _LISTINGS.get(cache_key)
             if listing is not None:
@@ -144,6 +148,8 @@ def row_bytes(row: dict[str, Any]) -> bytes:
                 while len(_LISTINGS) > _LISTINGS_KEPT:
                     _LISTINGS.popitem(last=False)
         offset, size = listing.place(row)
+        if storage.is_url(path):
+            return _exactly(storage.read_range(path, offset, size), size)
         with open(path, "rb") as handle:
             return _read_exactly(handle, offset, size)
     except OSError as exc:
@@ -190,10 +196,23 @@ def _list_shard(path: str, keep: set[str] | None = None) -> _Listing:
 
 def _read_exactly(handle: BinaryIO, offset: int, size: int) -> bytes:
     handle.seek(offset)
-    data = handle.read(size)
+    return _exactly(handle.read(size), size)
+
+
+def _exactly(data: bytes, size: int) -> bytes:
     if len(data) != size:
         raise ImageRewardError("its shard is truncated")
     return data
+
+
+def _stat(path: str) -> tuple[int, int]:
+    """(size, mtime_ns) of a file or an object by URL; OSError when it is missing."""
+    from .sources import stat
+
+    found = stat(path)
+    if found is None:
+        raise FileNotFoundError(0, "no such file or object")
+    return found
 
 
 class _ShardReader:
@@ -211,7 +230,7 @@ class _ShardReader:
         path = real_path(row)
         if path not in self.listings:
             try:
-                mtime_ns = os.stat(path).st_mtime_ns
+                mtime_ns = _stat(path)[1]
             except OSError as exc:
                 raise ImageRewardError(f"cannot read its shard ({exc.strerror or exc})") from None
             self.listings[path] = (_list_shard(path, self.wanted.get(path)), mtime_ns)
@@ -219,6 +238,8 @@ class _ShardReader:
         offset, size = listing.place(row)
         if mtime_ns != row["mtime_ns"] or size != row["size"]:
             raise ImageRewardError("its shard changed since it was scored (score it again first)")
+        if storage.is_url(path):  # (the shared reader fetches the shard in large ranges, best first or not)
+            return _exactly(storage.read_range(path, offset, size), size)
         handle = self.handles.get(path)
         if handle is None:
             if len(self.handles) >= 16:
@@ -234,10 +255,10 @@ class _ShardReader:
 
 def _unchanged(row: dict[str, Any]) -> str | None:
     try:
-        st = os.stat(real_path(row))
+        size, mtime_ns = _stat(real_path(row))
     except OSError:
         return "no longer exists"
-    if st.st_size != row["size"] or st.st_mtime_ns != row["mtime_ns"]:
+    if size != row["size"] or mtime_ns != row["mtime_ns"]:
         return "changed since it was scored (score it again first)"
     return None
 
@@ -263,6 +284,16 @@ def _act(row: dict[str, Any], folder: Path, move: bool, report: ActionReport, sh
                 return
             source: Path | bytes = shards.read(row)
             name = os.path.basename(row["member"])  # (shown text: escaped if it was not UTF-8)
+        elif storage.is_url(row["path"]):
+            if move:
+                report.problems.append(f"{label}: on object storage; it can be copied, not moved")
+                return
+            problem = _unchanged(row)
+            if problem:
+                report.problems.append(f"{label}: {problem}")
+                return
+            source = storage.read_all(row["path"])
+            name = row["path"].rsplit("/", 1)[-1]
         else:
             problem = _unchanged(row)
             if problem:

@@ -45,13 +45,21 @@ def model_threads(threads: int | None, workers: int) -> int | None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("collections (a results store scored incrementally; needs pyarrow)")
-    group.add_argument("--store", metavar="DIR", help="the results store (a folder of Parquet files, created if new)")
+    group.add_argument(
+        "--store",
+        metavar="DIR",
+        help="the results store (a folder of Parquet files, created if new; or a URL: s3://bucket/store, gs://…)",
+    )
     group.add_argument("--rescore", action="store_true", help="score every image again, even unchanged ones")
-    group.add_argument("--shards", action="append", metavar="GLOB", help="webdataset tar shards (repeatable)")
+    group.add_argument(
+        "--shards", action="append", metavar="GLOB", help="webdataset tar shards, local or s3://… (repeatable)"
+    )
     group.add_argument(
         "--paths-file", metavar="FILE", help="a text file of image paths, one a line (UTF-8, or UTF-16/32 with a BOM)"
     )
-    group.add_argument("--parquet-in", metavar="FILE", help="a Parquet file of image paths (and prompts)")
+    group.add_argument(
+        "--parquet-in", metavar="FILE", help="a Parquet file of image paths (and prompts), local or s3://…"
+    )
     group.add_argument("--path-column", default="path", help="--parquet-in's column of paths (default: path)")
     group.add_argument("--prompt-column", default="prompt", help="--parquet-in's column of prompts (default: prompt)")
     group.add_argument(
@@ -170,6 +178,15 @@ def _check(args: argparse.Namespace) -> None:
         raise UsageError("--threads must be at least 1")
     if args.copy_to and args.move_to:
         raise UsageError("give --copy-to or --move-to, not both")
+    from .storage import is_url
+
+    if any(is_url(p) for p in args.paths or ()) or is_url(args.paths_file):
+        raise UsageError(
+            "images and path lists on object storage: give --shards s3://… or --parquet-in s3://… (paths and "
+            "--paths-file are local)"
+        )
+    if args.ray and is_url(args.store):
+        raise UsageError("--ray writes to a local or shared-folder store for now; give --store a folder")
     if args.models_dir and not Path(args.models_dir).expanduser().is_dir():
         raise UsageError(f"--models-dir {args.models_dir}: is not a folder")
     from ..engine import check_device  # one line before the model loads, as the main command line
@@ -315,7 +332,7 @@ def _run(args: argparse.Namespace) -> int:
             skipped = "" if args.ray else f", {summary.skipped} already in the store ({summary.total} found)"
             _say(
                 f"{summary.scored} scored, {summary.failed} failed{skipped} in {summary.elapsed_s:.1f} s "
-                f"-> {args.store}"
+                f"-> {store.name}"
             )
         if summary.interrupted:
             return EXIT_INTERRUPTED

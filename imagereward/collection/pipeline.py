@@ -176,7 +176,7 @@ def score_collection(
     """
     started = time.monotonic()
     results = store if isinstance(store, ResultStore) else ResultStore.create(store)
-    summary = RunSummary(store=str(results.folder))
+    summary = RunSummary(store=results.name)
     with _model_threads(torch_threads), results.writer() as writer:
         if scorer is None:
             from ..scorer import ImageRewardScorer

@@ -18,6 +18,7 @@ from ..errors import ImageRewardError
 from ..infotext import parse_infotext, read_image_infotext
 from ..limits import open_image
 from ..preprocess import apply_exif_orientation, pil_to_uint8
+from . import storage
 from .items import Item, member_label
 from .sources import caption_text
 
@@ -55,6 +56,14 @@ class ItemReader:
         self._shard, self._shard_path = None, None
 
     def _read_at(self, path: str, offset: int, size: int) -> bytes:
+        if storage.is_url(path):  # (through the reader the shard's listing uses: fetched once, in large ranges)
+            try:
+                data = storage.read_range(path, offset, size)
+            except storage.StorageError as exc:
+                raise ImageRewardError(str(exc)) from None
+            if len(data) != size:
+                raise ImageRewardError(f"{path}: truncated tar shard")
+            return data
         if self._shard_path != path:
             self.close()
             self._shard = open(path, "rb")  # noqa: SIM115  (kept open across items; closed by close())
@@ -66,6 +75,13 @@ class ItemReader:
         return data
 
     def raw(self, item: Item) -> bytes:
+        if item.offset is None and storage.is_url(item.path):
+            try:
+                return storage.read_all(item.path)
+            except FileNotFoundError:
+                raise ImageRewardError("no such object") from None
+            except storage.StorageError as exc:
+                raise ImageRewardError(str(exc)) from None
         if item.offset is None:
             try:
                 with open(item.path, "rb") as handle:

@@ -20,11 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from . import deps
+from . import deps, storage
 from .items import IMAGE_SIZE_PIXELS, Caption, Item, as_text, path_bytes
 from .pipeline import RunPlan, RunSummary, model_id, scorer_name, store_rows
 from .prepare import ReadOptions, prepare_data
-from .sources import IMAGE_SUFFIXES, FileSource, ParquetSource, PathListSource, ShardSource
+from .sources import IMAGE_SUFFIXES, FileSource, ParquetSource, PathListSource, ShardSource, stat
 from .store import DoneIndex, ResultStore, rows_to_table
 
 _TEXT_COLUMNS = ("key", "path", "member", "prompt", "sha256", "error")
@@ -32,10 +32,8 @@ _TEXT_COLUMNS = ("key", "path", "member", "prompt", "sha256", "error")
 
 def _mtime(path: str, cache: dict[str, int]) -> int:
     if path not in cache:
-        try:
-            cache[path] = os.stat(path).st_mtime_ns
-        except OSError:
-            cache[path] = -1
+        found = stat(path)  # (a file, or an object by URL)
+        cache[path] = found[1] if found else -1
     return cache[path]
 
 
@@ -52,17 +50,14 @@ def _items(batch: dict[str, Any], kind: str, cache: dict[str, int]) -> list[tupl
         prompts = batch.get("prompt", [None] * n)
         for path, value in zip(batch["path"], prompts, strict=True):
             path, prompt = str(path), _text(value)
-            try:
-                st = os.stat(path)
-                size, mtime = st.st_size, st.st_mtime_ns
-            except OSError:
-                size, mtime = -1, -1
+            size, mtime = stat(path) or (-1, -1)
             item = Item(key=as_text(path), path=path, size=size, mtime_ns=mtime, prompt=prompt)
             out.append((item, None, None))
     else:  # webdataset rows: __key__, path (the shard), one column per suffix
         columns = {name.lower(): name for name in batch if not name.startswith("__") and name != "path"}
         for i in range(n):
-            shard, key = os.path.abspath(str(batch["path"][i])), str(batch["__key__"][i])
+            shard, key = str(batch["path"][i]), str(batch["__key__"][i])
+            shard = shard if storage.is_url(shard) else os.path.abspath(shard)
             image_ext = next(
                 (e for e in columns if f".{e}" in IMAGE_SUFFIXES and batch[columns[e]][i] is not None), None
             )
@@ -190,16 +185,28 @@ def _init_ray(address: str | None, num_cpus: int | None) -> Any:
 def _dataset(ray: Any, source: Any, plan: RunPlan) -> tuple[Any, str] | None:
     """Ray's reader for the source (None when nothing is left to score)."""
     if isinstance(source, ShardSource):
-        return ray.data.read_webdataset(source.shards, decoder=None, include_paths=True), "webdataset"
+        # Shards on object storage are read through the filesystem the source resolved (its credentials and
+        # options), and their rows get back the URLs that key them, as the local reader gives.
+        local = [shard for shard in source.shards if not storage.is_url(shard)]
+        parts = [ray.data.read_webdataset(local, decoder=None, include_paths=True)] if local else []
+        for scheme, (fs, paths) in _by_filesystem([s for s in source.shards if storage.is_url(s)]).items():
+            ds = ray.data.read_webdataset(paths, filesystem=fs, decoder=None, include_paths=True)
+            parts.append(ds.map_batches(_with_scheme, fn_kwargs={"scheme": scheme}, batch_format="numpy"))
+        return (parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]), "webdataset"
     if isinstance(source, ParquetSource):
         columns = [source.path_column] + ([source.prompt_column] if source.prompt_column else [])
-        ds = ray.data.read_parquet(str(source.file)).select_columns(columns)
-        base = str(source.file.resolve().parent)
+        where = source.location
+        if where is None:
+            ds = ray.data.read_parquet(str(source.file))
+        else:
+            ds = ray.data.read_parquet(where.path, filesystem=where.fs)
+        ds = ds.select_columns(columns)
+        base = source.base
         renames = {source.path_column: "path"} | ({source.prompt_column: "prompt"} if source.prompt_column else {})
         ds = ds.rename_columns(renames)
 
         def absolute(batch: dict[str, Any]) -> dict[str, Any]:
-            batch["path"] = np.array([os.path.join(base, str(p)) for p in batch["path"]], dtype=object)
+            batch["path"] = np.array([_listed(str(p), base) for p in batch["path"]], dtype=object)
             return batch
 
         return ds.map_batches(absolute, batch_format="numpy"), "parquet"
@@ -212,6 +219,30 @@ def _dataset(ray: Any, source: Any, plan: RunPlan) -> tuple[Any, str] | None:
             return None
         return ray.data.read_binary_files(todo, include_paths=True), "files"
     raise TypeError(f"no Ray reader for {type(source).__name__}")
+
+
+def _listed(path: str, base: str) -> str:
+    """A path from a Parquet list, relative ones taken from the list's folder (a URL for a list on object storage)."""
+    if storage.is_url(path):
+        return path
+    if storage.is_url(base):
+        return path if os.path.isabs(path) else storage.join(base, path)
+    return os.path.join(base, path)
+
+
+def _by_filesystem(urls: list[str]) -> dict[str, tuple[Any, list[str]]]:
+    """Shard URLs grouped by scheme: (the filesystem, the paths on it) each."""
+    groups: dict[str, tuple[Any, list[str]]] = {}
+    for url in urls:
+        where = storage.locate(url)
+        groups.setdefault(where.scheme, (where.fs, []))[1].append(where.path)
+    return groups
+
+
+def _with_scheme(batch: dict[str, Any], *, scheme: str) -> dict[str, Any]:
+    """Ray's webdataset rows name a shard by its path on the filesystem: give back the URL that keys its items."""
+    batch["path"] = np.array([storage.canonical(scheme, str(p)) for p in batch["path"]], dtype=object)
+    return batch
 
 
 def run_ray(

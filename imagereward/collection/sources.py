@@ -7,6 +7,10 @@
 - `ParquetSource`: a Parquet file with a column of image paths (relative: to the Parquet file's folder) and,
   optionally, a column of prompts.
 
+Tar shards and Parquet lists may be on object storage (``s3://bucket/shards/*.tar``, ``gs://…``, any fsspec URL;
+see `storage`): a shard is then read through a seekable file with a large read-ahead, so listing it and reading its
+members fetches it once, in big ranges; its items are those of the same shard on disk, keyed by its URL.
+
 Each source splits into ``parts`` disjoint partitions (`items(part, parts)`), one per decode worker: by shard for tar
 shards, which are read sequentially, and by a hash of the path otherwise (so a folder that changes while it is scored,
 as a WebUI's output folder does, never gives one file to two workers).
@@ -23,7 +27,7 @@ from pathlib import Path
 from typing import Protocol
 
 from ..errors import ImageRewardError
-from . import deps
+from . import deps, storage
 from .items import Caption, Item, as_text, key_hash
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".avif"})
@@ -38,7 +42,11 @@ class Source(Protocol):
     def items(self, part: int = 0, parts: int = 1) -> Iterator[Item]: ...
 
 
-def _absolute(path: str | os.PathLike[str], base: Path | None = None) -> str:
+def _absolute(path: str | os.PathLike[str], base: Path | str | None = None) -> str:
+    if storage.is_url(path):
+        return str(path)
+    if isinstance(base, str) and storage.is_url(base):  # listed in a file on object storage
+        return str(path) if os.path.isabs(path) else storage.join(base, str(path))
     p = Path(path).expanduser()
     if base is not None and not p.is_absolute():
         p = base / p
@@ -112,20 +120,31 @@ def folder_source(paths: Sequence[str], *, recursive: bool = True, exclude: Sequ
 # ------------------------------------------------------------------------------------------------------ path lists
 
 
+def stat(path: str) -> tuple[int, int] | None:
+    """(size, mtime in ns) of a file or an object by URL; None when it is missing or cannot be asked."""
+    if storage.is_url(path):
+        try:
+            return storage.info(path)
+        except storage.StorageError:
+            return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
 def _stat_items(paths: Iterable[tuple[str, str | None]], part: int, parts: int) -> Iterator[Item]:
     for path, prompt in paths:
         if parts > 1 and key_hash(path) % parts != part:
             continue
-        try:
-            st = os.stat(path)
-        except OSError:
-            st = None
+        st = stat(path)
         # A missing file is still an item: decoding it records the error, so it is reported and not lost silently.
         yield Item(
             key=as_text(path),
             path=path,
-            size=st.st_size if st else -1,
-            mtime_ns=st.st_mtime_ns if st else -1,
+            size=st[0] if st else -1,
+            mtime_ns=st[1] if st else -1,
             prompt=prompt,
         )
 
@@ -178,14 +197,33 @@ class ParquetSource:
     """A Parquet file with image paths and, optionally, prompts."""
 
     def __init__(self, file: str, *, path_column: str = "path", prompt_column: str | None = "prompt") -> None:
-        pq = deps.pyarrow().parquet
-        self.file = Path(file)
-        if not self.file.is_file():
-            raise SourceError(f"{file}: no such file (a Parquet file with a '{path_column}' column)")
+        deps.pyarrow()  # (a missing pyarrow: one line saying what to install)
+        #: A Parquet file on object storage: where it is (else None, and `file` is its local path).
+        self.location: storage.Location | None = None
+        if storage.is_url(file):
+            try:
+                self.location = storage.locate(file)
+                found = storage.info(file)
+            except storage.StorageError as exc:
+                raise SourceError(str(exc)) from None
+            shown = self.location.shown
+            if found is None:
+                raise SourceError(f"{shown}: no such object (a Parquet file with a '{path_column}' column)")
+            self.file = Path(self.location.path)  # (its name, for messages: no query; read through `location`)
+        else:
+            self.file = Path(file)
+            shown = file
+            if not self.file.is_file():
+                raise SourceError(f"{file}: no such file (a Parquet file with a '{path_column}' column)")
         try:
-            schema = pq.read_schema(self.file)
+            schema = self._parquet().schema_arrow
+        except storage.StorageError as exc:
+            raise SourceError(str(exc)) from None
         except Exception as exc:
-            raise SourceError(f"{file}: not a readable Parquet file ({exc})") from None
+            if self.location is not None and storage.is_access_error(exc):
+                raise SourceError(str(storage.explain(exc, shown))) from None
+            raise SourceError(f"{shown}: not a readable Parquet file ({storage.scrub(str(exc))})") from None
+        file = shown
         names = schema.names
         if path_column not in names:
             raise SourceError(f"{file}: has no column '{path_column}' (its columns: {', '.join(names)})")
@@ -206,12 +244,24 @@ class ParquetSource:
                     f"name another column with {option}"
                 )
 
-    def _rows(self) -> Iterator[tuple[str, str | None, str | None]]:
+    def _parquet(self) -> object:
         pq = deps.pyarrow().parquet
-        base = self.file.resolve().parent
+        if self.location is None:
+            return pq.ParquetFile(self.file)
+        return pq.ParquetFile(self.location.path, filesystem=self.location.fs)
+
+    @property
+    def base(self) -> str:
+        """The folder that relative paths in the file are relative to (a URL for a file on object storage)."""
+        if self.location is not None:
+            return storage.parent(self.location.url)
+        return str(self.file.resolve().parent)
+
+    def _rows(self) -> Iterator[tuple[str, str | None, str | None]]:
+        base: str | Path = self.base if self.location is not None else Path(self.base)
         columns = [self.path_column] + ([self.prompt_column] if self.prompt_column else [])
         number = 0
-        for batch in pq.ParquetFile(self.file).iter_batches(batch_size=4096, columns=columns):
+        for batch in self._parquet().iter_batches(batch_size=4096, columns=columns):  # type: ignore[attr-defined]
             paths = batch.column(0).to_pylist()
             prompts = batch.column(1).to_pylist() if self.prompt_column else [None] * len(paths)
             for path, prompt in zip(paths, prompts, strict=True):
@@ -321,9 +371,19 @@ def _text_type(kind: object, *, allow_null: bool) -> bool:
 
 
 def expand_shards(patterns: Sequence[str]) -> list[str]:
-    """Shard paths from paths and globs (``shards/*.tar``, ``data/{00000..00009}.tar`` is not expanded: use a glob)."""
+    """Shard paths from paths and globs (``shards/*.tar``, ``data/{00000..00009}.tar`` is not expanded: use a glob);
+    URLs (``s3://bucket/shards/*.tar``) give the canonical URLs of the objects they match."""
     found: list[str] = []
     for pattern in patterns:
+        if storage.is_url(pattern):
+            try:
+                matches = storage.expand(pattern)
+            except storage.StorageError as exc:
+                raise SourceError(str(exc)) from None
+            if not matches:
+                raise SourceError(f"{storage.redact(pattern)}: no tar shard matches")
+            found.extend(matches)
+            continue
         matches = sorted(glob.glob(os.path.expanduser(pattern)))
         if not matches:
             raise SourceError(f"{pattern}: no tar shard matches")
@@ -346,7 +406,10 @@ class ShardSource:
     def __init__(self, patterns: Sequence[str]) -> None:
         self.shards = expand_shards(patterns)
         if not self.shards:
-            raise SourceError(f"{', '.join(patterns)}: no tar shards found")
+            raise SourceError(f"{', '.join(storage.redact(p) for p in patterns)}: no tar shards found")
+        # The filesystems of the URLs as given (with any options in them): a decode worker that unpickles this
+        # source reads the shards through them.
+        self.locations = [storage.locate(p) for p in patterns if storage.is_url(p)]
         #: Messages for shards that could not be read (wholly or from some point on), filled while listing.
         self.problems: list[str] = []
 
@@ -376,11 +439,23 @@ def shard_items(shard: str) -> Iterator[Item]:
     shard as a whole (truncated or corrupt after N members, keys with more than one caption).
     """
     try:
-        st = os.stat(shard)
-        archive = tarfile.open(shard, "r:")  # noqa: SIM115  (closed by the with below)
+        if storage.is_url(shard):
+            found = storage.info(shard)
+            if found is None:
+                raise SourceError(f"{shard}: no such object")
+            shard_size, mtime_ns = found
+            handle = storage.shard_reader(shard)  # (shared with the reading of the members: seek first)
+            handle.seek(0)
+            archive = tarfile.open(fileobj=handle, mode="r:")  # noqa: SIM115  (closed by the with below)
+        else:
+            st = os.stat(shard)
+            shard_size, mtime_ns = st.st_size, st.st_mtime_ns
+            archive = tarfile.open(shard, "r:")  # noqa: SIM115  (closed by the with below)
+    except storage.StorageError as exc:
+        raise SourceError(str(exc)) from None
     except (OSError, tarfile.TarError) as exc:
         raise SourceError(f"{shard}: not a readable uncompressed tar shard ({exc})") from None
-    walk, shard_size = _ShardWalk(shard, st.st_mtime_ns), st.st_size
+    walk = _ShardWalk(shard, mtime_ns)
     complete = 0  # members wholly inside the shard
     ending: str | None = None
     with archive:
@@ -400,6 +475,9 @@ def shard_items(shard: str) -> Iterator[Item]:
             if archive.offset > shard_size:  # (tarfile's "unexpected end of data": cut in a member's padding)
                 raise SourceError(f"shard {shard} is truncated after {complete} members ({exc})") from None
             raise SourceError(f"shard {shard} is broken after {complete} members ({exc})") from None
+        except storage.StorageError as exc:  # (the network failed mid-shard: the next run goes on from here)
+            yield from walk.flush()
+            raise SourceError(f"shard {shard}: read stopped after {complete} members ({exc})") from None
         yield from walk.flush()
     notes = [ending] if ending else []
     if walk.extra_captions:

@@ -1,8 +1,10 @@
 """The results store: a folder of Parquet files that together are one table, one row per image.
 
-    STORE/
+    STORE/                      a local folder, or a prefix on object storage (s3://bucket/store, gs://…: see
+                                store_files.py for how each kind keeps the guarantees below)
       .imagereward-store        marks the folder as a store (a store is never created in a folder holding other files)
-      .lock                     held (flock) by the run writing to the store; a second writer is refused
+      .lock                     held (flock, or a lease object) by the run writing to the store; a second writer is
+                                refused
       part-00000007-1a2b3c4d.parquet
       ...
 
@@ -11,10 +13,11 @@ DuckDB, Ray). Rows are only ever added: a re-scored or moved image gets a new ro
 highest-numbered part (the last one within a part) is the one that counts; `read` applies that rule. So no row ever
 has to be deleted to stay correct.
 
-Atomicity: a part is written to a hidden temporary name, flushed to disk and renamed into place, so a part is either
-complete or absent. A run killed at any moment (SIGKILL included) loses at most the rows not yet flushed, and the next
-run scores exactly those again. `compact` merges the parts into one (written the same way) and only then removes the
-parts it merged; killed in between, the merged part (numbered last) holds the same rows, so the table is unchanged.
+Atomicity: a part is written to a hidden temporary name, flushed to disk and renamed into place (on object storage:
+moved into place by a server-side copy), so a part is either complete or absent. A run killed at any moment (SIGKILL
+included) loses at most the rows not yet flushed, and the next run scores exactly those again. `compact` merges the
+parts into one (written the same way) and only then removes the parts it merged; killed in between, the merged part
+(numbered last) holds the same rows, so the table is unchanged.
 
 Damage: a part that cannot be read (cut short or overwritten by a disk or copy fault, or a foreign file under a part's
 name) is set aside by whichever reader finds it: moved, never deleted, into ``STORE/_damaged/`` (a folder Parquet
@@ -30,21 +33,19 @@ import contextlib
 import logging
 import os
 import re
-import shutil
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import PurePath
 from typing import Any, TypeVar
 
 import numpy as np
 
-from ..errors import ImageRewardError
 from . import deps
 from .items import COLUMNS, MOVED, SCORED, key_hash
+from .store_files import LOCK, MARKER, StoreBusyError, StoreError, files_of
 
-MARKER = ".imagereward-store"
-LOCK = ".lock"
+__all__ = ["LOCK", "MARKER", "StoreBusyError", "StoreError"]
 PART = re.compile(r"^part-(\d{8})-[0-9a-f]{8}\.parquet$")
 #: Where damaged parts are set aside (inside the store; the underscore makes Parquet dataset readers skip it).
 DAMAGED = "_damaged"
@@ -57,18 +58,10 @@ log = logging.getLogger("imagereward")
 _T = TypeVar("_T")
 
 
-class StoreError(ImageRewardError):
-    """The store folder cannot be used (not a store, not writable, in use by another run)."""
-
-
-class StoreBusyError(StoreError):
-    """Another run holds the store's lock."""
-
-
 class _PartDamaged(Exception):
     """Internal: a part that cannot be read; it is set aside and the read started again without it."""
 
-    def __init__(self, part: Path, reason: str) -> None:
+    def __init__(self, part: PurePath, reason: str) -> None:
         super().__init__(reason)
         self.part, self.reason = part, reason
 
@@ -155,13 +148,18 @@ class DoneIndex:
 
 
 class ResultStore:
-    """One store folder. Reading needs no lock; writing (`writer`) holds the folder's lock."""
+    """One store folder (a local path, or a URL such as ``s3://bucket/store``). Reading needs no lock; writing
+    (`writer`) holds the folder's lock."""
 
     def __init__(self, folder: str | os.PathLike[str]) -> None:
-        self.folder = Path(folder)
+        self._files = files_of(folder)
+        #: The folder: a `Path`, or for a store on object storage the path on its filesystem (``bucket/store``).
+        self.folder = self._files.folder
+        #: How messages name the store (a URL with its credentials and query hidden).
+        self.name = self._files.name
         #: One line for each damaged part this object found (set aside, or left out of a read), in order.
         self.problems: list[str] = []
-        self._skipped: set[Path] = set()  # damaged parts that could not be set aside: left out of reads
+        self._skipped: set[PurePath] = set()  # damaged parts that could not be set aside: left out of reads
         self._writing = False  # this object holds the lock (inside `writer`)
 
     # ------------------------------------------------------------------------------------------------ creating
@@ -169,39 +167,24 @@ class ResultStore:
     @classmethod
     def create(cls, folder: str | os.PathLike[str]) -> ResultStore:
         """Open a store, creating it when the folder does not exist or is empty."""
-        path = Path(folder)
-        if path.exists() and not path.is_dir():
-            raise StoreError(f"store {path}: is a file; a store is a folder (it is created when missing)")
-        if path.is_dir() and not (path / MARKER).exists():
-            if any(path.iterdir()):
-                raise StoreError(
-                    f"store {path}: the folder holds other files and is not a results store; name a new folder"
-                )
-        elif not path.exists() and not path.parent.is_dir():
-            raise StoreError(f"store {path}: its parent folder {path.parent} does not exist")
-        try:
-            path.mkdir(exist_ok=True)
-            (path / MARKER).touch()
-        except OSError as exc:
-            raise StoreError(f"store {path}: cannot create it ({exc.strerror or exc})") from None
-        return cls(path)
+        store = cls(folder)
+        store._files.create()
+        return store
 
     @classmethod
     def open_existing(cls, folder: str | os.PathLike[str]) -> ResultStore:
-        path = Path(folder)
-        if not (path / MARKER).is_file():
-            what = "does not exist" if not path.exists() else "is not a results store"
-            raise StoreError(f"store {path}: {what}; score a collection into it first")
-        return cls(path)
+        store = cls(folder)
+        store._files.check_store()
+        return store
 
     # ------------------------------------------------------------------------------------------------ reading
 
-    def parts(self) -> list[Path]:
+    def parts(self) -> list[PurePath]:
         """The complete parts, oldest first."""
-        found = [(int(m.group(1)), p) for p in self.folder.iterdir() if (m := PART.match(p.name))]
-        return [p for _, p in sorted(found)]
+        found = [(int(m.group(1)), name) for name in self._files.names() if (m := PART.match(name))]
+        return [self._files.path(name) for _, name in sorted(found)]
 
-    def _readable(self) -> list[Path]:
+    def _readable(self) -> list[PurePath]:
         return [p for p in self.parts() if p not in self._skipped]
 
     def _next_number(self) -> int:
@@ -211,16 +194,15 @@ class ResultStore:
     def read(self, columns: Sequence[str] | None = None, *, raw: bool = False) -> Any:
         """The table: one row per key, the newest (`raw`: every row of every part, oldest first)."""
         pa = deps.pyarrow()
-        pq = pa.parquet
         schema = arrow_schema()
         wanted = list(columns) if columns is not None else schema.names
         read_cols = list(dict.fromkeys([*wanted, "key"])) if not raw else wanted
 
-        def read_parts(parts: list[Path]) -> list[Any]:
+        def read_parts(parts: list[PurePath]) -> list[Any]:
             tables = []
             for part in parts:
                 with self._reading(part):
-                    handle = pq.ParquetFile(part)
+                    handle = self._files.parquet(part)
                     present = self._present(part, handle.schema_arrow, read_cols)
                     tables.append(_conform(handle.read(columns=present), read_cols))
             return tables
@@ -233,13 +215,12 @@ class ResultStore:
             table = latest_per_key(table)
         return table.select(wanted)
 
-    def _batches(self, columns: Sequence[str], parts: Sequence[Path]) -> Iterator[Any]:
+    def _batches(self, columns: Sequence[str], parts: Sequence[PurePath]) -> Iterator[Any]:
         """Every row of `parts`, in order, in record batches (bounded memory). A part that cannot be read raises
         `_PartDamaged` (or `_PartGone`): the caller sets it aside and starts again."""
-        pq = deps.pyarrow().parquet
         for part in parts:
             with self._reading(part):
-                handle = pq.ParquetFile(part)
+                handle = self._files.parquet(part)
                 present = self._present(part, handle.schema_arrow, columns)
                 batches = handle.iter_batches(batch_size=ROW_GROUP, columns=present)
             while True:
@@ -257,7 +238,7 @@ class ResultStore:
         return self._retrying(lambda parts: self._current_rows_of(parts, extra))
 
     def _current_rows_of(
-        self, parts: Sequence[Path], extra: dict[str, Any] | None = None
+        self, parts: Sequence[PurePath], extra: dict[str, Any] | None = None
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         extra = extra or {}
         hashes: list[np.ndarray] = []
@@ -300,14 +281,14 @@ class ResultStore:
     def _holding(self) -> Iterator[tuple[StoreWriter, tuple[int, int, int]]]:
         """Hold the lock; remove our own unfinished temporary parts (never a user's file) and adopt what killed Ray
         runs finished. Yields a writer and (temporary files removed, rows scored, rows failed adopted)."""
-        with _locked(self.folder / LOCK):
+        with self._files.lock():
             self._writing = True
             self._skipped.clear()  # found again by the next read, and set aside then (the lock is held)
             try:
                 removed = 0
-                for stale in self.folder.glob(".tmp-*.parquet"):
-                    with contextlib.suppress(OSError):
-                        stale.unlink()
+                for stale in self._staging_names(".tmp-"):
+                    with contextlib.suppress(OSError, StoreError):
+                        self._files.remove(self._files.path(stale))
                         removed += 1
                 writer = StoreWriter(self)
                 scored, failed = writer.adopt_staging()  # what a killed Ray run finished
@@ -322,7 +303,7 @@ class ResultStore:
         schema = arrow_schema()
         pq = deps.pyarrow().parquet
 
-        def merge(parts: list[Path]) -> list[Path]:
+        def merge(parts: list[PurePath]) -> list[PurePath]:
             if len(parts) <= 1:
                 return []
             current, _ = self._current_rows_of(parts)
@@ -340,18 +321,16 @@ class ResultStore:
             return parts
 
         for part in self._retrying(merge):
-            with contextlib.suppress(FileNotFoundError):
-                part.unlink()
+            self._files.remove(part)
 
     def rows(self) -> int:
         """Rows in the parts (every version of every image), from the parts' footers."""
-        pq = deps.pyarrow().parquet
 
-        def count(parts: list[Path]) -> int:
+        def count(parts: list[PurePath]) -> int:
             total = 0
             for part in parts:
                 with self._reading(part):
-                    total += pq.read_metadata(part).num_rows
+                    total += self._files.parquet(part).metadata.num_rows
             return total
 
         return self._retrying(count)
@@ -359,21 +338,27 @@ class ResultStore:
     # ------------------------------------------------------------------------------------------------ damage
 
     @contextlib.contextmanager
-    def _reading(self, part: Path) -> Iterator[None]:
+    def _reading(self, part: PurePath) -> Iterator[None]:
         """Turns what reading `part` raises into `_PartDamaged` or `_PartGone` (a file system error on a part that is
-        there, such as no permission, stays a `StoreError`: moving the part would not help)."""
+        there, such as no permission or no network, stays a `StoreError`: moving the part would not help)."""
         try:
             yield
-        except (_PartDamaged, _PartGone, MemoryError):
+        except (_PartDamaged, _PartGone, MemoryError, StoreError):
             raise
         except Exception as exc:
-            if not part.exists():
+            if not self._files.exists(part):
                 raise _PartGone(part) from None
-            if isinstance(exc, OSError) and exc.errno is not None:  # pyarrow's decoding errors carry no errno
-                raise StoreError(f"store {self.folder}: cannot read {part.name} ({exc.strerror or exc})") from None
+            problem = self._files.access_problem(exc)
+            if problem is not None:
+                raise StoreError(f"store {self.name}: cannot read {part.name} ({problem})") from None
             raise _PartDamaged(part, _one_line(exc)) from None
 
-    def _present(self, part: Path, schema: Any, columns: Sequence[str]) -> list[str]:
+    def _staging_names(self, prefix: str) -> list[str]:
+        """What runs leave while they write: ``.tmp-*.parquet`` temporary parts, ``.ray-*`` staging folders."""
+        suffix = ".parquet" if prefix == ".tmp-" else ""
+        return sorted(n for n in self._files.names() if n.startswith(prefix) and n.endswith(suffix))
+
+    def _present(self, part: PurePath, schema: Any, columns: Sequence[str]) -> list[str]:
         """Those of `columns` that the part holds (the others are read as nulls, as in a store written before they
         were added); raises `_PartDamaged` when the part has no key or a column of another kind."""
         expected = arrow_schema()
@@ -387,7 +372,7 @@ class ResultStore:
                 )
         return [name for name in columns if name in names]
 
-    def _retrying(self, attempt: Callable[[list[Path]], _T]) -> _T:
+    def _retrying(self, attempt: Callable[[list[PurePath]], _T]) -> _T:
         """`attempt(parts)` over the readable parts; each damaged part it meets is set aside (or left out) and it is
         called again without it."""
         gone = 0
@@ -400,20 +385,20 @@ class ResultStore:
                 gone += 1
                 if gone > _RETRIES:
                     raise StoreError(
-                        f"store {self.folder}: its parts keep changing while they are read (another run compacting "
+                        f"store {self.name}: its parts keep changing while they are read (another run compacting "
                         "it?); try again when it is done"
                     ) from None
 
-    def _set_aside(self, part: Path, reason: str) -> None:
+    def _set_aside(self, part: PurePath, reason: str) -> None:
         """Move a damaged part into _damaged/ (with the lock: never under a writer), or leave it out of this object's
         reads when the lock is taken or the folder is read-only. One line in `problems` and the log either way."""
-        where = f"store {self.folder}: {part.name} is damaged ({reason})"
+        where = f"store {self.name}: {part.name} is damaged ({reason})"
         try:
             if self._writing:
-                moved = self._move_aside(part)
+                moved = self._files.move_aside(part, DAMAGED)
             else:
-                with _locked(self.folder / LOCK):
-                    moved = self._move_aside(part)
+                with self._files.lock():
+                    moved = self._files.move_aside(part, DAMAGED)
         except StoreBusyError:
             self._skipped.add(part)
             message = f"{where}; left out of this read, as another run is writing (it is set aside by that run)"
@@ -431,24 +416,7 @@ class ResultStore:
         self.problems.append(message)
         log.warning(message)
 
-    def _move_aside(self, part: Path) -> Path | None:
-        """Rename `part` into _damaged/ under a free name; None when it is gone. Call with the lock held."""
-        if not part.exists():
-            return None
-        folder = self.folder / DAMAGED
-        folder.mkdir(exist_ok=True)
-        target, n = folder / part.name, 0
-        while target.exists():
-            n += 1
-            target = folder / f"{part.name}.{n}"
-        try:
-            os.rename(part, target)
-        except FileNotFoundError:
-            return None
-        _fsync_folder(self.folder)
-        return target
-
-    def _scan(self, part: Path) -> str | None:
+    def _scan(self, part: PurePath) -> str | None:
         """Why `part` is damaged, reading all of it; None when it reads. Changes nothing."""
         try:
             for _ in self._batches(arrow_schema().names, [part]):
@@ -462,14 +430,8 @@ class ResultStore:
     def check(self) -> StoreHealth:
         """The store's health: parts, rows, images, damaged parts (read whole), what killed runs left. Changes
         nothing (it takes the lock for an instant to see whether another run holds it)."""
-        health = StoreHealth(str(self.folder))
-        try:
-            with _locked(self.folder / LOCK):
-                pass
-        except StoreBusyError:
-            health.in_use = True
-        except StoreError:
-            pass  # a read-only store: nobody writes to it
+        health = StoreHealth(self.name)
+        health.in_use = self._files.busy()
         for _ in range(_RETRIES):
             damaged = [(part, reason) for part in self.parts() if (reason := self._scan(part)) is not None]
             good = [part for part in self.parts() if part not in {p for p, _ in damaged}]
@@ -480,9 +442,8 @@ class ResultStore:
                 continue  # changed under us: look again
             health.damaged = [(part.name, reason) for part, reason in damaged]
             break
-        aside = self.folder / DAMAGED
-        health.set_aside = sorted(p.name for p in aside.iterdir()) if aside.is_dir() else []
-        health.staging = sorted(p.name for p in [*self.folder.glob(".ray-*"), *self.folder.glob(".tmp-*.parquet")])
+        health.set_aside = self._files.listing(DAMAGED)
+        health.staging = sorted([*self._staging_names(".ray-"), *self._staging_names(".tmp-")])
         return health
 
     def repair(self) -> tuple[list[str], StoreHealth]:
@@ -517,7 +478,7 @@ class StoreWriter:
     def __init__(self, store: ResultStore) -> None:
         self.store = store
 
-    def append(self, rows: Sequence[dict[str, Any]] | Any) -> Path | None:
+    def append(self, rows: Sequence[dict[str, Any]] | Any) -> PurePath | None:
         """Write rows as one new part, atomically. Returns the part, or None when there were no rows."""
         table = rows if hasattr(rows, "num_rows") else rows_to_table(rows)
         if table.num_rows == 0:
@@ -534,11 +495,13 @@ class StoreWriter:
         pc = pa.compute
         scored = failed = 0
         schema = arrow_schema()
-        for staging in sorted(self.store.folder.glob(".ray-*")):
+        files = self.store._files
+        for name in self.store._staging_names(".ray-"):
+            staging = files.path(name)
             tables = []
-            for file in sorted(staging.rglob("*.parquet")):
+            for file in files.files_under(staging):
                 try:
-                    tables.append(pa.parquet.read_table(file).select(schema.names).cast(schema))
+                    tables.append(files.parquet(file).read().select(schema.names).cast(schema))
                 except Exception:  # a file whose writer was killed (no footer): its rows are scored again
                     continue
             table = pa.concat_tables(tables) if tables else None
@@ -546,7 +509,7 @@ class StoreWriter:
                 _write_part(self.store, table)
                 scored += int(pc.sum(pc.equal(table["status"], SCORED)).as_py() or 0)
                 failed += int(pc.sum(pc.equal(table["status"], "error")).as_py() or 0)
-            shutil.rmtree(staging, ignore_errors=True)
+            files.remove_tree(staging)
         return scored, failed
 
 
@@ -597,7 +560,7 @@ def _conform(data: Any, columns: Sequence[str]) -> Any:
     return make(arrays, schema=pa.schema([schema.field(name) for name in columns]))
 
 
-def _write_part(store: ResultStore, table: Any) -> Path:
+def _write_part(store: ResultStore, table: Any) -> PurePath:
     pq = deps.pyarrow().parquet
     table = table.cast(arrow_schema())
     return _write_atomically(
@@ -605,60 +568,10 @@ def _write_part(store: ResultStore, table: Any) -> Path:
     )
 
 
-def _write_atomically(store: ResultStore, write: Any) -> Path:
-    """A new part: `write(handle)` into a hidden temporary file, flushed to disk, then renamed into place."""
-    folder = store.folder
+def _write_atomically(store: ResultStore, write: Any) -> PurePath:
+    """A new part: `write(handle)` into a hidden temporary file (or object), then moved into place whole."""
     token = uuid.uuid4().hex[:8]
-    temporary = folder / f".tmp-{token}.parquet"
-    target = folder / f"part-{store._next_number():08d}-{token}.parquet"
-    try:
-        with open(temporary, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, target)
-    except BaseException as exc:  # (a part found damaged while compacting, too: no temporary file is left)
-        with contextlib.suppress(OSError):
-            temporary.unlink()
-        if isinstance(exc, OSError):
-            raise StoreError(f"store {folder}: cannot write ({exc.strerror or exc})") from None
-        raise
-    _fsync_folder(folder)
+    temporary = store._files.path(f".tmp-{token}.parquet")
+    target = store._files.path(f"part-{store._next_number():08d}-{token}.parquet")
+    store._files.write_new(temporary, target, write)
     return target
-
-
-def _fsync_folder(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return  # Windows cannot open folders; its rename is durable enough for this purpose
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    try:
-        import fcntl
-    except ImportError:  # Windows: no advisory lock; one writer at a time is then the user's responsibility
-        yield
-        return
-    try:
-        handle = open(path, "a+b")  # noqa: SIM115  (closed by the with below)
-    except OSError as exc:
-        raise StoreError(f"store {path.parent}: not writable ({exc.strerror or exc})") from None
-    with handle:
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise StoreBusyError(
-                f"store {path.parent}: another run is writing to it; wait for it to finish (or stop it)"
-            ) from None
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
