@@ -108,18 +108,18 @@ def test_the_kept_images_texts_give_the_users_batch_numbers_back(world: World) -
         assert parse_infotext(image.info["parameters"]).settings["Batch"] == "2x2"
 
 
-def test_the_control_tabs_gallery_fills_its_generation_info_box(world: World) -> None:
+def test_the_control_tabs_result_fills_its_generation_info_box(world: World) -> None:
     import json
 
     from tests.webui_host import _Component
 
-    gallery, box, other = _Component(elem_id="control_gallery"), _Component(), _Component()
+    result, box, other = _Component(), _Component(), _Component()
     for callback in world.host.after_component:
-        callback(other, elem_id="txt2img_gallery")
-        callback(gallery, elem_id="control_gallery")
+        callback(other, elem_id="control_gallery")
+        callback(result, elem_id="control-result")
         callback(box, elem_id="generation_info_control")
     assert not hasattr(other, "handlers")
-    [(fn, inputs, outputs)] = gallery.handlers
+    [(fn, inputs, outputs)] = result.handlers
     assert inputs == []
     assert outputs == [box]
     processed = world.run(world.p(TOP1, batch_size=1, n_iter=1))

@@ -16,7 +16,7 @@ diffusers pipeline (`modules/processing_diffusers.py`); read from its source, th
 - its Control tab runs an installed extension's scripts only when the script's title is in
   `installer.control_extensions`; it is the modern UI's place to generate (txt2img and img2img are "legacy" tabs,
   hidden by default), and its generate action leaves `generation_info_control` empty (the info panel falls back to
-  `processing.processed`), so the badges get the job's texts from there too.
+  `processing.processed`), so the badges get the job's texts from there too, when its result HTML changes.
 """
 
 from __future__ import annotations
@@ -47,7 +47,9 @@ class Host:
     metadata_option: str  # the option that writes the infotext into files
     split_refused: str | None  # why "finish only the kept" cannot work in this WebUI (None: it can)
     batch_setting: str | None = None  # the infotext setting holding "<batch count>x<batch size>"
-    unfilled_info_tabs: tuple[str, ...] = ()  # tabs whose generate action leaves `generation_info_<tab>` empty
+    # Tabs whose generate action leaves `generation_info_<tab>` empty: tab -> the elem_id of a component that the
+    # action updates when it ends (gradio 3.43's Gallery has no change event; the Control tab's result HTML has).
+    unfilled_info_tabs: tuple[tuple[str, str], ...] = ()
 
     def opt(self, opts: Any, name: str, default: Any) -> Any:
         """An option of the WebUI, or `default` where this WebUI has no such option."""
@@ -93,7 +95,7 @@ SDNEXT_HOST = Host(
     metadata_option="image_metadata",
     split_refused="SD.Next samples with one diffusers pipeline call, which has no first pass to stop after",
     batch_setting="Batch",
-    unfilled_info_tabs=("control",),
+    unfilled_info_tabs=(("control", "control-result"),),
 )
 
 

@@ -530,8 +530,8 @@ def _on_ui_tabs() -> list[tuple[Any, str, str]]:
     return [(tab, "ImageReward", "imagereward_tab")]
 
 
-# Tabs whose generate action does not fill `generation_info_<tab>` (SD.Next's Control): when its gallery changes,
-# the box gets the last job's `Processed` as JSON, which the badges read (`host.py`).
+# Tabs whose generate action does not fill `generation_info_<tab>` (SD.Next's Control): when the action's result
+# changes, the box gets the last job's `Processed` as JSON, which the badges read (`host.py`).
 _INFO_WIRING: dict[str, dict[str, Any]] = {}
 
 
@@ -544,14 +544,14 @@ def _last_generation_info() -> str:
 
 def _on_after_component(component: Any, **kwargs: Any) -> None:
     elem_id = kwargs.get("elem_id") or getattr(component, "elem_id", None)
-    for tab in HOST.unfilled_info_tabs:
-        role = {f"{tab}_gallery": "gallery", f"generation_info_{tab}": "info"}.get(str(elem_id))
+    for tab, trigger in HOST.unfilled_info_tabs:
+        role = {trigger: "trigger", f"generation_info_{tab}": "info"}.get(str(elem_id))
         if role is None:
             continue
         found = _INFO_WIRING.setdefault(tab, {})
         found[role] = component
-        if "gallery" in found and "info" in found:
-            found["gallery"].change(fn=_last_generation_info, inputs=[], outputs=[found["info"]], show_progress=False)
+        if "trigger" in found and "info" in found:
+            found["trigger"].change(fn=_last_generation_info, inputs=[], outputs=[found["info"]], show_progress=False)
             _INFO_WIRING.pop(tab)
 
 
