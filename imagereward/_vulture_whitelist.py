@@ -36,6 +36,7 @@ _.resolve_model_files  # hub.resolve_model_files: ImageReward's files without lo
 _.unload  # ScorerRuntime.unload: drops every loaded model (tests/test_gpu_scorers.py measures the memory it frees)
 _.count_tokens  # text.PromptTokenizer, clip_text.ClipPromptEncoder: prompt length for callers and tests
 _.eta_s  # collection.pipeline.Progress: the estimated time left, for callers of score_collection
+_.is_done  # collection.store.DoneIndex.is_done: whether a key's current row has a fingerprint (tests, callers)
 _.letterbox_pixels  # scorers/hpsv2.py: HPSv2's pixels from a PIL image, the reference's steps (tests compare them)
 _.write_random_release  # each scorer module: a release-format checkpoint with random weights (tests, bench/)
 _.front_end_table  # specs.front_end_table: the front end's scorer table (tests/fixtures/scorers.json, JS tests)

@@ -672,10 +672,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .collection.cli import wants_collection
 
     if wants_collection(args):
-        asked = {n.strip().lower() for n in ",".join(args.scorer or []).split(",")} - {"imagereward", ""}
-        if asked:
-            _say("error: --store, --shards, --paths-file and --parquet-in score with ImageReward only; drop --scorer")
-            return EXIT_USAGE
         return run_collection(args)
     if not args.paths:
         _say("error: give image files or folders (or --store DIR for a results store)")

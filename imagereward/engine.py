@@ -148,6 +148,8 @@ class Scorer:
         self.encoder = encoder
         self.batch_size = max(1, int(batch_size))
         self.preprocess_workers = preprocess_workers
+        #: The files each output was loaded from (set by `registry.load_family`): what its weights record hashes.
+        self.files: dict[str, tuple[Path, ...]] = {}
         self._lock = threading.RLock()
         self._token_cache: dict[tuple[str, bool], tuple[torch.Tensor, bool]] = {}
 
@@ -315,27 +317,39 @@ class Scorer:
         if not items:
             return {name: [] for name in self.outputs}
         with self._lock, torch.inference_mode():
-            results = self._score_all(items, prompt_list, clean_prompts, exif_orientation, progress)
-        return {
-            name: torch.cat([r[name] for r in results]).float().cpu().tolist() if results else []
-            for name in self.outputs
-        }
+            pixels_of = lambda a, b: self._pixels(items[a:b], exif_orientation)  # noqa: E731
+            results = self._score_all(len(items), pixels_of, prompt_list, clean_prompts, progress)
+        return _table(results, self.outputs)
+
+    def score_pixels(
+        self, prompts: str | Sequence[str] | None, pixels: torch.Tensor, *, clean_prompts: bool = True
+    ) -> dict[str, list[float]]:
+        """Every output's scores for pixels already made for this model: (B, 3, S, S) floats, normalised, as
+        `preprocess.pil_to_pixels` makes them with the model's `pixel_spec` (the collection pipeline decodes and
+        resizes in worker processes, once for every scorer that shares a pixel layout). Batches as `score_outputs`."""
+        count = len(pixels)
+        prompt_list = expand_prompts(prompts, count) if self.needs_prompt else [""] * count
+        if not count:
+            return {name: [] for name in self.outputs}
+        with self._lock, torch.inference_mode():
+            results = self._score_all(count, lambda a, b: pixels[a:b], prompt_list, clean_prompts, None)
+        return _table(results, self.outputs)
 
     def _score_all(
         self,
-        items: list[ImageInput],
+        count: int,
+        pixels_of: Callable[[int, int], torch.Tensor],
         prompts: list[str],
         clean: bool,
-        exif_orientation: bool,
         progress: Callable[[int, int], None] | None,
     ) -> list[dict[str, torch.Tensor]]:
         results: list[dict[str, torch.Tensor]] = []
         batch_size = self.batch_size  # halved on an out-of-memory error for the rest of this call only
         start = 0
-        while start < len(items):
-            stop = min(start + batch_size, len(items))
+        while start < count:
+            stop = min(start + batch_size, count)
             try:
-                pixels = self._pixels(items[start:stop], exif_orientation)
+                pixels = pixels_of(start, stop)
                 input_ids = mask = None
                 if self.needs_prompt:
                     input_ids, mask, _ = self._tokens(prompts[start:stop], clean)
@@ -355,8 +369,12 @@ class Scorer:
                 continue
             start = stop
             if progress is not None:
-                progress(stop, len(items))
+                progress(stop, count)
         return results
+
+
+def _table(results: list[dict[str, torch.Tensor]], outputs: Sequence[str]) -> dict[str, list[float]]:
+    return {name: torch.cat([r[name] for r in results]).float().cpu().tolist() if results else [] for name in outputs}
 
 
 def decode_images(

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
-from . import limits
+from . import limits, stealth
 from .errors import ImageInputError
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -129,9 +129,10 @@ def pil_resize_crop(
     image: Image.Image, size: int = IMAGE_SIZE, *, rgb_first: bool = False, crop_rounding: str = "round"
 ) -> Image.Image:
     """Resize (bicubic, short side) and centre-crop with PIL, then convert to RGB: the reference's order.
-    `rgb_first` converts before resizing instead, as transformers' CLIP image processor does."""
-    if rgb_first:
-        image = image.convert("RGB")
+    `rgb_first` converts before resizing instead, as transformers' CLIP image processor does; so does an image whose
+    alpha channel only carries stealth infotext (`stealth`), which the WebUI scored as the opaque image it shows."""
+    if rgb_first or stealth.image_carries_infotext(image):
+        image = image.convert("RGB")  # stealth infotext: an alpha channel that carries text, not transparency
     height, width = image.height, image.width
     if height < 1 or width < 1:
         raise ImageInputError(f"the image has no pixels (size {width}x{height})")
@@ -181,12 +182,18 @@ def pil_to_pixels(
 
     `fit="letterbox"`: the whole image, RGB (RGBA: its colour channels), as 0..1 floats, through `letterbox`."""
     if fit == "letterbox":
-        image = to_8bit(image)
-        limits.check_size(image.width, image.height)
-        rgb = np.asarray(image if image.mode == "RGB" else image.convert("RGB"), dtype=np.uint8)
-        floats = torch.from_numpy(rgb.copy()).permute(2, 0, 1).float().div_(255.0)
-        return _normalise(letterbox(floats.unsqueeze(0), size)[0], normalisation)
+        return _normalise(pil_letterbox(image, size), normalisation)
     return uint8_to_pixels(pil_to_uint8(image, size, rgb_first=rgb_first, crop_rounding=crop_rounding), normalisation)
+
+
+def pil_letterbox(image: Image.Image, size: int = IMAGE_SIZE) -> torch.Tensor:
+    """(3, size, size) floats in about 0..1, before normalisation: the whole image, RGB (RGBA: its colour channels),
+    through `letterbox` (`fit="letterbox"`)."""
+    image = to_8bit(image)
+    limits.check_size(image.width, image.height)
+    rgb = np.asarray(image if image.mode == "RGB" else image.convert("RGB"), dtype=np.uint8)
+    floats = torch.from_numpy(rgb.copy()).permute(2, 0, 1).float().div_(255.0)
+    return letterbox(floats.unsqueeze(0), size)[0]
 
 
 def load_pil(item: ImageInput, *, exif_orientation: bool = True) -> Image.Image:
@@ -218,6 +225,8 @@ def hwc_to_chw(array: np.ndarray) -> torch.Tensor:
         elif array.ndim == 4:
             hint = "; for several images pass a list of arrays"
         raise ImageInputError(f"expected {_ARRAY_LAYOUT}, got shape {shape}{hint}")
+    if array.shape[2] == 4 and stealth.alpha_carries_infotext(array[:, :, 3]):
+        array = array[:, :, :3]  # as for the image's file: its alpha carries stealth infotext, not transparency
     if array.dtype == np.uint16:
         array = array.astype(np.float32) / 65535.0
     elif array.dtype.kind == "f" and array.dtype != np.float32:

@@ -30,15 +30,15 @@ def test_end_to_end_score_rerun_export_copy(tmp_path: Path, model_dir: Path, cap
     assert main([str(tmp_path / "imgs"), "--store", store, "-q", *base]) == 0
     assert main(["--store", store, "-o", str(tmp_path / "all.json"), "-q"]) == 0
     rows = json.loads((tmp_path / "all.json").read_text())
-    assert len(rows) == 6 and all(isinstance(r["score"], float) for r in rows)
-    best = max(r["score"] for r in rows)
+    assert len(rows) == 6 and all(isinstance(r["ImageReward"], float) for r in rows)
+    best = max(r["ImageReward"] for r in rows)
 
     assert main(["--store", store, "--min-score", str(best), "--copy-to", str(tmp_path / "best")]) == 0
     assert len(list((tmp_path / "best").iterdir())) == 1
     out, err = capsys.readouterr()
     assert "1 copied" in err
 
-    worst = min(r["score"] for r in rows)
+    worst = min(r["ImageReward"] for r in rows)
     assert main(["--store", store, "--max-score", str(worst), "--move-to", str(tmp_path / "low"), "-q"]) == 0
     assert len(list((tmp_path / "low").iterdir())) == 1 and len(list((tmp_path / "imgs").iterdir())) == 6
     out, err = capsys.readouterr()

@@ -30,8 +30,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def scores_by_key(store: Path) -> dict[str, float | None]:
-    table = ResultStore(store).read(["key", "score"])
-    return dict(zip(table["key"].to_pylist(), table["score"].to_pylist(), strict=True))
+    table = ResultStore(store).read(["key", "ImageReward"])
+    return dict(zip(table["key"].to_pylist(), table["ImageReward"].to_pylist(), strict=True))
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +154,7 @@ def test_tar_shards_with_txt_and_json_captions(tmp_path: Path, scorer) -> None:
         assert rows[key]["prompt"] == prompt  # .txt wins over .json
         assert rows[key]["member"] == f"{key}.jpg"
         image = Image.open(io.BytesIO(image_bytes(int(key), fmt="JPEG")))
-        assert rows[key]["score"] == pytest.approx(scorer.score(prompt, [image])[0], abs=1e-5)
+        assert rows[key]["ImageReward"] == pytest.approx(scorer.score(prompt, [image])[0], abs=1e-5)
     again = score_collection(ShardSource([str(tmp_path / "shards") + "/*.tar"]), store, scorer=scorer)
     assert (again.scored, again.skipped) == (0, 12)
 

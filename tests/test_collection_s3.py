@@ -25,7 +25,7 @@ from tests.collection_data import write_images, write_paths_parquet, write_shard
 from tests.s3_server import S3, SECRET, s3_environment
 
 REPO = Path(__file__).resolve().parents[1]
-COLUMNS = ["key", "score", "status", "prompt"]
+COLUMNS = ["key", "ImageReward", "status", "prompt"]
 
 
 @pytest.fixture(autouse=True)
@@ -46,8 +46,8 @@ def same_rows(got: dict[str, dict], want: dict[str, dict]) -> None:
     assert got.keys() == want.keys() and want
     for key, row in want.items():
         other = dict(got[key])
-        assert other.pop("score") == pytest.approx(row["score"], abs=1e-5), key
-        assert other == {k: v for k, v in row.items() if k != "score"}, key
+        assert other.pop("ImageReward") == pytest.approx(row["ImageReward"], abs=1e-5), key
+        assert other == {k: v for k, v in row.items() if k != "ImageReward"}, key
 
 
 def shards(tmp_path: Path, s3: S3, counts: tuple[int, ...] = (12, 12)) -> int:
@@ -119,7 +119,7 @@ def test_shard_items_on_s3_are_those_of_the_local_shard(
     reader = ItemReader(ReadOptions())
     for item in remote.items():
         prepared = reader.prepare(item)
-        assert prepared.error is None and prepared.prompt and prepared.pixels.shape == (224, 224, 3)
+        assert prepared.error is None and prepared.prompt and prepared.pixels[0].shape == (224, 224, 3)
     sizes = [(tmp_path / "shards" / f"{n:05d}.tar").stat().st_size for n in range(2)]
     assert sum(fetched) == sum(sizes) and len([n for n in fetched if n]) == 2
     with pytest.raises(sources.SourceError, match="no tar shard matches"):
@@ -224,18 +224,18 @@ def test_parquet_list_on_s3_and_listing_and_export_from_an_s3_store(
     assert main(["--parquet-in", str(local_list), "--store", str(tmp_path / "local"), *base_args(model_dir), "-q"]) == 0
     by_name = {Path(k).name: r for k, r in current(tmp_path / "local").items()}
     for key, row in rows.items():
-        assert row["score"] == pytest.approx(by_name[key.rsplit("/", 1)[-1]]["score"], abs=1e-5)
+        assert row["ImageReward"] == pytest.approx(by_name[key.rsplit("/", 1)[-1]]["ImageReward"], abs=1e-5)
         assert row["prompt"] == by_name[key.rsplit("/", 1)[-1]]["prompt"]
 
     # Listing and exports read the s3 store.
     capsys.readouterr()
-    best = max(row["score"] for row in rows.values())
+    best = max(row["ImageReward"] for row in rows.values())
     assert main(["--store", store, "--min-score", str(best)]) == 0
     out = capsys.readouterr().out
     assert len([line for line in out.splitlines()[1:] if line.strip()]) == 1
     assert main(["--store", store, "-o", str(tmp_path / "all.json"), "-q"]) == 0
     exported = json.loads((tmp_path / "all.json").read_text())
-    assert len(exported) == 4 and exported[0]["score"] == pytest.approx(best)
+    assert len(exported) == 4 and exported[0]["ImageReward"] == pytest.approx(best)
     assert main(["--store", store, "--check"]) == 0
     assert "healthy" in capsys.readouterr().out
 
@@ -383,7 +383,7 @@ def test_ray_reads_shards_and_a_parquet_list_on_s3(tmp_path: Path, s3: S3, model
         "shards": lambda: sources.ShardSource([s3.url("shards/*.tar")]),
         "parquet": lambda: sources.ParquetSource(s3.url("lists/in.parquet")),
     }
-    columns = ["key", "member", "prompt", "score", "status", "fingerprint", "size", "mtime_ns"]
+    columns = ["key", "member", "prompt", "ImageReward", "status", "fingerprint", "size", "mtime_ns"]
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         ray.data.DataContext.get_current().enable_progress_bars = False
@@ -395,8 +395,8 @@ def test_ray_reads_shards_and_a_parquet_list_on_s3(tmp_path: Path, s3: S3, model
             assert got.keys() == want.keys() and all(k.startswith("s3://") for k in got)
             for key, row in want.items():
                 other = dict(got[key])
-                assert other.pop("score") == pytest.approx(row["score"], abs=1e-5), key
-                assert other == {k: v for k, v in row.items() if k != "score"}, key
+                assert other.pop("ImageReward") == pytest.approx(row["ImageReward"], abs=1e-5), key
+                assert other == {k: v for k, v in row.items() if k != "ImageReward"}, key
     finally:
         ray.shutdown()
 
@@ -445,7 +445,6 @@ def test_copying_members_of_shards_on_s3(tmp_path: Path, s3: S3, scorer) -> None
     [
         (["s3://bucket/images", "--store", "s"], "give --shards s3://… or --parquet-in s3://…"),
         (["--paths-file", "s3://bucket/list.txt", "--store", "s"], "give --shards s3://… or --parquet-in s3://…"),
-        (["--shards", "x/*.tar", "--store", "s3://bucket/store", "--ray"], "--ray writes to a local or shared"),
     ],
 )
 def test_what_object_storage_does_not_take_is_one_line(

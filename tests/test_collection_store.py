@@ -42,7 +42,7 @@ def test_parts_are_read_as_one_table_newest_row_wins(tmp_path: Path) -> None:
     assert len(store.parts()) == 2
     table = store.read()
     assert table.column("key").to_pylist() == ["/a.png", "/b.png"]
-    assert table.column("score").to_pylist() == pytest.approx([3.0, 2.0])
+    assert table.column("ImageReward").to_pylist() == pytest.approx([3.0, 2.0])
     assert store.read(raw=True).num_rows == 3
     # The folder is an ordinary Parquet dataset.
     assert pq.read_table(store.folder).num_rows == 3
@@ -58,7 +58,7 @@ def test_compaction_keeps_the_table_and_leaves_one_part(tmp_path: Path) -> None:
     assert len(store.parts()) == 1
     assert store.read().to_pylist() == before
     assert store.read(raw=True).num_rows == 3  # no key twice
-    assert [r["score"] for r in before] == pytest.approx([3.0, 4.0, 2.0])
+    assert [r["ImageReward"] for r in before] == pytest.approx([3.0, 4.0, 2.0])
 
 
 def test_a_killed_writes_temporary_file_is_ignored_then_cleared(tmp_path: Path) -> None:
@@ -139,5 +139,5 @@ def test_exports_read_back(tmp_path: Path) -> None:
         records = list(csv.DictReader(handle))
     data = json.loads((tmp_path / "out.json").read_text())
     assert len(records) == len(data) == table.num_rows == 12
-    assert sorted(float(r["score"]) for r in records) == pytest.approx(sorted(r["score"] for r in data))
+    assert sorted(float(r["ImageReward"]) for r in records) == pytest.approx(sorted(r["ImageReward"] for r in data))
     assert {r["key"] for r in data} == set(table.column("key").to_pylist())

@@ -170,5 +170,5 @@ def test_cli_usage_errors_for_scorers(fake: Path, tmp_path: Path, capsys) -> Non
     assert "--scorer judge: unknown" in capsys.readouterr().err
     assert main([str(folder), "-p", "x", "-s", "fa", "--weights", "fa=1", "--models-dir", str(fake)]) == 2
     assert "--weights only applies with --scorer ensemble" in capsys.readouterr().err
-    assert main(["--store", str(tmp_path / "store"), "-s", "pickscore"]) == 2
-    assert "ImageReward only" in capsys.readouterr().err
+    assert main(["--store", str(tmp_path / "store"), "-s", "judge"]) == 2  # (collections take --scorer too)
+    assert "--scorer judge: unknown" in capsys.readouterr().err

@@ -6,7 +6,8 @@ What a front end (the command line, a WebUI tab) calls:
 
     summary = score_collection(                      # only new or changed images are scored
         folder_source(["outputs"]), "outputs/.imagereward-scores",
-        scorer=shared_scorer,                        # optional: the WebUI's loaded scorer (else loaded here)
+        scorer=shared_scorer,                        # optional: the WebUI's loaded scorer(s) (else loaded here,
+        scorers=("imagereward", "hpsv2.1"),          #  these: one column each, named by label; see columns.py)
         workers=0,                                   # decode in-process (in the WebUI: no forked copy of it)
         progress=lambda p: bar(p.done, p.total, p.images_per_s, p.eta_s),
         should_stop=lambda: interrupted,             # polled after each batch; what was scored is kept

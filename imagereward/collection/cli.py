@@ -4,9 +4,12 @@
     python -m imagereward.collection --shards 'data/*.tar' --store data.scores --workers 2
     python -m imagereward.collection --store outputs.scores --min-score 1 --copy-to best   # no scoring: select
     python -m imagereward.collection --store outputs.scores --check        # parts, rows, damaged parts (--repair)
+    python -m imagereward.collection outputs -r --store outputs.scores --scorer hpsv2.1   # adds the HPSv2.1 column
+    python -m imagereward.collection --store outputs.scores --by hpsv2.1 --min-score 0.25 -o best.csv
 
 `add_arguments` adds the collection options to a parser that already has the main command line's options (paths,
--p, -r, -f, -o, --copy-to, --clean-prompt, --models-dir, --offline, --device, --dtype, --batch-size, -q); `run`
+-p, -r, -f, -o, --copy-to, --clean-prompt, --models-dir, --scorer, --weights, --offline, --device, --dtype,
+--batch-size, -q); `run`
 takes the parsed arguments. `build_parser` makes a stand-alone parser with both.
 """
 
@@ -77,6 +80,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         help="the model's CPU threads (default: cores minus --workers, at least 1, when there are workers)",
     )
+    group.add_argument(
+        "--by",
+        metavar="SCORER",
+        help="the score column that --min-score, --max-score, the listing, -o, --copy-to and --move-to go by: a "
+        "scorer's name or label, e.g. hpsv2.1 or HPSv2.1 (default: the first scorer holding scores, in the order "
+        "ImageReward, CLIP, Aesthetic, BLIP, PickScore, HPSv2.1, Ensemble)",
+    )
     group.add_argument("--min-score", type=float, help="list, export, copy or move only images scoring at least this")
     group.add_argument("--max-score", type=float, help="… and at most this")
     group.add_argument("--prompt-contains", metavar="TEXT", help="… whose prompt contains TEXT (any case)")
@@ -115,6 +125,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--copy-to", help="copy the selected images there (never overwrites)")
     parser.add_argument("--clean-prompt", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--models-dir")
+    parser.add_argument(
+        "-s",
+        "--scorer",
+        action="append",
+        metavar="NAME",
+        help="scorer(s) filling the store, one column each (repeat, or name=a,b): imagereward (default), clip, "
+        "aesthetic, blip, pickscore, hpsv2.1, ensemble; a scorer added to a store scores only its own column",
+    )
+    parser.add_argument("--weights", metavar="NAME=W,...", help="with --scorer ensemble: each member's weight")
     parser.add_argument("--offline", action="store_true")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto", choices=("auto", "fp32", "fp16", "bf16"))
@@ -136,6 +155,7 @@ COLLECTION_ONLY = (
     "max_score",
     "prompt_contains",
     "move_to",
+    "by",
     "ray",
     "check",
     "repair",
@@ -178,6 +198,14 @@ def _check(args: argparse.Namespace) -> None:
         raise UsageError("--threads must be at least 1")
     if args.copy_to and args.move_to:
         raise UsageError("give --copy-to or --move-to, not both")
+    if getattr(args, "by", None):
+        from .columns import UnknownColumnError, column_of
+
+        try:
+            column_of(args.by)
+        except UnknownColumnError as exc:
+            raise UsageError(f"--by {exc}") from None
+    args.scorer_names = _scorer_names(args)
     from .storage import is_url
 
     if any(is_url(p) for p in args.paths or ()) or is_url(args.paths_file):
@@ -185,8 +213,6 @@ def _check(args: argparse.Namespace) -> None:
             "images and path lists on object storage: give --shards s3://… or --parquet-in s3://… (paths and "
             "--paths-file are local)"
         )
-    if args.ray and is_url(args.store):
-        raise UsageError("--ray writes to a local or shared-folder store for now; give --store a folder")
     if args.models_dir and not Path(args.models_dir).expanduser().is_dir():
         raise UsageError(f"--models-dir {args.models_dir}: is not a folder")
     from ..engine import check_device  # one line before the model loads, as the main command line
@@ -195,6 +221,22 @@ def _check(args: argparse.Namespace) -> None:
         check_device(args.device)
     except ImageRewardError as exc:
         raise UsageError(f"--device {exc}") from None
+
+
+def _scorer_names(args: argparse.Namespace) -> list[str]:
+    """--scorer as the main command line reads it (default: imagereward); one line for an unknown name."""
+    from ..cli import UsageError as MainUsageError
+    from ..cli import scorer_names
+
+    try:
+        names = scorer_names(args)
+        if "ensemble" in names:
+            from ..ensemble import make_ensemble
+
+            make_ensemble(names, args.weights)  # (bad weights or members: said before anything is loaded)
+        return names
+    except (MainUsageError, ImageRewardError) as exc:
+        raise UsageError(str(exc)) from None
 
 
 def make_source(args: argparse.Namespace) -> Any:
@@ -221,6 +263,8 @@ def _score(args: argparse.Namespace, store: ResultStore, source: Any) -> Any:
         "dtype": args.dtype,
         "batch_size": args.batch_size,
         "rescore": args.rescore,
+        "scorers": args.scorer_names,
+        "weights": args.weights,
         "prompt": args.prompt,
         "clean_prompts": args.clean_prompt,
         "caption_field": args.caption_field,
@@ -236,13 +280,14 @@ def _score(args: argparse.Namespace, store: ResultStore, source: Any) -> Any:
     from .pipeline import score_collection
 
     bar = None
+    desc = "/".join(args.scorer_names)
     if not args.quiet:
         from tqdm import tqdm
 
         def progress(p: Any) -> None:
             nonlocal bar
             if bar is None:
-                bar = tqdm(total=p.total, unit="img", desc="ImageReward", file=sys.stderr, mininterval=0.5)
+                bar = tqdm(total=p.total, unit="img", desc=desc, file=sys.stderr, mininterval=0.5)
             bar.update(p.done - bar.n)
 
     try:
@@ -260,21 +305,26 @@ def _score(args: argparse.Namespace, store: ResultStore, source: Any) -> Any:
             bar.close()
 
 
-def _table(rows: Sequence[dict[str, Any]]) -> str:
-    lines = [f"{'score':>8}  {'image':<60}  prompt"]
+def _table(rows: Sequence[dict[str, Any]], by: str = "score") -> str:
+    from ..scorers.specs import SCORERS
+
+    decimals = next((spec.scale.decimals for spec in SCORERS.values() if spec.label == by), 3)
+    lines = [f"{by[:12]:>12}  {'image':<60}  prompt"]
     for row in rows:
-        score = "" if row["score"] is None else f"{row['score']:.3f}"
+        score = "" if row["score"] is None else f"{row['score']:.{decimals}f}"
         image = row["key"] if len(row["key"]) <= 60 else "…" + row["key"][-59:]
         prompt = " ".join((row["prompt"] or row["error"] or "").split())  # one line
-        lines.append(f"{score:>8}  {image:<60}  {prompt[:80]}")
+        lines.append(f"{score:>12}  {image:<60}  {prompt[:80]}")
     return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> int:
     """Score (when inputs are given), then list or export, then copy or move. Returns the exit status."""
+    from .columns import UnknownColumnError
+
     try:
         return _run(args)
-    except UsageError as exc:
+    except (UsageError, UnknownColumnError) as exc:  # (--by a scorer the store holds no scores of)
         _say(str(exc))
         return EXIT_USAGE
     except KeyboardInterrupt:
@@ -329,16 +379,18 @@ def _run(args: argparse.Namespace) -> int:
             _say(problem)
         say_store_problems()
         if not args.quiet:
-            skipped = "" if args.ray else f", {summary.skipped} already in the store ({summary.total} found)"
+            columns = getattr(summary, "columns", {})
+            per_column = f" ({', '.join(f'{c}: {n}' for c, n in columns.items())})" if len(columns) > 1 else ""
             _say(
-                f"{summary.scored} scored, {summary.failed} failed{skipped} in {summary.elapsed_s:.1f} s "
-                f"-> {store.name}"
+                f"{summary.scored} scored{per_column}, {summary.failed} failed, {summary.skipped} already in the store "
+                f"({summary.total} found) in {summary.elapsed_s:.1f} s -> {store.name}"
+                + (" (interrupted)" if summary.interrupted else "")
             )
         if summary.interrupted:
             return EXIT_INTERRUPTED
         if summary.failed or summary.problems:
             status = EXIT_SOME_FAILED
-    filters = Filters(args.min_score, args.max_score, args.prompt_contains)
+    filters = Filters(args.min_score, args.max_score, args.prompt_contains, by=args.by)
     fmt = args.format or FORMATS.get(Path(args.output).suffix.lower(), "table") if args.output else args.format
     if args.output:
         if fmt not in ("csv", "json"):
@@ -354,10 +406,11 @@ def _run(args: argparse.Namespace) -> int:
             min_score=args.min_score,
             max_score=args.max_score,
             prompt_contains=args.prompt_contains,
+            by=args.by,
             limit=args.limit,
         )
         say_store_problems()
-        print(_table(page.rows))
+        print(_table(page.rows, page.by))
         if page.total > len(page.rows):
             print(f"… {page.total - len(page.rows)} more (--limit N, or -o FILE.csv for all)")
     target = getattr(args, "copy_to", None) or args.move_to

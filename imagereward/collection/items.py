@@ -2,8 +2,11 @@
 
 An `Item` is an image as a source lists it, before anything is decoded: where its bytes are (a file, or a member of a
 webdataset tar shard at a byte offset), its size and modification time, and its prompt when the source knows it in
-advance (``--prompt``, a Parquet column). Its *fingerprint* says whether a stored score is still valid: the same
-image bytes (size, mtime), the same prompt source, the same model and the same prompt cleaning.
+advance (``--prompt``, a Parquet column). Its *fingerprint* says whether the stored row still describes the image: the
+same image bytes (size, mtime), the same prompt source and the same prompt cleaning. Which scorer and weights made each
+score is recorded per score column (`columns`), not in the fingerprint: rows written now pass ``model=""``; rows of
+earlier versions folded ImageReward's model id in, and keep it in their ``model`` column, so they are still
+recognised (`store.DoneIndex`).
 """
 
 from __future__ import annotations
@@ -13,8 +16,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-#: The shape of one image's prepared pixels: 224 x 224 RGB, uint8.
-IMAGE_SIZE_PIXELS = (224, 224, 3)
+from .columns import SCORE_COLUMNS, WEIGHTS_COLUMNS
 
 #: Values of the store's ``status`` column.
 SCORED = "scored"
@@ -32,15 +34,16 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("mtime_ns", "int64"),
     ("sha256", "string"),
     ("prompt", "string"),
-    ("score", "float64"),
+    *((column, "float64") for column in SCORE_COLUMNS),  # one per scorer, by its label (see `columns`)
     ("status", "string"),
     ("error", "string"),
     ("moved_to", "string"),
-    ("model", "string"),
-    ("scorer", "string"),
+    ("model", "string"),  # null, or the model id an earlier version folded into `fingerprint` (see `fingerprint`)
+    ("scorer", "string"),  # the program that wrote the row: "imagereward <version>"
     ("clean_prompt", "bool"),
     ("fingerprint", "int64"),
     ("scored_at", "timestamp_us_utc"),
+    *((column, "string") for column in WEIGHTS_COLUMNS),  # what made each score (see `columns`)
 )
 
 

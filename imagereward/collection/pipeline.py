@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -22,10 +22,14 @@ import numpy as np
 import torch
 
 from ..errors import ImageRewardError
+from . import deps
+from .columns import weights_column
 from .items import FAILED, SCORED, Item, as_text, fingerprint, path_bytes
 from .prepare import ItemReader, Prepared, ReadOptions
+from .scoring import RunScorers, load_run_scorers
+from .scoring import model_id as model_id  # (the name ray_job and earlier callers import from here)
 from .sources import Source
-from .store import DoneIndex, ResultStore
+from .store import DoneIndex, ResultStore, rows_to_table
 
 #: Compact the store after a run when it holds at most this many rows (else only when parts pile up).
 COMPACT_ROWS = 2_000_000
@@ -55,35 +59,49 @@ class RunSummary:
     interrupted: bool = False
     store: str = ""
     problems: list[str] = field(default_factory=list)  # inputs that could not be listed (broken shards), damaged parts
+    columns: dict[str, int] = field(default_factory=dict)  # score column -> images given a score in it by this run
+
+
+@dataclass(frozen=True)
+class Todo:
+    """What a run does for one item: the fingerprint (and earlier-version model) its row carries, and the score
+    columns it lacks."""
+
+    fingerprint: int
+    model: str | None
+    needs: frozenset[str]
 
 
 @dataclass
 class RunPlan:
-    """What decides which items a run scores; the same in every worker."""
+    """What decides which items a run scores, and which of its scorers; the same in every worker.
 
-    model: str
+    weights: score column -> the record the run's scorer writes (`columns`); an image needs a column unless the
+    store holds a score of its current content made by those weights."""
+
+    weights: dict[str, str]
     clean: bool
     fixed_prompt: str | None
     rescore: bool
     index: DoneIndex
 
-    def todo(self, item: Item) -> int | None:
-        """The item's fingerprint when it must be scored, None when the store already holds it."""
-        fp = fingerprint(item, self.fixed_prompt, self.model, self.clean)
-        if not self.rescore and self.index.is_done(item.key, fp):
-            return None
-        return fp
-
-
-def model_id(scorer: Any) -> str:
-    """A short, stable identity of the loaded weights: a hash of the reward head (fp32 on every device)."""
-    import hashlib
-
-    digest = hashlib.blake2b(digest_size=8)
-    for name, tensor in sorted(scorer.model.head.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
+    def todo(self, item: Item) -> Todo | None:
+        """What to score for the item, None when the store already holds every column the run fills."""
+        content = fingerprint(item, self.fixed_prompt, "", self.clean)
+        every = frozenset(self.weights)
+        entry = None if self.rescore else self.index.get(item.key)
+        if entry is None:
+            return Todo(content, None, every)
+        if entry.model is not None:  # written by an earlier version, which folded ImageReward's model id in
+            if entry.fingerprint != fingerprint(item, self.fixed_prompt, entry.model, self.clean):
+                return Todo(content, None, every)
+        elif entry.fingerprint != content:
+            return Todo(content, None, every)
+        if entry.failed:
+            return None  # (the same bytes would fail again)
+        needs = every - entry.valid
+        # The same content: the new row keeps the key's fingerprint, so `merge` joins its scores to the older ones.
+        return Todo(entry.fingerprint, entry.model, needs) if needs else None
 
 
 def scorer_name() -> str:
@@ -95,20 +113,24 @@ def scorer_name() -> str:
 class _Batches(torch.utils.data.IterableDataset):
     """Batches of prepared items; in worker w of W it reads the source's partition w of W."""
 
-    def __init__(self, source: Source, plan: RunPlan, options: ReadOptions, batch_size: int) -> None:
+    def __init__(
+        self, source: Source, plan: RunPlan, options: ReadOptions, batch_size: int, layouts: Any = None
+    ) -> None:
         self.source, self.plan, self.options, self.batch_size = source, plan, options, batch_size
+        self.layouts = layouts  # needs -> the geometries to make (None: every one)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = torch.utils.data.get_worker_info()
         part, parts = (info.id, info.num_workers) if info is not None else (0, 1)
         reader = ItemReader(self.options)
-        ready: list[tuple[Prepared, int]] = []
+        ready: list[tuple[Prepared, Todo]] = []
         try:
             for item in self.source.items(part, parts):
-                fp = self.plan.todo(item)
-                if fp is None:
+                todo = self.plan.todo(item)
+                if todo is None:
                     continue
-                ready.append((reader.prepare(item), fp))
+                wanted = self.layouts(todo.needs) if self.layouts is not None else None
+                ready.append((reader.prepare(item, wanted), todo))
                 if len(ready) >= self.batch_size:
                     yield _collate(ready)
                     ready = []
@@ -118,11 +140,15 @@ class _Batches(torch.utils.data.IterableDataset):
             reader.close()
 
 
-def _collate(ready: list[tuple[Prepared, int]]) -> dict[str, Any]:
-    good = [p.pixels for p, _ in ready if p.pixels is not None]
-    # Channels first and contiguous here, in the worker, so the main process only scores.
-    pixels = torch.from_numpy(np.ascontiguousarray(np.stack(good).transpose(0, 3, 1, 2))) if good else None
-    meta = [(p.item, fp, p.prompt, p.sha256, p.error) for p, fp in ready]
+def _collate(ready: list[tuple[Prepared, Todo]]) -> dict[str, Any]:
+    """A batch: each geometry's arrays stacked (with the batch positions they belong to), and each item's meta."""
+    count = max((len(p.pixels) for p, _ in ready if p.pixels is not None), default=0)
+    pixels: list[tuple[Any, list[int]] | None] = []
+    for g in range(count):
+        positions = [i for i, (p, _) in enumerate(ready) if p.pixels is not None and p.pixels[g] is not None]
+        arrays = [ready[i][0].pixels[g] for i in positions]  # type: ignore[index]
+        pixels.append((torch.from_numpy(np.stack(arrays)), positions) if positions else None)
+    meta = [(p.item, todo, p.prompt, p.sha256, p.error) for p, todo in ready]
     return {"pixels": pixels, "meta": meta}
 
 
@@ -145,6 +171,8 @@ def score_collection(
     store: str | os.PathLike[str] | ResultStore,
     *,
     scorer: Any = None,
+    scorers: Sequence[str] = ("imagereward",),
+    weights: str | None = None,
     models_dir: str | None = None,
     device: str = "auto",
     dtype: str = "auto",
@@ -165,7 +193,10 @@ def score_collection(
 ) -> RunSummary:
     """Score the images of `source` that the store does not hold yet (all of them with `rescore`).
 
-    scorer: an `ImageRewardScorer` already loaded (the WebUI's), else one is loaded from `models_dir`.
+    scorer: scorers already loaded (an `ImageRewardScorer`, or a `registry.ScorerSet`: the WebUI's; one holding a
+        `batch_lock` has it held around each batch), else `scorers` (names, as the command line's --scorer: one,
+        several, "ensemble" with `weights`) are loaded from `models_dir`. Each scorer fills its own column
+        (`columns`); an image is scored by those whose column it lacks (or holds from other weights).
     workers: decode processes (0: decode in this process, between batches).
     torch_threads: the model's CPU threads in this process during the run (restored afterwards; None: as they are).
         With decode workers on a small CPU, cores minus workers avoids oversubscription, which costs torch's
@@ -179,26 +210,33 @@ def score_collection(
     summary = RunSummary(store=results.name)
     with _model_threads(torch_threads), results.writer() as writer:
         if scorer is None:
-            from ..scorer import ImageRewardScorer
-
-            scorer = ImageRewardScorer.load(
-                models_dir, device=device, dtype=dtype, batch_size=batch_size, offline=offline, progress=True
-            )
-        plan = RunPlan(model_id(scorer), clean_prompts, prompt, rescore, results.index())
+            run = load_run_scorers(
+                scorers, models_dir, device=device, dtype=dtype, batch_size=batch_size, offline=offline,
+                weights=weights,
+            )  # fmt: skip
+        else:
+            run = RunScorers(scorer, lock=getattr(scorer, "batch_lock", None))
+        plan = RunPlan(run.weights, clean_prompts, prompt, rescore, results.index(run.weights))
         summary.total, todo = count_todo(source, plan)
         summary.skipped = summary.total - todo
         summary.problems = list(getattr(source, "problems", []))
-        options = ReadOptions(prompt, caption_field, exif_orientation, hash_files)
-        batches = _batch_loader(_Batches(source, plan, options, batch_size), workers)
+        options = ReadOptions(
+            prompt, caption_field, exif_orientation, hash_files, tuple(run.geometries), run.needs_prompt
+        )
+        batches = _batch_loader(_Batches(source, plan, options, batch_size, run.layouts), workers)
         pending = _Pending(writer, flush_rows, flush_seconds)
         clock = _Clock(started, todo)
         name = scorer_name()
         try:
             for batch in batches:
-                rows = _score_batch(scorer, batch, plan, name)
+                rows = _score_batch(run, batch, plan, name)
                 pending.add(rows)
                 failed = sum(row["status"] != SCORED for row in rows)
                 summary.scored += len(rows) - failed
+                for column in run.columns:
+                    summary.columns[column] = summary.columns.get(column, 0) + sum(
+                        row.get(column) is not None for row in rows
+                    )
                 summary.failed += failed
                 if progress is not None:
                     progress(clock.progress(summary))
@@ -228,21 +266,26 @@ def _batch_loader(batches: _Batches, workers: int) -> Any:
 
 
 class _Pending:
-    """Rows scored but not yet in the store: written every `rows` rows or `seconds` seconds, and at the end."""
+    """Rows scored but not yet in the store: written every `rows` rows or `seconds` seconds, and at the end. Rows come
+    as dicts (this run's) or as Arrow tables with the store's columns (the Ray job's)."""
 
     def __init__(self, writer: Any, rows: int, seconds: float) -> None:
         self.writer, self.rows, self.seconds = writer, rows, seconds
-        self.pending: list[dict[str, Any]] = []
+        self.pending: list[Any] = []  # tables
+        self.count = 0
         self.last = time.monotonic()
 
-    def add(self, rows: list[dict[str, Any]]) -> None:
-        self.pending.extend(rows)
-        if len(self.pending) >= self.rows or time.monotonic() - self.last >= self.seconds:
+    def add(self, rows: list[dict[str, Any]] | Any) -> None:
+        table = rows if hasattr(rows, "num_rows") else rows_to_table(rows)
+        self.pending.append(table)
+        self.count += table.num_rows
+        if self.count >= self.rows or time.monotonic() - self.last >= self.seconds:
             self.flush()
 
     def flush(self) -> None:
-        self.writer.append(self.pending)
-        self.pending, self.last = [], time.monotonic()
+        if self.pending:
+            self.writer.append(deps.pyarrow().concat_tables(self.pending, promote_options="default"))
+        self.pending, self.count, self.last = [], 0, time.monotonic()
 
 
 class _Clock:
@@ -275,30 +318,33 @@ def _model_threads(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def _score_batch(scorer: Any, batch: dict[str, Any], plan: RunPlan, name: str) -> list[dict[str, Any]]:
-    return store_rows(scorer, batch["meta"], batch["pixels"], plan.model, plan.clean, name)
+def _score_batch(run: RunScorers, batch: dict[str, Any], plan: RunPlan, name: str) -> list[dict[str, Any]]:
+    return store_rows(run, batch["meta"], batch["pixels"], plan.clean, name)
 
 
 def store_rows(
-    scorer: Any,
-    meta: list[tuple[Item, int, str | None, str | None, str | None]],
-    pixels: Any,
-    model: str,
+    run: RunScorers,
+    meta: Sequence[tuple[Item, Todo, str | None, str | None, str | None]],
+    pixels: Sequence[tuple[Any, list[int]] | None],
     clean: bool,
     name: str,
 ) -> list[dict[str, Any]]:
-    """Store rows for prepared items: (item, fingerprint, prompt, sha256, error) each, and the pixels (B, 3, 224,
-    224) uint8 of those without an error, in order."""
-    good = [m for m in meta if m[4] is None]
-    scores: list[float] = []
-    if good:
-        scores = scorer.score([m[2] for m in good], pixels, clean_prompts=clean)
-    next_score = iter(scores)
+    """Store rows for prepared items: (item, todo, prompt, sha256, error) each, and for each of the run's geometries
+    the stacked arrays of the items that have them with their positions in `meta`. A row holds the columns its item
+    needed (and the ensemble's members, computed for it); the others stay null, and `merge` joins them to the scores
+    older rows of the same content hold."""
+    needs = [todo.needs if error is None else frozenset() for _, todo, _, _, error in meta]
+    scores = run.score([m[2] for m in meta], needs, pixels, clean) if any(needs) else [{} for _ in meta]
     now = datetime.now(timezone.utc)
     rows = []
-    for item, fp, prompt, sha, error in meta:
+    for (item, todo, prompt, sha, error), values in zip(meta, scores, strict=True):
+        row = {
+            **{column: value for column, value in values.items()},
+            **{weights_column(column): run.weights[column] for column in values},
+        }
         rows.append(
             {
+                **row,
                 "key": item.key,
                 "path": as_text(item.path),
                 "path_bytes": path_bytes(item.path),
@@ -307,13 +353,12 @@ def store_rows(
                 "mtime_ns": item.mtime_ns,
                 "sha256": sha,
                 "prompt": None if prompt is None else as_text(prompt),
-                "score": next(next_score) if error is None else None,
                 "status": SCORED if error is None else FAILED,
                 "error": None if error is None else as_text(error),
-                "model": model,
+                "model": todo.model,
                 "scorer": name,
                 "clean_prompt": clean,
-                "fingerprint": fp,
+                "fingerprint": todo.fingerprint,
                 "scored_at": now,
             }
         )

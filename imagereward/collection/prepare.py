@@ -1,9 +1,9 @@
-"""Decoding one item into the model's input, in a worker process: bytes -> prompt and 224x224 RGB pixels.
+"""Decoding one item into the models' input, in a worker process: bytes -> prompt and pixels, one decode per image.
 
-The pixels are the reference-exact PIL preprocessing (`pil_to_uint8`) as uint8, a quarter of the size of the
-normalised floats; the scorer's tensor path reads a 224x224 uint8 tensor without resizing, so the scores are those of
-the file path (the tests check this). Per-item problems (unreadable image, no prompt) become the item's error and
-never stop a run.
+From that one decode, each pixel layout the run's models read (`scoring.Geometry`: ImageReward's 224 crop as uint8,
+a quarter of the size of the normalised floats; HPSv2.1's letterbox as float32) is made with the same calls as the
+file path, so the scores are those of the file path (the tests check this). Per-item problems (unreadable image, no
+prompt) become the item's error and never stop a run.
 """
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ import numpy as np
 from ..errors import ImageRewardError
 from ..infotext import parse_infotext, read_image_infotext
 from ..limits import open_image
-from ..preprocess import apply_exif_orientation, pil_to_uint8
+from ..preprocess import apply_exif_orientation
 from . import storage
 from .items import Item, member_label
+from .scoring import DEFAULT_GEOMETRIES, Geometry
 from .sources import caption_text
 
 NO_PROMPT = "no prompt: the image has no WebUI generation parameters and no caption; pass --prompt"
@@ -28,7 +29,7 @@ NO_PROMPT = "no prompt: the image has no WebUI generation parameters and no capt
 @dataclass
 class Prepared:
     item: Item
-    pixels: np.ndarray | None  # (224, 224, 3) uint8, None on error
+    pixels: tuple[np.ndarray | None, ...] | None  # one array per `ReadOptions.geometries` (None: not wanted); error
     prompt: str | None
     sha256: str | None
     error: str | None
@@ -40,6 +41,8 @@ class ReadOptions:
     caption_field: str = "caption"
     exif_orientation: bool = True
     hash_files: bool = False
+    geometries: tuple[Geometry, ...] = DEFAULT_GEOMETRIES  # the pixel layouts the run's models read
+    needs_prompt: bool = True  # False: no scorer of the run reads one (aesthetic), so none is required
 
 
 class ItemReader:
@@ -92,7 +95,7 @@ class ItemReader:
                 raise ImageRewardError(f"cannot read it ({exc.strerror or exc})") from None
         return self._read_at(item.path, item.offset, item.size)
 
-    def prepare(self, item: Item) -> Prepared:
+    def prepare(self, item: Item, wanted: frozenset[int] | None = None) -> Prepared:
         if item.error is not None:  # found while listing (a duplicate key, a member past the shard's end)
             return Prepared(item, None, None, None, item.error)
         try:
@@ -102,7 +105,7 @@ class ItemReader:
                 caption = self._read_at(item.path, item.caption.offset, item.caption.size)
         except ImageRewardError as exc:
             return Prepared(item, None, None, None, _message(exc, item))
-        return prepare_data(item, data, caption, self.options)
+        return prepare_data(item, data, caption, self.options, wanted)
 
 
 def _message(exc: Exception, item: Item) -> str:
@@ -112,8 +115,11 @@ def _message(exc: Exception, item: Item) -> str:
     return message
 
 
-def prepare_data(item: Item, data: bytes, caption: bytes | None, options: ReadOptions) -> Prepared:
-    """The item's prompt and pixels from its bytes (and its caption member's bytes, for a tar member)."""
+def prepare_data(
+    item: Item, data: bytes, caption: bytes | None, options: ReadOptions, wanted: frozenset[int] | None = None
+) -> Prepared:
+    """The item's prompt and pixels from its bytes (and its caption member's bytes, for a tar member): the layouts
+    numbered in `wanted` (default: every one of `options.geometries`)."""
     digest = hashlib.sha256(data).hexdigest() if options.hash_files else None
     stream = io.BytesIO(data)
     try:
@@ -124,11 +130,14 @@ def prepare_data(item: Item, data: bytes, caption: bytes | None, options: ReadOp
         if prompt is None and item.member is None:
             text = read_image_infotext(image)
             prompt = parse_infotext(text).prompt if text else None
-        if prompt is None:
+        if prompt is None and options.needs_prompt:
             return Prepared(item, None, None, digest, NO_PROMPT)
         if options.exif_orientation:
             image = apply_exif_orientation(image)
-        pixels = pil_to_uint8(image)
+        pixels = tuple(
+            geometry.make(image) if wanted is None or i in wanted else None
+            for i, geometry in enumerate(options.geometries)
+        )
     except ImageRewardError as exc:  # (PIL names an in-memory image by its object: name the member or file)
         return Prepared(item, None, None, digest, _message(exc, item).replace(repr(stream), repr(member_label(item))))
     return Prepared(item, pixels, prompt, digest, None)

@@ -1,33 +1,45 @@
 """The same job on Ray Data, for more than one GPU or machine.
 
-    source (Ray's readers: read_binary_files for files, read_webdataset for tar shards, read_parquet for a Parquet of
-    paths)  ->  map_batches(prepare_batch)   CPU tasks: skip what the store holds, decode, preprocess (as locally)
-            ->  map_batches(ScoreActor)      an actor pool, one model per actor (`actors`, `gpus_per_actor`)
-            ->  write_parquet(STORE/.ray-<id>/)  then each complete file becomes a part of the store
+    source (shards: one task per shard, listed and read as the local run does; files: read_binary_files; a Parquet
+    of paths: read_parquet)  ->  map_batches(prepare_batch)   CPU tasks: skip what the store holds, decode, preprocess
+            ->  map_batches(ScoreActor)   an actor pool, the run's models in each actor (`actors`, `gpus_per_actor`)
+            ->  the driver: iter_batches  ->  parts of the store, through the store's writer
 
-Same preprocessing, fingerprints and rows as the single-process path, so both give the same scores and either can
-resume the other's store. A run killed midway leaves complete files in its staging folder; the next run (local or
-Ray) adds them to the store before deciding what is left to score, so at most the unfinished files' rows are scored
-again. Every node needs this package (and the model files at `models_dir`) installed.
+No worker writes a file: the scored rows (a few hundred bytes each, no pixels) stream back to the driver, which
+appends them to the store every `flush_rows` rows or `flush_seconds` as the local run does. So the store can be
+wherever the driver can write, and nodes need no shared file system for the output. A driver killed midway loses at
+most the rows not yet flushed, and the next run (local or Ray) scores exactly those again. The driver lists the source
+once before the job, as the local run does (images found, already in the store, to score), and before it finishes
+checks that every image to score came back once (count and a sum of key hashes), else says so.
+
+Same listing, preprocessing, fingerprints and rows as the single-process path, so both give the same scores and
+either can resume the other's store. Every node needs this package (and the model files at `models_dir`) installed,
+and the inputs at the same paths. Staging folders (``STORE/.ray-*``) that earlier versions wrote are still adopted.
 """
 
 from __future__ import annotations
 
 import os
 import time
-import uuid
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 
+from ..errors import ImageRewardError
 from . import deps, storage
-from .items import IMAGE_SIZE_PIXELS, Caption, Item, as_text, path_bytes
-from .pipeline import RunPlan, RunSummary, model_id, scorer_name, store_rows
-from .prepare import ReadOptions, prepare_data
-from .sources import IMAGE_SUFFIXES, FileSource, ParquetSource, PathListSource, ShardSource, stat
+from .items import SCORED, Item, as_text, key_hash, path_bytes
+from .pipeline import RunPlan, RunSummary, Todo, _maybe_compact, _Pending, scorer_name, store_rows
+from .prepare import ItemReader, Prepared, ReadOptions, prepare_data
+from .scoring import load_run_scorers
+from .sources import FileSource, ParquetSource, PathListSource, ShardSource, SourceError, shard_items, stat
 from .store import DoneIndex, ResultStore, rows_to_table
 
-_TEXT_COLUMNS = ("key", "path", "member", "prompt", "sha256", "error")
+#: Rows a prepare task hands over at a time (150 KB of pixels each).
+PREPARE_ROWS = 64
+
+_TEXT_COLUMNS = ("key", "path", "member", "prompt", "sha256", "error", "model", "needs")
+_NEEDS_SEPARATOR = "\x1f"
 
 
 def _mtime(path: str, cache: dict[str, int]) -> int:
@@ -37,88 +49,93 @@ def _mtime(path: str, cache: dict[str, int]) -> int:
     return cache[path]
 
 
-def _items(batch: dict[str, Any], kind: str, cache: dict[str, int]) -> list[tuple[Item, bytes | None, bytes | None]]:
-    """(item, image bytes or None to read, caption bytes) per row of a reader's batch."""
-    out: list[tuple[Item, bytes | None, bytes | None]] = []
-    n = len(batch["path"])
+def _size(path: str) -> int:
+    found = stat(path)
+    return found[0] if found else -1
+
+
+def _items(batch: dict[str, Any], kind: str, cache: dict[str, int]) -> Iterator[tuple[Item, bytes | None]]:
+    """(item, its bytes or None to read them) for each image of a batch of the source's dataset."""
+    paths = batch["path"]
     if kind == "files":
-        for path, data in zip(batch["path"], batch["bytes"], strict=True):
+        for path, data in zip(paths, batch["bytes"], strict=True):
             path = os.path.abspath(str(path))
-            item = Item(key=as_text(path), path=path, size=len(data), mtime_ns=_mtime(path, cache))
-            out.append((item, bytes(data), None))
+            data = _blob(data)
+            if data is None:  # (read_binary_files always gives bytes; read the file in the task otherwise)
+                yield Item(key=as_text(path), path=path, size=_size(path), mtime_ns=_mtime(path, cache)), None
+            else:
+                yield Item(key=as_text(path), path=path, size=len(data), mtime_ns=_mtime(path, cache)), data
     elif kind == "parquet":
-        prompts = batch.get("prompt", [None] * n)
-        for path, value in zip(batch["path"], prompts, strict=True):
+        prompts = batch.get("prompt", [None] * len(paths))
+        for path, value in zip(paths, prompts, strict=True):
             path, prompt = str(path), _text(value)
-            size, mtime = stat(path) or (-1, -1)
-            item = Item(key=as_text(path), path=path, size=size, mtime_ns=mtime, prompt=prompt)
-            out.append((item, None, None))
-    else:  # webdataset rows: __key__, path (the shard), one column per suffix
-        columns = {name.lower(): name for name in batch if not name.startswith("__") and name != "path"}
-        for i in range(n):
-            shard, key = str(batch["path"][i]), str(batch["__key__"][i])
-            shard = shard if storage.is_url(shard) else os.path.abspath(shard)
-            image_ext = next(
-                (e for e in columns if f".{e}" in IMAGE_SUFFIXES and batch[columns[e]][i] is not None), None
-            )
-            if image_ext is None:
-                continue  # a key without an image, as the local reader skips it
-            data = bytes(batch[columns[image_ext]][i])
-            caption_raw, caption = None, None
-            for ext in ("txt", "json"):
-                if ext in columns and batch[columns[ext]][i] is not None:
-                    caption_raw = bytes(batch[columns[ext]][i])
-                    caption = Caption(0, len(caption_raw), ext)
-                    break
-            item = Item(
-                key=f"{as_text(shard)}#{as_text(key)}",
-                path=shard,
-                size=len(data),
-                mtime_ns=_mtime(shard, cache),
-                member=f"{key}.{image_ext}",
-                offset=0,
-                caption=caption,
-            )
-            out.append((item, data, caption_raw))
-    return out
+            size, mtime = stat(path) or (-1, -1)  # (a file, or an object by URL)
+            yield Item(key=as_text(path), path=path, size=size, mtime_ns=mtime, prompt=prompt), None
+    else:  # shards: each one listed here exactly as the local run lists it (odd shards included)
+        for shard in paths:
+            try:
+                for item in shard_items(str(shard)):
+                    yield item, None
+            except SourceError:
+                continue  # the driver's listing reports the shard's problem once
 
 
-def prepare_batch(batch: dict[str, Any], *, kind: str, plan: RunPlan, options: ReadOptions) -> dict[str, Any]:
-    """CPU stage: rows to score, with their uint8 pixels (zeros where the image could not be used)."""
-    from .prepare import ItemReader
+def _blob(value: Any) -> bytes | None:
+    """A binary column's value as Ray hands it over; anything else (None, or the NaN Ray fills gaps with) is absent."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    if isinstance(value, np.ndarray) and value.dtype == np.uint8:
+        return value.tobytes()
+    return None
 
+
+def prepare_batch(
+    batch: dict[str, Any], *, kind: str, plan: RunPlan, options: ReadOptions, rows: int = PREPARE_ROWS
+) -> Iterator[dict[str, Any]]:
+    """CPU stage: rows to score with the pixels of each of the run's layouts (`pixels0`, `pixels1`, …; zeros where
+    the image could not be used) and the score columns each row needs, `rows` at a time (a shard's task would
+    otherwise hand over all of its pixels in one block)."""
     reader = ItemReader(options)
-    columns: dict[str, list[Any]] = {
-        name: [] for name in (*_TEXT_COLUMNS, "path_bytes", "size", "mtime_ns", "fingerprint")
-    }
-    pixels: list[np.ndarray] = []
-    blank = np.zeros(IMAGE_SIZE_PIXELS, np.uint8)
+    ready: list[tuple[Prepared, Todo]] = []
     try:
-        for item, data, caption in _items(batch, kind, {}):
-            fp = plan.todo(item)
-            if fp is None:
+        for item, data in _items(batch, kind, {}):
+            todo = plan.todo(item)
+            if todo is None:
                 continue
-            prepared = reader.prepare(item) if data is None else prepare_data(item, data, caption, options)
-            for name, value in (
-                ("key", item.key),
-                ("path", as_text(item.path)),
-                ("path_bytes", path_bytes(item.path)),
-                ("member", None if item.member is None else as_text(item.member)),
-                ("prompt", None if prepared.prompt is None else as_text(prepared.prompt)),
-                ("sha256", prepared.sha256),
-                ("error", None if prepared.error is None else as_text(prepared.error)),
-                ("size", item.size),
-                ("mtime_ns", item.mtime_ns),
-                ("fingerprint", fp),
-            ):
-                columns[name].append(value)
-            pixels.append(prepared.pixels if prepared.pixels is not None else blank)
+            ready.append((reader.prepare(item) if data is None else prepare_data(item, data, None, options), todo))
+            if len(ready) >= rows:
+                yield _columns(ready, options)
+                ready = []
     finally:
         reader.close()
+    if ready:
+        yield _columns(ready, options)
+
+
+def _columns(ready: list[tuple[Prepared, Todo]], options: ReadOptions) -> dict[str, Any]:
+    columns: dict[str, list[Any]] = {name: [] for name in (*_TEXT_COLUMNS, "path_bytes")}
+    for prepared, todo in ready:
+        item = prepared.item
+        for name, value in (
+            ("key", item.key),
+            ("path", as_text(item.path)),
+            ("path_bytes", path_bytes(item.path)),
+            ("member", None if item.member is None else as_text(item.member)),
+            ("prompt", None if prepared.prompt is None else as_text(prepared.prompt)),
+            ("sha256", prepared.sha256),
+            ("error", None if prepared.error is None else as_text(prepared.error)),
+            ("model", todo.model),
+            ("needs", _NEEDS_SEPARATOR.join(sorted(todo.needs))),
+        ):
+            columns[name].append(value)
     out: dict[str, Any] = {name: np.array(values, dtype=object) for name, values in columns.items()}
-    for name in ("size", "mtime_ns", "fingerprint"):
-        out[name] = np.array(columns[name], dtype=np.int64)
-    out["pixels"] = np.stack(pixels) if pixels else np.zeros((0, *IMAGE_SIZE_PIXELS), np.uint8)
+    out["size"] = np.array([p.item.size for p, _ in ready], dtype=np.int64)
+    out["mtime_ns"] = np.array([p.item.mtime_ns for p, _ in ready], dtype=np.int64)
+    out["fingerprint"] = np.array([todo.fingerprint for _, todo in ready], dtype=np.int64)
+    for g, geometry in enumerate(options.geometries):
+        blank = geometry.blank()
+        made = [p.pixels[g] if p.pixels is not None and p.pixels[g] is not None else blank for p, _ in ready]
+        out[f"pixels{g}"] = np.stack(made) if made else np.zeros((0, *blank.shape), blank.dtype)
     return out
 
 
@@ -133,26 +150,31 @@ class ScoreActor:
     """One model per actor (on its GPU when the pool asks for one); batches of prepared rows -> store rows."""
 
     def __init__(
-        self, models_dir: str | None, device: str, dtype: str, batch_size: int, offline: bool | None, plan: RunPlan
+        self,
+        models_dir: str | None,
+        device: str,
+        dtype: str,
+        batch_size: int,
+        offline: bool | None,
+        plan: RunPlan,
+        scorers: tuple[str, ...] = ("imagereward",),
+        weights: str | None = None,
     ) -> None:
-        from ..scorer import ImageRewardScorer
-
-        self.scorer = ImageRewardScorer.load(
-            models_dir, device=device, dtype=dtype, batch_size=batch_size, offline=offline, progress=False
-        )
-        if model_id(self.scorer) != plan.model:
-            raise RuntimeError(f"this node's model ({model_id(self.scorer)}) differs from the driver's ({plan.model})")
+        self.run = load_run_scorers(
+            scorers, models_dir, device=device, dtype=dtype, batch_size=batch_size, offline=offline, progress=False,
+            weights=weights,
+        )  # fmt: skip
+        if self.run.weights != plan.weights:
+            raise RuntimeError(f"this node's weights ({self.run.weights}) differ from the driver's ({plan.weights})")
         self.plan = plan
         self.name = scorer_name()
 
     def __call__(self, batch: dict[str, Any]) -> Any:
-        import torch
-
         n = len(batch["key"])
         meta = []
         for i in range(n):
-            raw_path = batch["path_bytes"][i]
-            real = os.fsdecode(bytes(raw_path)) if isinstance(raw_path, (bytes, bytearray)) else str(batch["path"][i])
+            raw_path = _blob(batch["path_bytes"][i])
+            real = os.fsdecode(raw_path) if raw_path else str(batch["path"][i])
             item = Item(
                 key=str(batch["key"][i]),
                 path=real,
@@ -160,16 +182,13 @@ class ScoreActor:
                 size=int(batch["size"][i]),
                 mtime_ns=int(batch["mtime_ns"][i]),
             )
-            fp, prompt, sha, error = (
-                int(batch["fingerprint"][i]),
-                _text(batch["prompt"][i]),
-                _text(batch["sha256"][i]),
-                _text(batch["error"][i]),
-            )
-            meta.append((item, fp, prompt, sha, error))
-        good = np.array([m[4] is None for m in meta], dtype=bool)
-        pixels = torch.from_numpy(np.ascontiguousarray(batch["pixels"][good])).permute(0, 3, 1, 2)
-        return rows_to_table(store_rows(self.scorer, meta, pixels, self.plan.model, self.plan.clean, self.name))
+            needs = frozenset(filter(None, (_text(batch["needs"][i]) or "").split(_NEEDS_SEPARATOR)))
+            todo = Todo(int(batch["fingerprint"][i]), _text(batch["model"][i]), needs)
+            prompt, sha, error = _text(batch["prompt"][i]), _text(batch["sha256"][i]), _text(batch["error"][i])
+            meta.append((item, todo, prompt, sha, error))
+        every = list(range(n))
+        pixels = [(batch[f"pixels{g}"], every) for g in range(len(self.run.geometries))]
+        return rows_to_table(store_rows(self.run, meta, pixels, self.plan.clean, self.name))
 
 
 def _init_ray(address: str | None, num_cpus: int | None) -> Any:
@@ -182,17 +201,49 @@ def _init_ray(address: str | None, num_cpus: int | None) -> Any:
     return ray
 
 
-def _dataset(ray: Any, source: Any, plan: RunPlan) -> tuple[Any, str] | None:
-    """Ray's reader for the source (None when nothing is left to score)."""
-    if isinstance(source, ShardSource):
-        # Shards on object storage are read through the filesystem the source resolved (its credentials and
-        # options), and their rows get back the URLs that key them, as the local reader gives.
-        local = [shard for shard in source.shards if not storage.is_url(shard)]
-        parts = [ray.data.read_webdataset(local, decoder=None, include_paths=True)] if local else []
-        for scheme, (fs, paths) in _by_filesystem([s for s in source.shards if storage.is_url(s)]).items():
-            ds = ray.data.read_webdataset(paths, filesystem=fs, decoder=None, include_paths=True)
-            parts.append(ds.map_batches(_with_scheme, fn_kwargs={"scheme": scheme}, batch_format="numpy"))
-        return (parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]), "webdataset"
+class _Tally:
+    """Images counted by key, order-free: how many, and the sum of their key hashes (mod 2**64). Two tallies are
+    equal when the same keys were counted once each (a missing key and a repeated one do not cancel out)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.total = 0
+
+    def add(self, key: str) -> None:
+        self.count += 1
+        self.total = (self.total + key_hash(key)) & 0xFFFF_FFFF_FFFF_FFFF
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Tally) and (self.count, self.total) == (other.count, other.total)
+
+
+class RayRunError(ImageRewardError):
+    """The Ray job failed, or the rows that came back are not the images the run set out to score (what came back
+    is in the store either way)."""
+
+
+def _listing(source: Any, plan: RunPlan, summary: RunSummary) -> tuple[_Tally, list[str] | None]:
+    """One pass over the source's items on the driver, as the local run makes: images found and skipped (into
+    `summary`), the tally of those to score and, for sources of files, their paths (the dataset to read)."""
+    expected = _Tally()
+    paths: list[str] | None = [] if isinstance(source, (FileSource, PathListSource)) else None
+    for item in source.items():
+        summary.total += 1
+        if plan.todo(item) is None:
+            summary.skipped += 1
+            continue
+        expected.add(item.key)
+        if paths is not None:
+            paths.append(item.path)
+    summary.problems = list(getattr(source, "problems", []))
+    return expected, paths
+
+
+def _dataset(ray: Any, source: Any, paths: list[str] | None) -> tuple[Any, str]:
+    """Ray's dataset of the source (`paths`: the files to score, for sources of files) and how to read its rows."""
+    if isinstance(source, ShardSource):  # one block per shard: a task lists and reads it (see `_items`)
+        rows = [{"path": shard} for shard in source.shards]
+        return ray.data.from_items(rows, override_num_blocks=len(rows)), "shards"
     if isinstance(source, ParquetSource):
         columns = [source.path_column] + ([source.prompt_column] if source.prompt_column else [])
         where = source.location
@@ -211,13 +262,9 @@ def _dataset(ray: Any, source: Any, plan: RunPlan) -> tuple[Any, str] | None:
 
         return ds.map_batches(absolute, batch_format="numpy"), "parquet"
     if isinstance(source, PathListSource):  # paths read in the CPU tasks, so a missing file becomes an error row
-        todo_rows = [{"path": item.path} for item in source.items() if plan.todo(item) is not None]
-        return (ray.data.from_items(todo_rows), "parquet") if todo_rows else None
+        return ray.data.from_items([{"path": path} for path in paths or []]), "parquet"
     if isinstance(source, FileSource):
-        todo = [item.path for item in source.items() if plan.todo(item) is not None]
-        if not todo:
-            return None
-        return ray.data.read_binary_files(todo, include_paths=True), "files"
+        return ray.data.read_binary_files(paths, include_paths=True), "files"
     raise TypeError(f"no Ray reader for {type(source).__name__}")
 
 
@@ -230,19 +277,9 @@ def _listed(path: str, base: str) -> str:
     return os.path.join(base, path)
 
 
-def _by_filesystem(urls: list[str]) -> dict[str, tuple[Any, list[str]]]:
-    """Shard URLs grouped by scheme: (the filesystem, the paths on it) each."""
-    groups: dict[str, tuple[Any, list[str]]] = {}
-    for url in urls:
-        where = storage.locate(url)
-        groups.setdefault(where.scheme, (where.fs, []))[1].append(where.path)
-    return groups
-
-
-def _with_scheme(batch: dict[str, Any], *, scheme: str) -> dict[str, Any]:
-    """Ray's webdataset rows name a shard by its path on the filesystem: give back the URL that keys its items."""
-    batch["path"] = np.array([storage.canonical(scheme, str(p)) for p in batch["path"]], dtype=object)
-    return batch
+def _stream(ds: Any) -> Iterator[Any]:
+    """The scored rows as Arrow tables, as the actors finish them (streaming: the driver holds a few blocks)."""
+    yield from ds.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=1)
 
 
 def run_ray(
@@ -257,32 +294,50 @@ def run_ray(
     batch_size: int = 16,
     actors: int = 1,
     gpus_per_actor: float = 0.0,
+    actor_resources: dict[str, float] | None = None,
     rescore: bool = False,
+    scorers: tuple[str, ...] | list[str] = ("imagereward",),
+    weights: str | None = None,
     prompt: str | None = None,
     clean_prompts: bool = True,
     caption_field: str = "caption",
     hash_files: bool = False,
     num_cpus: int | None = None,
+    flush_rows: int = 100_000,
+    flush_seconds: float = 30.0,
+    should_stop: Callable[[], bool] | None = None,
 ) -> RunSummary:
-    """Score `source` into `store` with Ray Data (`address`: None or "local" for a local instance, or a cluster's)."""
-    from ..scorer import ImageRewardScorer
+    """Score `source` into `store` with Ray Data (`address`: None or "local" for a local instance, or a cluster's).
 
+    actor_resources: custom Ray resources each scoring actor needs (e.g. {"scorer": 1} to place them on some nodes).
+    flush_rows, flush_seconds: how often the driver appends the rows that came back to the store (rows take about
+        230 bytes in Arrow, and the driver handles some 700,000 a second: many GPUs' rows make few, large parts).
+    should_stop: polled after each block of rows; True ends the run early (what came back is kept). Ctrl-C does the
+        same; either way the summary says `interrupted`.
+    scorers, weights: as `pipeline.score_collection`'s (each scorer fills its own column).
+    Raises RayRunError when the rows that came back are not the images to score (they are kept all the same).
+    """
     started = time.monotonic()
     results = store if isinstance(store, ResultStore) else ResultStore.create(store)
-    summary = RunSummary(store=str(results.folder))
-    with results.writer() as writer:
-        # The driver loads the model once on the CPU for its identity (fingerprints), as the actors will on theirs.
-        probe = ImageRewardScorer.load(models_dir, device="cpu", offline=offline, progress=False)
-        plan = RunPlan(model_id(probe), clean_prompts, prompt, rescore, DoneIndex.empty())
+    summary = RunSummary(store=results.name)
+    with results.writer() as writer:  # (adopts the staging folders that killed runs of earlier versions left)
+        # The driver loads the models once on the CPU for their records (`columns`), as the actors will on theirs.
+        probe = load_run_scorers(scorers, models_dir, device="cpu", offline=offline, progress=False, weights=weights)
+        plan = RunPlan(probe.weights, clean_prompts, prompt, rescore, DoneIndex.empty())
+        geometries, needs_prompt = tuple(probe.geometries), probe.needs_prompt
         del probe
-        plan.index = results.index()
-        ray = _init_ray(address, num_cpus)
-        found = _dataset(ray, source, plan)
-        if found is not None:
-            ds, kind = found
-            options = ReadOptions(prompt, caption_field, True, hash_files)
+        plan.index = results.index(plan.weights)
+        expected, paths = _listing(source, plan, summary)
+        received = _Tally()
+        if expected.count:
+            ray = _init_ray(address, num_cpus)
+            ds, kind = _dataset(ray, source, paths)
+            options = ReadOptions(prompt, caption_field, True, hash_files, geometries, needs_prompt)
             ds = ds.map_batches(
-                prepare_batch, fn_kwargs={"kind": kind, "plan": plan, "options": options}, batch_format="numpy"
+                prepare_batch,
+                fn_kwargs={"kind": kind, "plan": plan, "options": options},
+                batch_format="numpy",
+                batch_size=1 if kind == "shards" else PREPARE_ROWS,
             )
             ds = ds.map_batches(
                 ScoreActor,
@@ -293,15 +348,53 @@ def run_ray(
                     "batch_size": batch_size,
                     "offline": offline,
                     "plan": plan,
+                    "scorers": tuple(scorers),
+                    "weights": weights,
                 },
                 batch_size=batch_size,
                 batch_format="numpy",
                 compute=ray.data.ActorPoolStrategy(size=actors),
                 num_gpus=gpus_per_actor,
+                resources=actor_resources or None,
             )
-            ds.write_parquet(str(results.folder / f".ray-{uuid.uuid4().hex[:8]}"))
-            summary.scored, summary.failed = writer.adopt_staging()
-        summary.total = summary.scored + summary.failed  # (the images skipped are not counted on Ray)
+            try:
+                _receive(ds, _Pending(writer, flush_rows, flush_seconds), summary, received, should_stop)
+            except ray.exceptions.RayError as exc:  # (a task's or actor's error, with its traceback on the node)
+                lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+                raise RayRunError(
+                    f"Ray run failed: {lines[-1] if lines else type(exc).__name__}; the {received.count} row(s) that "
+                    f"came back are in {results.name}"
+                ) from exc
         summary.elapsed_s = time.monotonic() - started
-        results.compact()
+        if not summary.interrupted and received != expected:
+            raise RayRunError(
+                f"Ray run: {received.count} row(s) came back for {expected.count} image(s) to score, not each image "
+                f"once; the rows are in {results.name}, and the next run scores what is missing"
+            )
+        _maybe_compact(results)
+    summary.problems.extend(p for p in results.problems if p not in summary.problems)
     return summary
+
+
+def _receive(
+    ds: Any, pending: _Pending, summary: RunSummary, received: _Tally, should_stop: Callable[[], bool] | None
+) -> None:
+    """Append the rows as they come back; whatever ends the run, what came back is flushed to the store."""
+    pc = deps.pyarrow().compute
+    blocks = _stream(ds)
+    try:
+        for table in blocks:
+            pending.add(table)
+            for key in table.column("key").to_pylist():
+                received.add(key)
+            failed = int(pc.sum(pc.not_equal(table.column("status"), SCORED)).as_py() or 0)
+            summary.scored += table.num_rows - failed
+            summary.failed += failed
+            if should_stop is not None and should_stop():
+                summary.interrupted = True
+                break
+    except KeyboardInterrupt:
+        summary.interrupted = True
+    finally:
+        getattr(blocks, "close", lambda: None)()  # stops Ray's execution when the run ends early
+        pending.flush()

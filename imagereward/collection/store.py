@@ -11,7 +11,18 @@
 Any Parquet reader reads the folder as one dataset (``pyarrow.parquet.read_table(STORE)``, ``pandas.read_parquet``,
 DuckDB, Ray). Rows are only ever added: a re-scored or moved image gets a new row, and for each ``key`` the row in the
 highest-numbered part (the last one within a part) is the one that counts; `read` applies that rule. So no row ever
-has to be deleted to stay correct.
+has to be deleted to stay correct. Scores are the exception to "the newest row": a run adding a scorer writes rows
+holding only that scorer's column, so each score column takes the newest value among the key's rows of the same
+content (same fingerprint; `merge`). `read`, `compact` and `index` all apply it, so after a compaction a plain reader
+sees one row per image with every scorer's column.
+
+Score columns: one per scorer, named by the scorer's label exactly as the infotext and the gallery's badges name it
+(``ImageReward``, ``HPSv2.1``, ``Ensemble``; one name for one score everywhere), each beside its record
+``<label> weights`` (a hash of the weights files, or ImageReward's model id; for the ensemble its members, weights and
+their records). In pandas they read as ``df["HPSv2.1"]``, ``df["HPSv2.1 weights"]``; in SQL both are quoted
+(``"HPSv2.1"``: a dot needs quoting in any case, so one rule serves every column), and a score and its record sort
+side by side. Every part holds every column, unused ones null, so readers that take one part's schema for the whole
+folder (pandas, DuckDB without union_by_name) see the same columns whichever scorers a run used. Details: `columns`.
 
 Atomicity: a part is written to a hidden temporary name, flushed to disk and renamed into place (on object storage:
 moved into place by a server-side copy), so a part is either complete or absent. A run killed at any moment (SIGKILL
@@ -37,12 +48,14 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePath
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 
 from . import deps
-from .items import COLUMNS, MOVED, SCORED, key_hash
+from .columns import LEGACY_MODEL, LEGACY_SCORE, SCORE_COLUMNS, weights_column
+from .items import COLUMNS, FAILED, MOVED, SCORED, key_hash
+from .merge import group_numbers, merge
 from .store_files import LOCK, MARKER, StoreBusyError, StoreError, files_of
 
 __all__ = ["LOCK", "MARKER", "StoreBusyError", "StoreError"]
@@ -121,16 +134,42 @@ def rows_to_table(rows: Sequence[dict[str, Any]]) -> Any:
     """Rows (dicts with the store's columns; missing ones are null) as an Arrow table with the store's schema."""
     pa = deps.pyarrow()
     schema = arrow_schema()
+    rows = [_legacy_row(row) for row in rows]
     return pa.table({field.name: pa.array([row.get(field.name) for row in rows], field.type) for field in schema})
+
+
+def _legacy_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A row in the earlier layout (``score``, ``model``) in this one: ImageReward's score and record."""
+    first = SCORE_COLUMNS[0]
+    if LEGACY_SCORE not in row or first in row:
+        return row
+    score = row[LEGACY_SCORE]
+    return {**row, first: score, weights_column(first): row.get(LEGACY_MODEL) if score is not None else None}
+
+
+class Entry(NamedTuple):
+    """What the index knows of one key: its current fingerprint, the model folded into it by an earlier version
+    (None: none), whether its image failed (nothing to score until it changes), and the score columns holding a
+    score made by the wanted weights."""
+
+    fingerprint: int
+    model: str | None
+    failed: bool
+    valid: frozenset[str]
 
 
 @dataclass
 class DoneIndex:
     """What the store holds, compactly: sorted 64-bit key hashes with each key's current fingerprint (16 bytes a row,
-    so 100 M images take 1.6 GB; 100 k take 1.6 MB)."""
+    so 100 M images take 1.6 GB; 100 k take 1.6 MB), plus a byte a key for each scorer of the run (whether its score
+    is there, made by the run's weights), one for a failed image and two for the rare earlier-version model."""
 
     keys: np.ndarray  # uint64, sorted
     fingerprints: np.ndarray  # int64, aligned with keys
+    failed: np.ndarray | None = None  # bool, aligned with keys (None: no failures)
+    models: np.ndarray | None = None  # int16 into `model_names`, -1: none (None: no key has one)
+    model_names: tuple[str, ...] = ()
+    valid: dict[str, np.ndarray] = field(default_factory=dict)  # score column -> bool, aligned with keys
 
     @classmethod
     def empty(cls) -> DoneIndex:
@@ -139,12 +178,29 @@ class DoneIndex:
     def __len__(self) -> int:
         return len(self.keys)
 
-    def is_done(self, key: str, fingerprint: int) -> bool:
+    def _find(self, key: str) -> int | None:
         if not len(self.keys):
-            return False
+            return None
         h = np.uint64(key_hash(key))
         i = int(np.searchsorted(self.keys, h))
-        return i < len(self.keys) and self.keys[i] == h and int(self.fingerprints[i]) == fingerprint
+        return i if i < len(self.keys) and self.keys[i] == h else None
+
+    def get(self, key: str) -> Entry | None:
+        i = self._find(key)
+        if i is None:
+            return None
+        code = int(self.models[i]) if self.models is not None else -1
+        return Entry(
+            int(self.fingerprints[i]),
+            self.model_names[code] if code >= 0 else None,
+            bool(self.failed[i]) if self.failed is not None else False,
+            frozenset([column for column, flags in self.valid.items() if flags[i]]),
+        )
+
+    def is_done(self, key: str, fingerprint: int) -> bool:
+        """Whether the key's current row has this fingerprint (whatever its scores)."""
+        i = self._find(key)
+        return i is not None and int(self.fingerprints[i]) == fingerprint
 
 
 class ResultStore:
@@ -196,7 +252,12 @@ class ResultStore:
         pa = deps.pyarrow()
         schema = arrow_schema()
         wanted = list(columns) if columns is not None else schema.names
-        read_cols = list(dict.fromkeys([*wanted, "key"])) if not raw else wanted
+        unknown = [name for name in wanted if name not in schema.names]
+        if unknown:  # (before any part is read: a part is never blamed for a name it cannot hold)
+            raise StoreError(f"store {self.name}: no column {', '.join(map(repr, unknown))}")
+        scores = [c for c in SCORE_COLUMNS if c in wanted or weights_column(c) in wanted]
+        merged = [*wanted, "key", "fingerprint", *scores, *(weights_column(c) for c in scores)]
+        read_cols = list(dict.fromkeys(merged)) if not raw else wanted
 
         def read_parts(parts: list[PurePath]) -> list[Any]:
             tables = []
@@ -212,7 +273,7 @@ class ResultStore:
             return schema.empty_table().select(wanted)
         table = pa.concat_tables(tables)
         if not raw:
-            table = latest_per_key(table)
+            table = latest_per_key(table, scores)
         return table.select(wanted)
 
     def _batches(self, columns: Sequence[str], parts: Sequence[PurePath]) -> Iterator[Any]:
@@ -233,41 +294,78 @@ class ResultStore:
 
     def _current_rows(self, extra: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """A mask of the rows that count, over every row of every part in order, and the key hashes (``"hash"``) and
-        `extra` columns (name -> a function from the Arrow column of a batch to a numpy array) of every row. Costs 9
+        `extra` columns (name -> a function from the Arrow column of a batch to a numpy array, or (column read,
+        function) when the name is not the column's) of every row. Costs 9
         bytes a row plus the extra arrays: no key or other string is held beyond one batch."""
         return self._retrying(lambda parts: self._current_rows_of(parts, extra))
 
     def _current_rows_of(
         self, parts: Sequence[PurePath], extra: dict[str, Any] | None = None
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        extra = extra or {}
+        specs = {name: spec if isinstance(spec, tuple) else (name, spec) for name, spec in (extra or {}).items()}
+        read = list(dict.fromkeys(["key", *(column for column, _ in specs.values())]))
         hashes: list[np.ndarray] = []
-        values: dict[str, list[np.ndarray]] = {name: [] for name in extra}
-        for batch in self._batches(["key", *extra], parts):
+        values: dict[str, list[np.ndarray]] = {name: [] for name in specs}
+        for batch in self._batches(read, parts):
             keys = batch.column(0).to_pylist()
             hashes.append(np.fromiter((key_hash(k) for k in keys), np.uint64, len(keys)))
-            for i, (name, convert) in enumerate(extra.items(), start=1):
-                values[name].append(convert(batch.column(i)))
+            for name, (column, convert) in specs.items():
+                values[name].append(convert(batch.column(read.index(column))))
         columns = {name: np.concatenate(v) for name, v in values.items() if v}
         columns["hash"] = np.concatenate(hashes) if hashes else np.zeros(0, np.uint64)
         return last_occurrence(columns["hash"]), columns
 
-    def index(self) -> DoneIndex:
-        """Key hashes and fingerprints of the current rows that need no new scoring (scored or failed to decode)."""
+    def index(self, weights: dict[str, str] | None = None) -> DoneIndex:
+        """Key hashes and fingerprints of the current rows (moved images left out), with for each score column of
+        `weights` (column -> the run's record, `columns.weights_column`) whether the key holds a score made by those
+        weights (`merge`'s rule), whether its image failed, and the model an earlier version folded into its
+        fingerprint."""
         pc = deps.pyarrow().compute
-        current, columns = self._current_rows(
-            {
-                "fingerprint": lambda c: c.to_numpy(zero_copy_only=False).astype(np.int64),
-                "status": lambda c: pc.fill_null(pc.equal(c, MOVED), False).to_numpy(zero_copy_only=False),  # moved?
-            }
-        )
+        weights = weights or {}
+        models: dict[str, int] = {}
+
+        def model_codes(column: Any) -> np.ndarray:
+            if column.null_count == len(column):
+                return np.full(len(column), -1, np.int16)
+            encoded = pc.dictionary_encode(column)
+            codes = np.array([models.setdefault(v, len(models)) for v in encoded.dictionary.to_pylist()], np.int16)
+            indices = encoded.indices.to_numpy(zero_copy_only=False)
+            return np.where(np.isnan(indices), -1, codes[np.nan_to_num(indices).astype(np.int64)]).astype(np.int16)
+
+        def status(value: str) -> Any:
+            return lambda c: pc.fill_null(pc.equal(c, value), False).to_numpy(zero_copy_only=False)
+
+        extra: dict[str, Any] = {
+            "fingerprint": lambda c: c.to_numpy(zero_copy_only=False).astype(np.int64),
+            "status": status(MOVED),
+            "failed": status(FAILED),
+            "model": model_codes,
+        }
+        for column, wanted in weights.items():
+            extra[column] = lambda c: pc.is_valid(c).to_numpy(zero_copy_only=False)
+            extra[weights_column(column)] = lambda c, w=wanted: pc.fill_null(pc.equal(c, w), False).to_numpy(
+                zero_copy_only=False
+            )
+        extra["failed"] = ("status", extra["failed"])
+        current, columns = self._current_rows(extra)
         if not len(current):
             return DoneIndex.empty()
-        keep = current & ~columns["status"]
+        present = {column: columns[column] & columns[weights_column(column)] for column in weights}
+        merged = merge(group_numbers(columns["hash"]), columns["fingerprint"], present)
+        newest = merged.newest
+        keep = newest[~columns["status"][newest]]  # (moved: the image is elsewhere now)
         keys = columns["hash"][keep]
-        fps = columns["fingerprint"][keep]
         order = np.argsort(keys, kind="stable")
-        return DoneIndex(keys[order], fps[order])
+        chosen = keep[order]
+        kept_groups = merged.groups[chosen]
+        return DoneIndex(
+            keys[order],
+            columns["fingerprint"][chosen],
+            columns["failed"][chosen] if columns["failed"][chosen].any() else None,
+            columns["model"][chosen] if models else None,
+            tuple(models),
+            {column: merged.sources[column][kept_groups] >= 0 for column in weights},
+        )
 
     # ------------------------------------------------------------------------------------------------ writing
 
@@ -297,30 +395,57 @@ class ResultStore:
                 self._writing = False
 
     def compact(self) -> None:
-        """Merge every part into one holding only the current rows; call with the lock held (inside `writer`).
-        Streams row groups through: memory stays at a few bytes a row, whatever the store's size. A damaged part is
-        set aside first, and the others are merged."""
+        """Merge every part into one holding only the current rows, each with every score of its content (`merge`);
+        call with the lock held (inside `writer`). Streams row groups through: memory stays at a few bytes a row
+        (plus the scores that older rows hand to newer ones), whatever the store's size. A damaged part is set aside
+        first, and the others are merged."""
         schema = arrow_schema()
-        pq = deps.pyarrow().parquet
+        pa = deps.pyarrow()
+        pq, pc = pa.parquet, pa.compute
 
-        def merge(parts: list[PurePath]) -> list[PurePath]:
+        def merge_parts(parts: list[PurePath]) -> list[PurePath]:
             if len(parts) <= 1:
                 return []
-            current, _ = self._current_rows_of(parts)
+            extra: dict[str, Any] = {"fingerprint": lambda c: c.to_numpy(zero_copy_only=False).astype(np.int64)}
+            for column in SCORE_COLUMNS:
+                extra[column] = lambda c: pc.is_valid(c).to_numpy(zero_copy_only=False)
+            _, columns = self._current_rows_of(parts, extra)
+            present = {c: columns[c] for c in SCORE_COLUMNS if columns[c].any()}
+            merged = merge(group_numbers(columns["hash"]), columns["fingerprint"], present)
+            keep, groups = merged.newest_mask, merged.groups
+            handed: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # column -> (rows handing a score, keys taking one)
+            for column, sources in merged.sources.items():
+                takes = (sources >= 0) & (sources != merged.newest)
+                if takes.any():
+                    gives = np.zeros(len(groups), dtype=bool)
+                    gives[sources[takes]] = True
+                    handed[column] = (gives, takes)
+            del columns
 
             def write(handle: Any) -> None:
+                held: dict[str, dict[int, tuple[Any, Any]]] = {column: {} for column in handed}
                 with pq.ParquetWriter(handle, schema, compression="zstd") as out:
                     start = 0
                     for batch in self._batches(schema.names, parts):
-                        keep = current[start : start + batch.num_rows]
-                        start += batch.num_rows
-                        if keep.any():
-                            out.write_batch(batch.filter(deps.pyarrow().array(keep)), row_group_size=ROW_GROUP)
+                        stop = start + batch.num_rows
+                        for column, (gives, _) in handed.items():  # (a score is handed on after it is read)
+                            rows = np.flatnonzero(gives[start:stop])
+                            if len(rows):
+                                values = batch.column(column).take(rows).to_pylist()
+                                records = batch.column(weights_column(column)).take(rows).to_pylist()
+                                for key, value, record in zip(groups[rows + start], values, records, strict=True):
+                                    held[column][int(key)] = (value, record)
+                        kept = keep[start:stop]
+                        if kept.any():
+                            rows = np.flatnonzero(kept)
+                            batch = _hand_on(batch.filter(pa.array(kept)), groups[rows + start], handed, held)
+                            out.write_batch(batch, row_group_size=ROW_GROUP)
+                        start = stop
 
             _write_atomically(self, write)
             return parts
 
-        for part in self._retrying(merge):
+        for part in self._retrying(merge_parts):
             self._files.remove(part)
 
     def rows(self) -> int:
@@ -370,7 +495,9 @@ class ResultStore:
                 raise _PartDamaged(
                     part, f"column '{name}' holds {schema.field(name).type}, expected {expected.field(name).type}"
                 )
-        return [name for name in columns if name in names]
+        return [name for name in columns if name in names] + [
+            name for name in _legacy_sources(names, columns) if name not in columns
+        ]
 
     def _retrying(self, attempt: Callable[[list[PurePath]], _T]) -> _T:
         """`attempt(parts)` over the readable parts; each damaged part it meets is set aside (or left out) and it is
@@ -513,20 +640,63 @@ class StoreWriter:
         return scored, failed
 
 
-def latest_per_key(table: Any) -> Any:
-    """Keep the last row of each key (rows are in part order, oldest first)."""
+def _hand_on(
+    batch: Any, keys: np.ndarray, handed: dict[str, tuple[np.ndarray, np.ndarray]], held: dict[str, dict]
+) -> Any:
+    """The newest rows of `batch` (of key numbers `keys`) with the scores older rows of their content hand on."""
+    pa = deps.pyarrow()
+    arrays = list(batch.columns)
+    names = batch.schema.names
+    for column, (_, takes) in handed.items():
+        rows = np.flatnonzero(takes[keys])
+        if not len(rows):
+            continue
+        values = batch.column(column).to_pylist()
+        records = batch.column(weights_column(column)).to_pylist()
+        for row in rows:
+            values[row], records[row] = held[column].pop(int(keys[row]))
+        for name, data in ((column, values), (weights_column(column), records)):
+            arrays[names.index(name)] = pa.array(data, batch.schema.field(name).type)
+    return pa.RecordBatch.from_arrays(arrays, schema=batch.schema)
+
+
+def latest_per_key(table: Any, scores: Sequence[str] = ()) -> Any:
+    """The newest row of each key (rows are in part order, oldest first), sorted by key, with each of the `scores`
+    columns (and its record) taken by `merge`'s rule; the table must hold ``key`` and, with `scores`,
+    ``fingerprint``."""
     pa = deps.pyarrow()
     pc = pa.compute
-    order = pa.array(np.arange(table.num_rows, dtype=np.int64))
-    with_order = table.append_column("__order", order)
-    last = with_order.group_by("key", use_threads=False).aggregate([("__order", "max")])["__order_max"]
-    kept = table.filter(pc.is_in(order, value_set=last))
+    if table.num_rows == 0:
+        return table
+    groups = np.asarray(pc.dictionary_encode(table["key"]).combine_chunks().indices, dtype=np.int64)
+    fingerprints = np.asarray(pc.fill_null(table["fingerprint"], 0), dtype=np.int64) if scores else groups * 0
+    present = {c: np.asarray(pc.is_valid(table[c]), dtype=bool) for c in scores}
+    merged = merge(groups, fingerprints, present)
+    kept = table.take(pa.array(merged.newest))
+    for column, sources in merged.sources.items():
+        at = pa.array(sources, pa.int64(), mask=sources < 0)
+        for name in (column, weights_column(column)):
+            if name in kept.column_names:
+                kept = kept.set_column(kept.column_names.index(name), name, table[name].take(at))
     return kept.take(pc.sort_indices(kept["key"]))
 
 
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text if len(text) <= 160 else text[:159] + "…"
+
+
+def _legacy_sources(names: set[str], columns: Sequence[str]) -> list[str]:
+    """The columns of an earlier layout to read for `columns` that a part lacks (``score`` and ``model`` for
+    ImageReward's score and record)."""
+    first = SCORE_COLUMNS[0]
+    needed: list[str] = []
+    if LEGACY_SCORE in names and first not in names:
+        if first in columns or weights_column(first) in columns:
+            needed.append(LEGACY_SCORE)
+        if weights_column(first) in columns and LEGACY_MODEL in names:
+            needed.append(LEGACY_MODEL)
+    return needed
 
 
 def _compatible(found: Any, expected: Any) -> bool:
@@ -547,13 +717,21 @@ def _compatible(found: Any, expected: Any) -> bool:
 def _conform(data: Any, columns: Sequence[str]) -> Any:
     """A table or record batch with exactly `columns`, of the store's types (missing ones: nulls)."""
     pa = deps.pyarrow()
+    pc = pa.compute
     schema = arrow_schema()
     arrays = []
+    first = SCORE_COLUMNS[0]
+    held = data.schema.names
     for name in columns:
         kind = schema.field(name).type
-        if name in data.schema.names:
+        if name in held:
             column = data.column(name)
             arrays.append(column if column.type == kind else column.cast(kind))
+        elif name == first and LEGACY_SCORE in held:  # an earlier layout: ``score`` is ImageReward's
+            arrays.append(data.column(LEGACY_SCORE).cast(kind))
+        elif name == weights_column(first) and LEGACY_SCORE in held and LEGACY_MODEL in held:
+            model = data.column(LEGACY_MODEL).cast(kind)
+            arrays.append(pc.if_else(pc.is_valid(data.column(LEGACY_SCORE)), model, pa.scalar(None, kind)))
         else:
             arrays.append(pa.nulls(data.num_rows, kind))
     make = pa.Table.from_arrays if isinstance(data, pa.Table) else pa.RecordBatch.from_arrays

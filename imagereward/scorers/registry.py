@@ -121,7 +121,23 @@ def load_family(
         return family.load(folder, frozenset(outputs), target, weight_dtype)
 
     cls = family.scorer_class or Scorer
-    return load_on_device(build, labels, folder, options.device, options.dtype, options.batch_size, scorer_class=cls)
+    scorer = load_on_device(build, labels, folder, options.device, options.dtype, options.batch_size, scorer_class=cls)
+    scorer.files = {name: _files_on_disk(folder, family_files(key, (name,))) for name in outputs}
+    return scorer
+
+
+def _files_on_disk(folder: Path, files: Sequence[HubFile]) -> tuple[Path, ...]:
+    """The files standing for `files` in `folder`: the release's own where it is there, else its conversion."""
+    from ..hub import present_path
+
+    found = []
+    for file in files:
+        path = folder / file.relpath
+        if not path.is_file():
+            path = present_path(folder, file)  # type: ignore[assignment]
+        if path is not None:
+            found.append(path)
+    return tuple(found)
 
 
 def load_on_device(

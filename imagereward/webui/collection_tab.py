@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ImageRewardError
-from ..infotext import SCORE_KEY, Infotext, format_infotext, format_score
+from ..infotext import Infotext, format_infotext, format_score
 from .folders import FolderPolicy
 
 PAGE_SIZE = 48
@@ -55,13 +55,38 @@ def folder_limit_note(policy: FolderPolicy) -> str | None:
     )
 
 
+def scorer_choices() -> list[str]:
+    """The tab's scorer choices: the store's column names (scorers' labels, the ensemble last)."""
+    from ..collection.columns import SCORE_COLUMNS
+
+    return list(SCORE_COLUMNS)
+
+
+def scorer_names(labels: Any) -> tuple[str, ...]:
+    """The scorer names of the labels chosen in the tab (default: ImageReward); one sentence for an unknown one."""
+    from ..collection.columns import NAMES, SCORE_COLUMNS
+
+    chosen = [labels] if isinstance(labels, str) else list(labels or [])
+    names = []
+    for text in chosen or [SCORE_COLUMNS[0]]:
+        if text not in SCORE_COLUMNS:
+            raise ImageRewardError(f"unknown scorer {text!r}; choose from {', '.join(SCORE_COLUMNS)}")
+        names.append(NAMES[SCORE_COLUMNS.index(text)])
+    return tuple(names)
+
+
 class LockedScorer:
-    """The WebUI's scorer for a folder run: each batch waits for the WebUI's queue (no scoring in the middle of a
+    """The WebUI's scorers for a folder run: each batch waits for the WebUI's queue (no scoring in the middle of a
     generation), and a generation can start between batches."""
 
     def __init__(self, scorer: Any, lock: Any) -> None:
         self._scorer = scorer
         self._lock = lock
+
+    @property
+    def batch_lock(self) -> Any:
+        """Held by the collection pipeline around each batch (`pipeline.score_collection`)."""
+        return self._lock
 
     def score(self, *args: Any, **kwargs: Any) -> list[float]:
         with self._lock:
@@ -130,9 +155,10 @@ class View:
     max_score: float | None = None
     prompt: str = ""
     page: int = 1  # 1-based
+    by: str | None = None  # the score column shown, filtered and sorted by (None: the first holding scores)
 
     @classmethod
-    def of(cls, min_score: Any, max_score: Any, prompt: Any, page: Any) -> View:
+    def of(cls, min_score: Any, max_score: Any, prompt: Any, page: Any, by: Any = None) -> View:
         def number(value: Any) -> float | None:
             try:
                 number = float(value)
@@ -141,12 +167,15 @@ class View:
             return number if math.isfinite(number) else None
 
         page_number = number(page)
-        return cls(number(min_score), number(max_score), str(prompt or "").strip(), max(1, int(page_number or 1)))
+        if isinstance(by, (list, tuple)):
+            by = by[0] if by else None
+        prompt_text, page_shown = str(prompt or "").strip(), max(1, int(page_number or 1))
+        return cls(number(min_score), number(max_score), prompt_text, page_shown, str(by) if by else None)
 
     def filters(self) -> Any:
         from ..collection.query import Filters
 
-        return Filters(self.min_score, self.max_score, self.prompt or None)
+        return Filters(self.min_score, self.max_score, self.prompt or None, by=self.by)
 
 
 def browse(
@@ -168,6 +197,7 @@ def browse(
             min_score=view.min_score,
             max_score=view.max_score,
             prompt_contains=view.prompt or None,
+            by=view.by,
             offset=(number - 1) * page_size,
             limit=page_size,
         )
@@ -184,9 +214,22 @@ def browse(
         if image is None:
             continue
         rows.append(row)
-        items.append((image, f"{format_score(row['score'])} · {row.get('prompt') or ''}"[:200]))
-    status = f"{page.total} image(s) match; page {number} of {pages}, best first."
-    return items, _info(rows), status, number
+        decimals = _decimals(page.by)
+        items.append((image, f"{_shown(row['score'], decimals)} · {row.get('prompt') or ''}"[:200]))
+    status = f"{page.total} image(s) match; page {number} of {pages}, best first by {page.by}."
+    return items, _info(rows, page.by), status, number
+
+
+def _decimals(column: str) -> int:
+    from ..scorers.specs import ENSEMBLE_KEY, ENSEMBLE_SCALE, SCORERS
+
+    if column == ENSEMBLE_KEY:
+        return ENSEMBLE_SCALE.decimals
+    return next((s.scale.decimals for s in SCORERS.values() if s.label == column), 3)
+
+
+def _shown(score: float | None, decimals: int) -> str:
+    return "—" if score is None else format_score(score, decimals)
 
 
 def _image(row: dict[str, Any], row_bytes: Callable[[dict[str, Any]], bytes], policy: FolderPolicy) -> Any:
@@ -211,16 +254,21 @@ def gallery_info_empty() -> str:
     return _info([])
 
 
-def _info(rows: list[dict[str, Any]]) -> str:
-    """A `Processed.js()`-shaped JSON for the gallery's badges: one infotext per image, with its score."""
+def _info(rows: list[dict[str, Any]], column: str = "ImageReward") -> str:
+    """A `Processed.js()`-shaped JSON for the gallery's badges: one infotext per image, with its score under the
+    scorer's infotext key and, for another scorer than ImageReward, the "ImageReward scorer" entry naming it (as
+    txt2img's infotexts do, so the same front-end code colours the badge)."""
+    from ..scorers.specs import ENSEMBLE_KEY, SCORERS
+
+    key = next((s.infotext_key for s in SCORERS.values() if s.label == column), ENSEMBLE_KEY)
+    decimals = _decimals(column)
     infotexts = []
     for row in rows:
         name = Path(str(row.get("path") or row.get("key") or "")).name
-        settings = {
-            SCORE_KEY: format_score(row["score"]),
-            "File": name,
-            "Scorer": str(row.get("scorer") or "ImageReward"),
-        }
+        settings = {key: _shown(row["score"], decimals), "File": name}
+        if column != "ImageReward":
+            settings["ImageReward scorer"] = column
+        settings["Scorer"] = str(row.get("scorer") or "ImageReward")
         infotexts.append(format_infotext(Infotext(prompt=str(row.get("prompt") or ""), settings=settings)))
     return json.dumps({"index_of_first_image": 0, "infotexts": infotexts})
 

@@ -126,12 +126,12 @@ class ScorerRuntime:
                     scorer.to(home, resolve_dtype_name(settings.dtype, home))
             return as_table(result, settings.scorers)
 
-    def scorer(self, settings: RuntimeSettings) -> Any:
-        """The loaded ImageReward scorer (loaded now if needed; the one model of its `ScorerSet`), for callers that
-        drive it themselves (the folder tab scores with ImageReward)."""
+    def scorer(self, settings: RuntimeSettings, names: Sequence[str] = ("imagereward",)) -> Any:
+        """The loaded `ScorerSet` of `names` (loaded now if needed), for callers that drive it themselves (the folder
+        tab: one column per scorer); the settings' ensemble weights apply when `names` holds the ensemble."""
         with self._lock:
-            loaded = self._get(replace(settings, scorers=("imagereward",), weights=""))
-            return (getattr(loaded, "scorers", None) or [loaded])[0]
+            weights = settings.weights if "ensemble" in names else ""
+            return self._get(replace(settings, scorers=tuple(names), weights=weights))
 
     def scoring_done(self, settings: RuntimeSettings) -> None:
         """After one scoring pass: with --lowvram/--medvram the diffusion model needs the VRAM back at once."""

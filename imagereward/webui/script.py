@@ -520,8 +520,8 @@ def _on_ui_tabs() -> list[tuple[Any, str, str]]:
     samples = str(getattr(shared.opts, "outdir_txt2img_samples", "") or "outputs/txt2img-images")
     folder = str(getattr(shared.opts, "outdir_samples", "") or "") or os.path.dirname(samples.rstrip("/\\")) or "."
 
-    def get_scorer() -> Any:
-        return RUNTIME.scorer(current_settings())
+    def get_scorer(names: tuple[str, ...] = ("imagereward",)) -> Any:
+        return RUNTIME.scorer(current_settings(), names)
 
     def done() -> None:
         RUNTIME.job_done(current_settings())

@@ -47,7 +47,7 @@ class FolderTabActions:
         self.get_scorer, self.done, self.queue_lock, self.policy = get_scorer, done, queue_lock, policy
         self.scan: logic.Scan | None = None
 
-    def score(self, folder_text: str, again: bool, progress: Any = None) -> str:
+    def score(self, folder_text: str, again: bool, chosen: Any = None, progress: Any = None) -> str:
         scan = self.scan = logic.Scan.new()
 
         def report(done_count: int, total: int, rate: float) -> None:
@@ -57,7 +57,7 @@ class FolderTabActions:
         try:
             rules = self.policy()
             rules.folder(folder_text, what="score")  # refused before the model is loaded
-            scorer = logic.LockedScorer(self.get_scorer(), self.queue_lock)
+            scorer = logic.LockedScorer(self.get_scorer(logic.scorer_names(chosen)), self.queue_lock)
             return logic.score_folder(folder_text, scorer, policy=rules, progress=report, scan=scan, rescore=again)
         finally:
             self.scan = None
@@ -69,18 +69,22 @@ class FolderTabActions:
         self.scan.stop.set()
         return "Stopping after the current batch…"
 
-    def show(self, folder_text: str, low: str, high: str, text: str, number: Any) -> tuple[Any, str, str, Any]:
-        return logic.browse(folder_text, logic.View.of(low, high, text, number), self.policy())
+    def show(
+        self, folder_text: str, low: str, high: str, text: str, number: Any, chosen: Any = None
+    ) -> tuple[Any, str, str, Any]:
+        return logic.browse(folder_text, logic.View.of(low, high, text, number, chosen), self.policy())
 
     def step(self, delta: int) -> Callable[..., Any]:
-        def handler(folder_text: str, low: str, high: str, text: str, number: Any) -> tuple[Any, str, str, Any]:
-            return self.show(folder_text, low, high, text, max(1, int(number or 1) + delta))
+        def handler(
+            folder_text: str, low: str, high: str, text: str, number: Any, chosen: Any = None
+        ) -> tuple[Any, str, str, Any]:
+            return self.show(folder_text, low, high, text, max(1, int(number or 1) + delta), chosen)
 
         return handler
 
     def place(self, move: bool) -> Callable[..., str]:
-        def handler(folder_text: str, low: str, high: str, text: str, where: str) -> str:
-            view = logic.View.of(low, high, text, 1)
+        def handler(folder_text: str, low: str, high: str, text: str, where: str, chosen: Any = None) -> str:
+            view = logic.View.of(low, high, text, 1, chosen)
             return logic.copy_or_move(folder_text, view, where, move=move, policy=self.policy())
 
         return handler
@@ -117,8 +121,8 @@ def build(
 ) -> gr.Blocks:
     actions = FolderTabActions(get_scorer, done, queue_lock, policy)
 
-    def score(folder_text: str, again: bool, progress: Any = gr.Progress()) -> str:  # noqa: B008  (gradio's way)
-        return actions.score(folder_text, again, progress)
+    def score(folder_text: str, again: bool, chosen: Any = None, progress: Any = gr.Progress()) -> str:  # noqa: B008
+        return actions.score(folder_text, again, chosen, progress)  # (gr.Progress() as a default: gradio's way)
 
     with gr.Blocks(analytics_enabled=False) as blocks:
         for note in (logic.needs_pyarrow(), logic.folder_limit_note(policy())):
@@ -127,6 +131,11 @@ def build(
         with gr.Row():
             folder = gr.Textbox(label="Folder (sub-folders included)", value=default_folder, scale=4)
             rescore = gr.Checkbox(label="Score everything again", value=False)
+        scorers = gr.Dropdown(
+            choices=logic.scorer_choices(), value=["ImageReward"], multiselect=True,
+            label="Scorers (one column each; a scorer added later scores only its column; the first one shown, "
+            "filtered and sorted by)",
+        )  # fmt: skip
         with gr.Row():
             score_button, stop_button = gr.Button("Score new images", variant="primary"), gr.Button("Stop")
         status = gr.Markdown(
@@ -147,9 +156,9 @@ def build(
             target = gr.Textbox(label="Copy or move the images shown by these filters (all pages) into", scale=4)
             copy_button, move_button = gr.Button("Copy"), gr.Button("Move")
 
-        filters, views = [folder, min_score, max_score, prompt, page], [gallery, info, status, page]
-        place_inputs = [folder, min_score, max_score, prompt, target]
-        score_button.click(_safely(score, _as_status), inputs=[folder, rescore], outputs=[status])
+        filters, views = [folder, min_score, max_score, prompt, page, scorers], [gallery, info, status, page]
+        place_inputs = [folder, min_score, max_score, prompt, target, scorers]
+        score_button.click(_safely(score, _as_status), inputs=[folder, rescore, scorers], outputs=[status])
         stop_button.click(_safely(actions.stop, _as_status), inputs=[], outputs=[status])
         show_button.click(_safely(actions.show, _as_view), inputs=filters, outputs=views)
         previous_button.click(_safely(actions.step(-1), _as_view), inputs=filters, outputs=views)

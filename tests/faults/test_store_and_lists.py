@@ -111,7 +111,7 @@ def test_every_reader_sets_a_damaged_part_aside(tmp_path: Path, reader: str) -> 
         with store.writer() as writer:
             writer.compact()
         assert len(store.parts()) == 1
-        assert store.read()["score"].to_pylist() == pytest.approx([0.0, 1.0, 4.0, 5.0])
+        assert store.read()["ImageReward"].to_pylist() == pytest.approx([0.0, 1.0, 4.0, 5.0])
         assert not list(store.folder.glob(".tmp-*"))
     else:
         report = copy_selection(store, tmp_path / "best")
