@@ -24,6 +24,7 @@ _.paste_field_names  # the same
 _.before_process  # Script hooks the WebUI calls during a generation
 _.process
 _.postprocess_batch_list
+_.postprocess_image  # SD.Next: its last per-image hook (host.py)
 _.postprocess_image_after_composite
 _.postprocess
 _.register_callbacks  # called by scripts/imagereward.py, the WebUI's entry point (outside this package)

@@ -23,7 +23,8 @@
     var ENSEMBLE = "Ensemble";
     var OPTION_KEY = "imagereward_show_overlays";
     var MIN_SETTINGS = 3; // pairs a last line needs to be a settings line (the WebUI's rule)
-    var TABS = ["txt2img", "img2img", "imagereward_collection"]; // the last: our folder tab's gallery
+    // The last: our folder tab's gallery; "control": SD.Next's Control tab (absent elsewhere, then skipped).
+    var TABS = ["txt2img", "img2img", "control", "imagereward_collection"];
     var SCALE_MIN = -2; // ImageReward's colour range (SCORERS.ImageReward.colours)
     var SCALE_MAX = 2;
     var MINUS = "\u2212";

@@ -212,6 +212,11 @@
             fillBadge(doc, badge, entry, variant, id, signature); // filled before insertion: one mutation
             host.appendChild(badge);
             changed = true;
+            // SD.Next's modern UI leaves its thumbnails unpositioned: the badge needs its host as containing block.
+            var view = doc.defaultView;
+            if (view && view.getComputedStyle && view.getComputedStyle(host).position === "static") {
+                host.style.position = "relative";
+            }
         } else if (badge.getAttribute("data-imagereward-sig") !== signature) {
             fillBadge(doc, badge, entry, variant, id, signature);
             changed = true;

@@ -31,6 +31,7 @@ from .args import (
 )
 from .controls import ROWS as CONTROL_ROWS
 from .controls import Control
+from .host import accepted, allow_in_control, detect
 from .job import DETAILS_KEY, JOB_ATTR, SCORES_KEY, BestOfNJob, job_of
 from .runtime import JobScoring, ScorerRuntime
 from .saves import DeferredSave, bind_arguments, call_with
@@ -58,6 +59,7 @@ def _free_memory() -> None:
 
 
 RUNTIME = ScorerRuntime(free_memory=_free_memory)
+HOST = detect()  # AUTOMATIC1111 and its forks, or SD.Next (`host.py`: what differs)
 # Jobs between `process` and `postprocess`, held strongly: a job whose WebUI loop failed still holds the saves it
 # captured, and the next job writes them (nothing lost).
 _RUNNING: set[BestOfNJob] = set()
@@ -113,6 +115,8 @@ class WebUISaveHooks:
         missing = object()
         iteration, batch_index = getattr(p, "iteration", missing), getattr(p, "batch_index", missing)
         p.iteration, p.batch_index = save.iteration, save.batch_index
+        if isinstance(arguments.get("info"), str):
+            arguments = {**arguments, "info": HOST.user_infotext(arguments["info"], p.n_iter, p.batch_size)}
         try:
             call_with(_original_save_image(), arguments)
         finally:
@@ -127,18 +131,18 @@ class WebUISaveHooks:
 
     def grid_wanted(self, p: Any, count: int) -> tuple[bool, bool]:
         opts = shared.opts
-        if p.do_not_save_grid or (count < 2 and opts.grid_only_if_multiple):
+        if p.do_not_save_grid or (count < 2 and HOST.opt(opts, "grid_only_if_multiple", True)):
             return False, False
-        return bool(opts.return_grid), bool(opts.grid_save)
+        return bool(HOST.opt(opts, "return_grid", True)), bool(HOST.opt(opts, "grid_save", True))
 
     def make_grid(self, p: Any, pictures: list[Any], infotext: str) -> Any:
         grid = images.image_grid(pictures, p.batch_size)
-        if shared.opts.enable_pnginfo:
+        if HOST.writes_metadata(shared.opts):
             grid.info["parameters"] = infotext
         return grid
 
     def save_first_pass(self, p: Any, image: Any, seed: int, prompt: str, infotext: str, folder: str) -> None:
-        if shared.opts.enable_pnginfo:
+        if HOST.writes_metadata(shared.opts):
             image.info["parameters"] = infotext
         _original_save_image()(
             image, folder, "", seed, prompt, shared.opts.samples_format, info=infotext, p=p, suffix="-first-pass"
@@ -146,18 +150,11 @@ class WebUISaveHooks:
 
     def save_grid(self, p: Any, grid: Any, infotext: str) -> None:
         opts = shared.opts
-        _original_save_image()(
-            grid,
-            p.outpath_grids,
-            "grid",
-            p.all_seeds[0],
-            p.all_prompts[0],
-            opts.grid_format,
-            info=infotext,
-            short_filename=not opts.grid_extended_filename,
-            p=p,
-            grid=True,
-        )
+        save = _original_save_image()
+        named = {"info": infotext, "p": p, "grid": True}
+        named["short_filename"] = not HOST.opt(opts, "grid_extended_filename", False)
+        grid_format = HOST.opt(opts, "grid_format", "png")
+        save(grid, p.outpath_grids, "grid", p.all_seeds[0], p.all_prompts[0], grid_format, **accepted(save, named))
 
 
 # ------------------------------------------------------------------------------------- two phases: the sampling
@@ -272,11 +269,19 @@ def scorer_changed(label: str, threshold: float) -> tuple[Any, Any]:
     return gr.update(**threshold_update(label, threshold)), gr.update(visible=label == ENSEMBLE_LABEL)
 
 
+# The controls of "finish only the kept", greyed out where the WebUI cannot split its sampling (`host.py`).
+PHASE_CONTROLS = ("finish_kept", "preview_percent", "check_previews")
+
+
 def _component(control: Control, defaults: JobArgs, choices: list[Any] | None, elem_id: str) -> Any:
     """One row of the controls table as a gradio component."""
     common: dict[str, Any] = {"label": control.label, "value": control.value(defaults), "elem_id": elem_id}
     if control.info:
         common["info"] = control.info
+    if HOST.split_refused and control.name in PHASE_CONTROLS:
+        common["interactive"] = False
+        if control.name == "finish_kept":
+            common["info"] = f"Not available in {HOST.label}: {HOST.split_refused}. Every candidate is finished."
     if control.kind == "dropdown":
         return gr.Dropdown(choices=choices or [], **common)
     if control.kind == "slider":
@@ -361,7 +366,8 @@ class ImageRewardScript(scripts.Script):
         if job is None or not job.owns(p) or job.capturing:
             return
         install_save_hook()  # (normally done at load; again in case another extension replaced the function)
-        job.make_plan(p, split_refused=None if _sampler_factory() is not None else NO_SAMPLER_FACTORY)
+        refused = HOST.split_refused or (None if _sampler_factory() is not None else NO_SAMPLER_FACTORY)
+        job.make_plan(p, split_refused=refused)
         if job.phases is not None:
             install_phase_sampling(p, job)
         _RUNNING.add(job)
@@ -371,43 +377,114 @@ class ImageRewardScript(scripts.Script):
         if job is not None and job.owns(p):
             state, opts = shared.state, shared.opts
             cut_short = bool(getattr(state, "interrupted", False) or getattr(state, "skipped", False))
-            finished = not cut_short or bool(getattr(opts, "save_incomplete_images", False))
+            finished = not cut_short or HOST.saves_incomplete(opts)
             job.check_batch(p, len(pp.images), finished=finished)
             if job.splits(p):  # phase 1: scored here, and nothing of the batch goes on to the per-image work
                 job.phase_one_batch(p, list(pp.images), infotext_maker(p))
                 pp.images = []
                 p.prompts, p.negative_prompts, p.seeds, p.subseeds = [], [], [], []
 
+    # The final pixels of each image: the last hook that sees them differs between the WebUIs (`host.py`).
+
+    def postprocess_image(self, p: Any, pp: Any, *args: Any) -> None:
+        if HOST.final_hook == "postprocess_image":
+            _collect(p, pp)
+
     def postprocess_image_after_composite(self, p: Any, pp: Any, *args: Any) -> None:
-        job = job_of(p)
-        if job is not None and job.owns(p):
-            job.collect(p, pp.image)
+        if HOST.final_hook == "postprocess_image_after_composite":
+            _collect(p, pp)
 
     def postprocess(self, p: Any, processed: Any, *args: Any) -> None:
-        if _replayed(p):
-            return
-        error = getattr(p, ERROR_ATTR, None)
-        if error:
-            processed.comments = f"{processed.comments or ''}{error}\n"
-            processed.extra_generation_params = {**processed.extra_generation_params, "ImageReward error": error}
-        job = job_of(p)
-        if job is None:
-            return
-        setattr(p, JOB_ATTR, None)
-        _RUNNING.discard(job)
-        remove_phase_sampling(p)
-        try:
-            job.finish(p, processed, WebUISaveHooks())
-            plot_cell = getattr(p, CELL_ATTR, None)
-            if plot_cell is not None:
-                shared_params, cell = plot_cell
-                params, first = processed.extra_generation_params, processed.index_of_first_image
-                PLOTS.add(shared_params, cell, params, first, DETAILS_KEY, SCORES_KEY)
-        except Exception:
-            log.exception("ImageReward: the job could not finish; the WebUI's images are left as they were")
-            job.abandon(WebUISaveHooks())
-        finally:
-            RUNTIME.job_done(current_settings())
+        finish_job(p, processed)
+
+
+def _collect(p: Any, pp: Any) -> None:
+    job = job_of(p)
+    if job is not None and job.owns(p):
+        job.collect(p, pp.image)
+
+
+def finish_job(p: Any, processed: Any) -> None:
+    """The end of a job: select, reorder the gallery, write what is kept (the script's `postprocess`)."""
+    if _replayed(p):
+        return
+    error = getattr(p, ERROR_ATTR, None)
+    if error:
+        processed.comments = f"{processed.comments or ''}{error}\n"
+        processed.extra_generation_params = {**processed.extra_generation_params, "ImageReward error": error}
+    job = job_of(p)
+    if job is None:
+        return
+    setattr(p, JOB_ATTR, None)
+    _RUNNING.discard(job)
+    remove_phase_sampling(p)
+    try:
+        job.finish(p, processed, WebUISaveHooks())
+        _user_infotexts(p, processed)
+        plot_cell = getattr(p, CELL_ATTR, None)
+        if plot_cell is not None:
+            shared_params, cell = plot_cell
+            params, first = processed.extra_generation_params, processed.index_of_first_image
+            PLOTS.add(shared_params, cell, params, first, DETAILS_KEY, SCORES_KEY)
+    except Exception:
+        log.exception("ImageReward: the job could not finish; the WebUI's images are left as they were")
+        job.abandon(WebUISaveHooks())
+    finally:
+        RUNTIME.job_done(current_settings())
+
+
+def _user_infotexts(p: Any, processed: Any) -> None:
+    """The gallery's texts with the batch numbers the user asked for, where the WebUI records them (`host.py`)."""
+    if not HOST.batch_setting:
+        return
+
+    def fix(text: Any) -> Any:
+        return HOST.user_infotext(text, p.n_iter, p.batch_size) if isinstance(text, str) else text
+
+    processed.infotexts = [fix(text) for text in processed.infotexts]
+    processed.info = fix(processed.info)
+    for image in processed.images:
+        info = getattr(image, "info", None)
+        if isinstance(info, dict) and "parameters" in info:
+            info["parameters"] = fix(info["parameters"])
+
+
+# SD.Next calls no script's `postprocess` after an interrupt or skip: its `after_process` callback finishes the job
+# with the `Processed` the loop made (remembered from `processing.get_processed`, which takes `p`).
+PROCESSED_ATTR = "_imagereward_processed"
+
+
+def install_processed_hook() -> None:
+    """Remember each job's `Processed` on its `p` as SD.Next's loop makes it; idempotent."""
+    from modules import processing
+
+    original = getattr(processing, "get_processed", None)
+    if not callable(original) or hasattr(original, WRAPPED_ATTR):
+        return
+
+    def get_processed(*args: Any, **kwargs: Any) -> Any:
+        result = original(*args, **kwargs)
+        p = args[0] if args else kwargs.get("p")
+        job = job_of(p) if p is not None else None
+        if job is not None and job.owns(p):
+            setattr(p, PROCESSED_ATTR, result)
+        return result
+
+    setattr(get_processed, WRAPPED_ATTR, original)
+    processing.get_processed = get_processed
+
+
+def _on_after_process(p: Any) -> None:
+    """A job whose `postprocess` never came (SD.Next, interrupted) finishes here; one that failed before its
+    `Processed` was made is left to the next job, which writes what it held."""
+    job = job_of(p)
+    processed = getattr(p, PROCESSED_ATTR, None)
+    if job is None or not job.owns(p) or processed is None:
+        return
+    images = list(getattr(processed, "images", None) or [])
+    if len(processed.infotexts) != len(images):  # SD.Next's interrupt replaces the list by one text
+        processed.infotexts = [str((getattr(image, "info", None) or {}).get("parameters", "")) for image in images]
+    finish_job(p, processed)
 
 
 # ------------------------------------------------------------------------------------------------- callbacks
@@ -464,9 +541,41 @@ def _on_ui_tabs() -> list[tuple[Any, str, str]]:
     return [(tab, "ImageReward", "imagereward_tab")]
 
 
+# Tabs whose generate action does not fill `generation_info_<tab>` (SD.Next's Control): when the action's result
+# changes, the box gets the last job's `Processed` as JSON, which the badges read (`host.py`).
+_INFO_WIRING: dict[str, dict[str, Any]] = {}
+
+
+def _last_generation_info() -> str:
+    from modules import processing
+
+    processed = getattr(processing, "processed", None)
+    return processed.js() if processed is not None and callable(getattr(processed, "js", None)) else ""
+
+
+def _on_after_component(component: Any, **kwargs: Any) -> None:
+    elem_id = kwargs.get("elem_id") or getattr(component, "elem_id", None)
+    for tab, trigger in HOST.unfilled_info_tabs:
+        role = {trigger: "trigger", f"generation_info_{tab}": "info"}.get(str(elem_id))
+        if role is None:
+            continue
+        found = _INFO_WIRING.setdefault(tab, {})
+        found[role] = component
+        if "trigger" in found and "info" in found:
+            found["trigger"].change(fn=_last_generation_info, inputs=[], outputs=[found["info"]], show_progress=False)
+            _INFO_WIRING.pop(tab)
+
+
 def register_callbacks() -> None:
     """Called by scripts/imagereward.py each time the WebUI (re)loads its scripts."""
     install_save_hook()
+    if not HOST.finishes_interrupted:
+        install_processed_hook()
+        script_callbacks.on_after_process(_on_after_process)
+    allow_in_control(ImageRewardScript().title())
+    if HOST.unfilled_info_tabs:
+        _INFO_WIRING.clear()
+        script_callbacks.on_after_component(_on_after_component)
     script_callbacks.on_ui_settings(_on_ui_settings)
     script_callbacks.on_ui_tabs(_on_ui_tabs)
     script_callbacks.on_app_started(_on_app_started)

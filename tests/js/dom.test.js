@@ -349,3 +349,16 @@ test("an unfinished image: a plain grey label, no score, no star, after the kept
     assert.ok(!label.classList.contains("imagereward-badge--best"));
     assert.equal(label.querySelector(".imagereward-badge__star"), null);
 });
+
+test("an unpositioned thumbnail (SD.Next's modern UI) becomes the badge's containing block; a positioned one is left", () => {
+    const { page, gallery, parsed } = setup({ count: 4, info: makeInfo({ images: FOUR }) });
+    const thumbs = gallery.querySelectorAll(".grid-wrap .thumbnail-item");
+    const sheet = page.document.createElement("style");
+    sheet.textContent = ".thumbnail-item { position: static; } .thumbnail-item.kept-absolute { position: absolute; }";
+    page.document.head.appendChild(sheet);
+    thumbs[1].classList.add("kept-absolute");
+    ir.applyBadges(gallery, parsed);
+    assert.equal(thumbs[0].style.position, "relative", "a static thumbnail is positioned for its badge");
+    assert.equal(thumbs[1].style.position, "", "a thumbnail the page positions keeps its own position");
+    assert.ok(badgeOf(thumbs[0]) && badgeOf(thumbs[1]));
+});
