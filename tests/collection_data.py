@@ -75,3 +75,13 @@ def write_paths_parquet(path: Path, images: list[Path], prompts: list[str | None
     import pyarrow.parquet as pq
 
     pq.write_table(pa.table({"path": [str(p) for p in images], "prompt": prompts}), path)
+
+
+def write_two_scorer_models(folder: Path) -> Path:
+    """ImageReward's small random checkpoint at `folder`, HPSv2.1's tiny one in its subfolder (several-scorer runs)."""
+    from imagereward.scorers import hpsv2
+    from tests.checkpoints import write_model_dir
+
+    root = write_model_dir(folder)
+    hpsv2.write_random_release(root / "hpsv2.1", size="tiny", seed=3)
+    return root

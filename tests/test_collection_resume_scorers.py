@@ -15,18 +15,14 @@ from imagereward.collection import sources
 from imagereward.collection.pipeline import score_collection
 from imagereward.collection.sources import ShardSource
 from imagereward.collection.store import ResultStore
-from imagereward.scorers import hpsv2
-from tests.checkpoints import write_model_dir
-from tests.collection_data import write_shard
+from tests.collection_data import write_shard, write_two_scorer_models
 
 IR, HPS = "ImageReward", "HPSv2.1"
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = write_model_dir(tmp_path_factory.mktemp("models"))
-    hpsv2.write_random_release(root / "hpsv2.1", size="tiny", seed=3)
-    return root
+    return write_two_scorer_models(tmp_path_factory.mktemp("models"))
 
 
 def run(data: Path, store: Path, models: Path, *names: str, **options):

@@ -16,20 +16,15 @@ from imagereward.collection.pipeline import score_collection
 from imagereward.collection.query import Filters, query, selected
 from imagereward.collection.sources import FileSource
 from imagereward.collection.store import ResultStore
-from imagereward.scorers import hpsv2
 from imagereward.scorers.registry import load_scorers
-from tests.checkpoints import write_model_dir
-from tests.collection_data import PROMPTS, write_images
+from tests.collection_data import PROMPTS, write_images, write_two_scorer_models
 
 IR, HPS = "ImageReward", "HPSv2.1"
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """ImageReward's small random checkpoint at the root, HPSv2.1's tiny one in its subfolder."""
-    root = write_model_dir(tmp_path_factory.mktemp("models"))
-    hpsv2.write_random_release(root / "hpsv2.1", size="tiny", seed=3)
-    return root
+    return write_two_scorer_models(tmp_path_factory.mktemp("models"))
 
 
 @pytest.fixture(scope="module")
