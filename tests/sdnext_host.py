@@ -41,7 +41,7 @@ class SDNextOpts:
 
     def __init__(self) -> None:
         self.samples_save = True
-        self.keep_incomplete = False
+        self.keep_incomplete = True  # SD.Next's default: "Save interrupted images"
         self.samples_format = "png"
         self.grid_format = "png"
         self.grid_save = True

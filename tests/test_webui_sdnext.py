@@ -12,7 +12,7 @@ from PIL import Image
 
 from imagereward.infotext import parse_infotext, read_score
 from imagereward.webui.host import A1111, SDNEXT, accepted, detect
-from imagereward.webui.job import SCORES_KEY
+from imagereward.webui.job import DETAILS_KEY, SCORES_KEY, UNFINISHED_SAVED
 from imagereward.webui.runtime import ScorerRuntime
 from tests.sdnext_host import SDNextHost, process_images
 from tests.webui_host import FakeScorer, Host, P, Runner, pixel_score, sample
@@ -131,6 +131,7 @@ def test_an_interrupt_finishes_the_job_without_sdnext_calling_postprocess(world:
         if n == 2:
             p.host.state.interrupted = True
 
+    world.host.opts.keep_incomplete = False  # SD.Next then stops before the batch-list hook
     p = world.p(TOP1, batch_size=2, n_iter=2, before_sampling=interrupt)
     processed = world.run(p)
     # Batches 0 and 1 (candidates 0 and 1 of requested images 0 and 1) finished; SD.Next stopped in batch 2.
@@ -142,6 +143,72 @@ def test_an_interrupt_finishes_the_job_without_sdnext_calling_postprocess(world:
     assert sorted(f.seed for f in world.host.disk.finals()) == sorted(best)  # the held-back saves were written
     assert all(read_score(f.info) is not None for f in world.host.disk.finals())
     assert p.n_iter == 2
+
+
+def _best_of(*slots: list[int]) -> list[int]:
+    return [max(seeds, key=lambda s: pixel_score("a red car", image_of(s))) for seeds in slots]
+
+
+def test_an_interrupt_with_keep_incomplete_shows_the_preview_last_and_saves_it_unranked(world: World) -> None:
+    """SD.Next's default: the interrupted batch becomes its live preview (no per-image hook sees it) and is saved."""
+    preview = Image.new("RGB", (32, 16), (90, 90, 90))  # a preview of the batch's two images side by side
+
+    def interrupt(p: P, n: int) -> None:
+        if n == 2:
+            p.host.state.interrupted = True
+            p.host.current_image = preview
+
+    p = world.p(TOP1, batch_size=2, n_iter=2, before_sampling=interrupt)
+    processed = world.run(p)
+    shown = processed.infotexts[processed.index_of_first_image :]
+    best = _best_of([1000, 1004], [1001, 1005])
+    assert [seed_of(t) for t in shown[:2]] == best
+    assert all(read_score(t) is not None for t in shown[:2])
+    last = parse_infotext(shown[2])
+    assert processed.images[-1] is preview
+    assert read_score(shown[2]) is None and last.settings["ImageReward status"] == UNFINISHED_SAVED
+    assert "another script" not in processed.comments
+    assert "they were saved, as the WebUI's setting to keep interrupted images asks" in processed.comments
+    files = world.host.disk.finals()
+    assert sorted(f.seed for f in files) == sorted([*best, 1008])  # the kept two, and the preview SD.Next saved
+    [saved_preview] = [f for f in files if f.seed == 1008]
+    assert parse_infotext(saved_preview.info).settings["ImageReward status"] == UNFINISHED_SAVED
+    assert saved_preview.image.size == preview.size
+    grid = processed.images[0]
+    assert grid.info["grid_of"] == 2  # the grid holds the kept images, never the preview
+    details = processed.extra_generation_params[DETAILS_KEY]
+    assert details["images"][-1] == {"index": 3, "position": 2, "score": None, "unfinished": True, "saved": True}
+    assert details["summary"]["unfinished"] == 1 and details["summary"]["kept"] == 2
+
+
+def test_an_interrupt_with_keep_incomplete_and_no_preview_keeps_the_finished_ranked(world: World) -> None:
+    def interrupt(p: P, n: int) -> None:
+        if n == 2:
+            p.host.state.interrupted = True  # no live preview (the API's default): SD.Next's batch is empty
+
+    processed = world.run(world.p(TOP1, batch_size=2, n_iter=2, before_sampling=interrupt))
+    shown = processed.infotexts[processed.index_of_first_image :]
+    assert [seed_of(t) for t in shown] == _best_of([1000, 1004], [1001, 1005])
+    assert all(read_score(t) is not None for t in shown)
+    assert "another script" not in processed.comments and "unsorted" not in processed.comments
+    assert sorted(f.seed for f in world.host.disk.finals()) == sorted(seed_of(t) for t in shown)
+
+
+def test_a_skip_ranks_every_finished_candidate(world: World) -> None:
+    """A skip empties SD.Next's batch, and its loop then passes over the next batch too (it clears the flag there)."""
+
+    def skip(p: P, n: int) -> None:
+        if n == 2:
+            p.host.state.skipped = True
+
+    processed = world.run(world.p(TOP1, batch_size=2, n_iter=2, before_sampling=skip))
+    shown = processed.infotexts[processed.index_of_first_image :]
+    # Batches 2 and 3 (candidates 2 and 3 of requested images 0 and 1) were never made.
+    slots = ([1000, 1004], [1001, 1005], [1002, 1006, 1010, 1014], [1003, 1007, 1011, 1015])
+    assert [seed_of(t) for t in shown] == _best_of(*slots)
+    assert all(read_score(t) is not None for t in shown)
+    assert "another script" not in processed.comments and "unsorted" not in processed.comments
+    assert sorted(f.seed for f in world.host.disk.finals()) == sorted(seed_of(t) for t in shown)
 
 
 def test_finish_only_the_kept_is_refused_with_a_plain_note(world: World) -> None:

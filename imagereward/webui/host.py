@@ -11,6 +11,9 @@ diffusers pipeline (`modules/processing_diffusers.py`); read from its source, th
 - the sampling is one diffusers pipeline call: there is no `p.sample` to split into a first pass and the rest;
 - its infotext records `Batch: <count>x<size>` (a paste-back field), read while the job runs, when the plan has made
   the batch count N times larger: the kept images' texts get the user's own numbers back;
+- a batch cut short by an interrupt or skip never reaches `postprocess_image`: an interrupt replaces it by the live
+  preview (`state.current_image`, a preview of the sampling so far, possibly of an earlier batch) or by nothing, and
+  `keep_incomplete` only decides whether that preview is saved; a skip leaves it empty;
 - its option names: `keep_incomplete` (save interrupted images), `image_metadata` (metadata in files); it has no
   `grid_only_if_multiple` (a grid needs two images) and its `save_image` has no `short_filename`;
 - its Control tab runs an installed extension's scripts only when the script's title is in
@@ -44,6 +47,9 @@ class Host:
     final_hook: str  # the hook whose `pp.image` is the image the WebUI then saves and shows
     finishes_interrupted: bool  # calls the scripts' `postprocess` after an interrupt or skip
     incomplete_option: str  # the option that saves images cut short by an interrupt
+    # True where a batch cut short is replaced (a preview, or nothing) and never post-processed, whatever the
+    # incomplete option says; False where that option makes it a batch of finished candidates (A1111).
+    replaces_cut_short_batch: bool
     metadata_option: str  # the option that writes the infotext into files
     split_refused: str | None  # why "finish only the kept" cannot work in this WebUI (None: it can)
     batch_setting: str | None = None  # the infotext setting holding "<batch count>x<batch size>"
@@ -82,6 +88,7 @@ A1111_HOST = Host(
     final_hook="postprocess_image_after_composite",
     finishes_interrupted=True,
     incomplete_option="save_incomplete_images",
+    replaces_cut_short_batch=False,
     metadata_option="enable_pnginfo",
     split_refused=None,
 )
@@ -92,6 +99,7 @@ SDNEXT_HOST = Host(
     final_hook="postprocess_image",
     finishes_interrupted=False,
     incomplete_option="keep_incomplete",
+    replaces_cut_short_batch=True,
     metadata_option="image_metadata",
     split_refused="SD.Next samples with one diffusers pipeline call, which has no first pass to stop after",
     batch_setting="Batch",

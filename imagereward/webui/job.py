@@ -45,6 +45,7 @@ ERROR_KEY = "ImageReward error"
 # this entry instead of a score, and the gallery's badge shows the value as a plain label.
 STATUS_KEY = "ImageReward status"
 UNFINISHED = "unfinished · not saved"
+UNFINISHED_SAVED = "unfinished · saved"  # the WebUI saved it, as its option to keep interrupted images asks (SD.Next)
 DETAILS_VERSION = 2
 
 TRUNCATION_NOTE = (
@@ -112,6 +113,7 @@ class BestOfNJob:
         self.prompts: dict[int, str] = {}
         self.batch_counts: dict[int, int] = {}
         self.unfinished: set[int] = set()  # images of a batch cut short by an interrupt or skip
+        self.unfinished_saved: set[int] = set()  # of those, the ones the WebUI saved (set when the job finishes)
         self.saves = SaveBuffer()
         self.capturing = False
         self.notes: list[str] = []
@@ -262,6 +264,16 @@ class BestOfNJob:
                 if self.phases is not None and self.phases.broken is None:
                     self.phases.broken = self.unplanned
 
+    def hold_replaced_batch(self, p: Any, images: list[Any]) -> None:
+        """A batch cut short that the WebUI replaced (SD.Next: by the live preview, or by nothing) and will not
+        post-process: its images are unfinished, shown last and never scored; their count is not the plan's."""
+        self.batch_counts[p.iteration] = len(images)
+        for i, image in enumerate(images):
+            index = p.iteration * p.batch_size + i
+            self.unfinished.add(index)
+            self.finals[index] = image
+            self.prompts[index] = _at(p.all_prompts, index, "")
+
     def collect(self, p: Any, image: Any) -> None:
         """The final image of one generated index; scores the batch once its last image is in."""
         index = p.iteration * p.batch_size + p.batch_index
@@ -272,7 +284,7 @@ class BestOfNJob:
             self.score_pending()
 
     def score_pending(self) -> None:
-        pending = sorted(i for i in self.finals if i not in self.scores)
+        pending = sorted(i for i in self.finals if i not in self.scores and i not in self.unfinished)
         if pending:
             self._score_into(pending, [self.finals[i] for i in pending], self.scores, self.member_scores)
 
@@ -388,15 +400,23 @@ class BestOfNJob:
             self.finals.setdefault(candidate.index, candidate.image)
         for message in self.notes:
             self._comment(processed, f"ImageReward: {message}.")
-        # Images cut short by an interrupt do not compete with finished ones: shown last, unranked, not saved.
+        # Images cut short by an interrupt do not compete with finished ones: shown last, unranked, and saved only
+        # where the WebUI saved them (SD.Next's option to keep interrupted images).
         unfinished = [c for c in candidates if c.index in self.unfinished]
         candidates = [c for c in candidates if c.index not in self.unfinished] + unfinished
         competing = len(candidates) - len(unfinished)
         if unfinished:
+            saved = sum(1 for c in unfinished if self.saves.of(c.index))
+            how = (
+                "like the WebUI, they were not saved"
+                if not saved
+                else "they were saved, as the WebUI's setting to keep interrupted images asks"
+                if saved == len(unfinished)
+                else f"{saved} of them were saved, as the WebUI's setting to keep interrupted images asks"
+            )
             self._comment(
                 processed,
-                f"ImageReward: {len(unfinished)} image(s) of the interrupted batch are shown last, unranked; "
-                "like the WebUI, they were not saved.",
+                f"ImageReward: {len(unfinished)} image(s) of the interrupted batch are shown last, unranked; {how}.",
             )
         scores = [self.scores.get(c.index, math.nan) for c in candidates]
 
@@ -594,7 +614,8 @@ class BestOfNJob:
             shown = None if math.isnan(value) or unfinished else format_score(value, score_decimals(name))
             text = with_setting(text, score_key(name), shown)
         if unfinished:
-            text = with_setting(text, STATUS_KEY, UNFINISHED)
+            status = UNFINISHED_SAVED if candidate.index in self.unfinished_saved else UNFINISHED
+            text = with_setting(text, STATUS_KEY, status)
         if self.failure is not None:
             text = with_setting(text, ERROR_KEY, "scoring failed, nothing was filtered")
         return text
@@ -603,6 +624,7 @@ class BestOfNJob:
         """The outcome into `processed` (the gallery first: whatever happens while writing files, the user sees every
         kept image), then the files, then the job's parameters for the API."""
         chosen = [outcome.candidates[i] for i in outcome.kept]
+        self.unfinished_saved = {c.index for c in chosen if c.index in self.unfinished and self.saves.of(c.index)}
         texts = [self.final_infotext(c) for c in chosen]
         for candidate, text in zip(chosen, texts, strict=True):
             if isinstance(getattr(candidate.image, "info", None), dict) and "parameters" in candidate.image.info:
@@ -621,9 +643,10 @@ class BestOfNJob:
 
         params = {k: v for k, v in job_params.items() if k not in self._score_keys()}
         unfinished = {i for i, c in enumerate(outcome.candidates) if c.index in self.unfinished}
+        saved = {i for i, c in enumerate(outcome.candidates) if c.index in self.unfinished_saved}
         params[SCORES_KEY] = [None if i in unfinished else _round(outcome.scores[i]) for i in outcome.kept]
         first = processed.index_of_first_image
-        params[DETAILS_KEY] = self._details(outcome.selection, outcome.kept, outcome.scores, first, unfinished)
+        params[DETAILS_KEY] = self._details(outcome.selection, outcome.kept, outcome.scores, first, unfinished, saved)
         if self.failure is not None:
             params[ERROR_KEY] = self.failure
         # A new dict: the WebUI shares p.extra_generation_params between X/Y/Z cells, which must not see these.
@@ -704,16 +727,23 @@ class BestOfNJob:
         return problems
 
     def _details(
-        self, selection: Selection | None, kept: list[int], scores: list[float], first: int, unfinished: set[int]
+        self,
+        selection: Selection | None,
+        kept: list[int],
+        scores: list[float],
+        first: int,
+        unfinished: set[int],
+        saved: set[int],
     ) -> dict:
-        """The API's per-image details (`unfinished`: positions in `scores` of images shown unranked and unsaved)."""
+        """The API's per-image details (`unfinished`: positions in `scores` of images shown unranked; `saved`: those
+        of them the WebUI saved all the same)."""
         images = []
         for position, i in enumerate(kept):
             # position: among the job's images, after index_of_first_image (a script may insert its own grid later,
             # as the prompt matrix does, which moves every gallery index but not the positions)
             entry: dict[str, Any] = {"index": first + position, "position": position, "score": _round(scores[i])}
             if i in unfinished:
-                entry.update(score=None, unfinished=True, saved=False)
+                entry.update(score=None, unfinished=True, saved=i in saved)
             elif selection is not None and i < len(selection.rank):
                 entry.update(
                     group=selection.group_of[i],

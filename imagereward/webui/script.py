@@ -377,6 +377,9 @@ class ImageRewardScript(scripts.Script):
         if job is not None and job.owns(p):
             state, opts = shared.state, shared.opts
             cut_short = bool(getattr(state, "interrupted", False) or getattr(state, "skipped", False))
+            if cut_short and HOST.replaces_cut_short_batch:  # a preview or nothing, which no per-image hook sees
+                job.hold_replaced_batch(p, list(pp.images))
+                return
             finished = not cut_short or HOST.saves_incomplete(opts)
             job.check_batch(p, len(pp.images), finished=finished)
             if job.splits(p):  # phase 1: scored here, and nothing of the batch goes on to the per-image work
