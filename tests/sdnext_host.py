@@ -16,7 +16,9 @@ A1111 and matters to the script:
 - its Control tab's generate action leaves `generation_info_control` empty;
 - options `keep_incomplete`, `image_metadata`; no `grid_only_if_multiple`, `grid_extended_filename`,
   `save_incomplete_images`, `enable_pnginfo`; `save_image` has no `short_filename` and returns three values;
-- the Control tab runs an installed extension's script only when its title is in `installer.control_extensions`.
+- the Control tab runs an installed extension's script only when its title is in `installer.control_extensions`;
+- its paste-back (`generation_parameters_copypaste.connect_paste`) checks the key of every plain pasted value against
+  its skip list with `key.lower()`; a value that is a gradio update is applied as it is.
 """
 
 from __future__ import annotations
@@ -219,3 +221,27 @@ def process_images(p: P) -> Processed:
     finally:
         for callback in host.after_process:
             callback(p)
+
+
+def paste(fields: list[tuple[Any, Any]], params: dict[str, Any], skip: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """SD.Next's paste of `params` (the parsed infotext) into the tab's paste fields: one update per field, an empty
+    one where nothing is pasted. Raises what SD.Next's paste raises (it then pastes nothing at all)."""
+    import gradio as gr
+
+    type_of_update = type(gr.update())
+    updates: list[dict[str, Any]] = []
+    for output, key in fields:
+        value = key(params) if callable(key) else params.get(key)
+        if value is None:
+            updates.append(gr.update())
+        elif isinstance(value, type_of_update):
+            updates.append(value)
+        elif key.lower() in skip:  # its `should_skip(key)`: AttributeError for a key that is a function
+            updates.append(gr.update())
+        else:
+            kind = type(output.value)
+            if kind is bool:
+                updates.append(gr.update(value=str(value).lower() != "false"))
+            else:
+                updates.append(gr.update(value=kind(value) if output.value is not None else value))
+    return updates

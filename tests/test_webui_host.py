@@ -759,7 +759,7 @@ def test_the_accordion_offers_the_scorers_and_the_threshold_follows_the_choice(w
     slider, box = changed("Ensemble", 0.5)
     assert slider["value"] == 0.5 and box == {"visible": True}
     pasted = dict(script.infotext_fields)
-    assert pasted[scorer]({"ImageReward scorer": "PickScore"}) == "PickScore"
+    assert pasted[scorer]({"ImageReward scorer": "PickScore"})["value"] == "PickScore"
 
 
 def test_the_score_endpoint_takes_a_scorer(world: World) -> None:

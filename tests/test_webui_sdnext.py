@@ -11,10 +11,11 @@ import pytest
 from PIL import Image
 
 from imagereward.infotext import parse_infotext, read_score
+from imagereward.webui.args import FIELD_NAMES
 from imagereward.webui.host import A1111, SDNEXT, accepted, detect
 from imagereward.webui.job import DETAILS_KEY, SCORES_KEY, UNFINISHED_SAVED
 from imagereward.webui.runtime import ScorerRuntime
-from tests.sdnext_host import SDNextHost, process_images
+from tests.sdnext_host import SDNextHost, paste, process_images
 from tests.webui_host import FakeScorer, Host, P, Runner, pixel_score, sample
 
 
@@ -209,6 +210,24 @@ def test_a_skip_ranks_every_finished_candidate(world: World) -> None:
     assert all(read_score(t) is not None for t in shown)
     assert "another script" not in processed.comments and "unsorted" not in processed.comments
     assert sorted(f.seed for f in world.host.disk.finals()) == sorted(seed_of(t) for t in shown)
+
+
+def test_paste_back_of_a_kept_image_restores_the_accordion_in_sdnexts_paste(world: World) -> None:
+    """SD.Next's paste fails as a whole on a paste key that is a function returning a plain value."""
+    p = world.p({**TOP1, "by_prompt": False}, batch_size=2, n_iter=2)
+    processed = world.run(p)
+    kept = processed.infotexts[processed.index_of_first_image]
+    params = dict(parse_infotext(kept).settings)
+    script = world.script.ImageRewardScript()
+    controls = script.ui(False)
+    updates = paste(script.infotext_fields, params, skip=("batch",))
+    values = {
+        id(output): update.get("value") for (output, _), update in zip(script.infotext_fields, updates, strict=True)
+    }
+    by_name = {name: values.get(id(control)) for name, control in zip(FIELD_NAMES, controls, strict=True)}
+    assert values[id(script.infotext_fields[0][0])] is True  # the accordion: on
+    assert by_name["mode"] == "top-k" and by_name["candidates"] == 4 and by_name["by_prompt"] is False
+    assert by_name["scorer"] == "ImageReward" and by_name["finish_kept"] is False
 
 
 def test_finish_only_the_kept_is_refused_with_a_plain_note(world: World) -> None:

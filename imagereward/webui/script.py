@@ -320,7 +320,7 @@ class ImageRewardScript(scripts.Script):
                         controls[control.name] = _component(control, defaults, choices.get(control.name), elem_id)
         scorer, threshold, weights = controls["scorer"], controls["threshold"], controls["weights"]
         scorer.change(fn=scorer_changed, inputs=[scorer, threshold], outputs=[threshold, weights], show_progress=False)
-        self.infotext_fields = [(controls[name], key) for name, key in PASTE_FIELDS]
+        self.infotext_fields = [(controls[name], _paste_key(key)) for name, key in PASTE_FIELDS]
         self.paste_field_names = [key for _, key in PASTE_FIELDS if isinstance(key, str)]
         return [controls[name] for name in FIELD_NAMES]
 
@@ -399,6 +399,15 @@ class ImageRewardScript(scripts.Script):
 
     def postprocess(self, p: Any, processed: Any, *args: Any) -> None:
         finish_job(p, processed)
+
+
+def _paste_key(key: Any) -> Any:
+    """A paste-back key for the WebUI: a name as it is; a function of the pasted entries made to return a gradio
+    update. SD.Next's paste checks every plain value's key against its "skip" list with `key.lower()`, which fails on
+    a function and loses the whole paste; an update is applied as it is, there and in A1111 and its forks."""
+    if isinstance(key, str):
+        return key
+    return lambda params: gr.update(value=key(params))
 
 
 def _collect(p: Any, pp: Any) -> None:
