@@ -580,10 +580,10 @@
     /**
      * The part of an <img> element's box its picture is drawn on, {left, top, width, height} in px from the box's
      * corner, from the box's size, the picture's natural size and the computed object-fit and object-position (what
-     * the browser does, clipped to the box). A1111's and Forge's thumbnails cover their cell, so this is the whole
-     * box; SD.Next's modern UI scales them down at "50% 0%", which draws a portrait or small picture centred at the
-     * top with empty bands beside it. The whole box for anything unknown, and while the picture is not loaded
-     * (natural size 0).
+     * the browser does, clipped to the box). A1111's and reForge's thumbnails cover their cell (gradio's default), so
+     * this is the whole box; SD.Next's modern UI scales them down at "50% 0%", which draws a portrait or small picture
+     * centred at the top with empty bands beside it (Forge Neo's contain, centred, does so for any non-square one).
+     * The whole box for anything unknown, and while the picture is not loaded (natural size 0).
      */
     function pictureRect(width, height, naturalWidth, naturalHeight, fit, position) {
         var boxWidth = toFiniteNumber(width) || 0;

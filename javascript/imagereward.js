@@ -204,8 +204,9 @@
     // SD.Next's modern UI draws its thumbnails with object-fit: scale-down at object-position 50% 0%: a portrait or a
     // small picture sits centred at the top of its cell with empty bands beside it, and a badge at the cell's corner
     // would hang off it. There the badge gets the picture's corner and width as custom properties, to which style.css
-    // adds each variant's inset. Where the picture starts at the cell's corner (A1111, Forge: object-fit cover) nothing
-    // is written and the stylesheet alone places the badge.
+    // adds each variant's inset (Forge Neo's thumbnails, object-fit contain, get it too for a non-square picture).
+    // Where the picture starts at the cell's corner (A1111, reForge: object-fit cover) nothing is written and the
+    // stylesheet alone places the badge.
     var PLACEMENT = ["--imagereward-left", "--imagereward-top", "--imagereward-width"];
     var watchedImages = typeof WeakSet === "function" ? new WeakSet() : null;
 

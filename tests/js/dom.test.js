@@ -405,7 +405,7 @@ test("scale-down thumbnails (SD.Next): the badge sits on the picture's corner, w
     assert.equal((await recorder.stop()).length, 0);
 });
 
-test("cover thumbnails (A1111, Forge): the stylesheet alone places the badge, no inline position is written", async () => {
+test("cover thumbnails (A1111, reForge): the stylesheet alone places the badge, no inline position is written", async () => {
     const { page, gallery, parsed } = setup({ count: 4, selected: 1, info: makeInfo({ images: FOUR }) });
     layOutThumbnails(page, gallery, { fit: "cover", position: "50% 0%", natural: [128, 256] });
     ir.applyBadges(gallery, parsed);
