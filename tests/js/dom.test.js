@@ -371,14 +371,24 @@ test("an unpositioned thumbnail (SD.Next's modern UI) becomes the badge's contai
 
 const PLACEMENT = ["--imagereward-left", "--imagereward-top", "--imagereward-width"];
 
-/** Where the stylesheet puts a badge, in px: its rule's calc(var(--imagereward-<side>, 0px) + inset) worked out. */
+/**
+ * Where the stylesheet puts a badge, in px: its rule for `side` worked out, with the badge's --imagereward-<side>
+ * (0px when unset), 100% as the cell's size along that side and 1em as 16px. The rule must build on that property.
+ */
 function placedAt(page, badge, side) {
     const declared = page.window.getComputedStyle(badge).getPropertyValue(side);
-    const match = /^calc\(var\((--imagereward-(?:left|top)), 0px\) \+ (\d+)px\)$/.exec(declared);
-    assert.ok(match, `${side} is the picture's corner plus an inset: ${declared}`);
-    assert.equal(match[1], `--imagereward-${side}`);
-    const corner = badge.style.getPropertyValue(match[1]);
-    return (corner ? parseFloat(corner) : 0) + Number(match[2]);
+    assert.ok(declared.includes(`var(--imagereward-${side}, 0px)`), `${side} builds on the picture's corner: ${declared}`);
+    const corner = parseFloat(badge.style.getPropertyValue(`--imagereward-${side}`) || "0");
+    const cell = side === "left" ? badge.parentNode.clientWidth : badge.parentNode.clientHeight;
+    const expression = declared
+        .replace(`var(--imagereward-${side}, 0px)`, `${corner}`)
+        .replace(/(\d+(?:\.\d+)?)%/g, (_, n) => `${(Number(n) / 100) * cell}`)
+        .replace(/(\d+(?:\.\d+)?)em/g, (_, n) => `${Number(n) * 16}`)
+        .replace(/(\d+(?:\.\d+)?)px/g, "$1")
+        .replace(/\bcalc\(/g, "(")
+        .replace(/\b(max|min)\(/g, "Math.$1(");
+    assert.match(expression, /^(?:[\d\s.+\-*/(),]|Math\.max|Math\.min)+$/, `only numbers and min/max/calc: ${declared}`);
+    return Function(`return ${expression};`)();
 }
 
 test("scale-down thumbnails (SD.Next): the badge sits on the picture's corner, with the variant's inset", async () => {
@@ -392,6 +402,15 @@ test("scale-down thumbnails (SD.Next): the badge sits on the picture's corner, w
     assert.equal(grid.style.getPropertyValue("--imagereward-width"), "128px", "its max-width follows the picture");
     assert.equal(placedAt(page, grid, "left"), 44);
     assert.equal(placedAt(page, grid, "top"), 4);
+    // a tiny picture near the cell's right edge: the badge moves left to keep 8em inside the cell
+    grid.parentNode.querySelector("img").naturalWidth = 16;
+    grid.parentNode.querySelector("img").naturalHeight = 8;
+    ir.applyBadges(gallery, parsed);
+    assert.equal(grid.style.getPropertyValue("--imagereward-left"), "96px");
+    assert.equal(placedAt(page, grid, "left"), 208 - 8 * 16 - 4);
+    grid.parentNode.querySelector("img").naturalWidth = 128;
+    grid.parentNode.querySelector("img").naturalHeight = 256;
+    ir.applyBadges(gallery, parsed);
     const strip = badgeOf(gallery.querySelector(".thumbnails .thumbnail-item"));
     assert.equal(placedAt(page, strip, "left"), 41, "the strip's badge keeps its 1px inset");
     assert.equal(placedAt(page, strip, "top"), 1);

@@ -233,6 +233,7 @@ function layOutThumbnails(page, gallery, { fit, position, cell = [208, 416], nat
             clientWidth: value(cell[0]), clientHeight: value(cell[1]),
             naturalWidth: value(natural[0]), naturalHeight: value(natural[1]),
         });
+        Object.defineProperties(host, { clientWidth: value(cell[0]), clientHeight: value(cell[1] + 4) });
     }
     return images;
 }
