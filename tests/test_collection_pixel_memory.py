@@ -1,8 +1,8 @@
 """What a collection run allocates for each batch's pixels: one float32 batch a run, on the model's device.
 
-A new float32 batch every step (19 MB at 32 x 224 x 224) let the C heap of a run whose forward pass is quick grow by
-about one batch a step (2.5 GB on 10,000 images; BENCHMARKS.md); a model on a GPU also had its pixels converted
-on the host and copied over as floats."""
+A new float32 batch every step (19 MB at 32 x 3 x 224 x 224) let glibc's heap grow by about one batch a step when
+nothing else allocated on the host between steps (no forward pass there: 2.5 GB on 10,000 images; BENCHMARKS.md); a
+model on a GPU also had its pixels converted on the host and copied over as floats."""
 
 from __future__ import annotations
 

@@ -194,8 +194,8 @@ class RunScorers:
         self.computed = self.layouts.computed
         self.needs_prompt = any(model.needs_prompt for model, _ in self.models)  # (the aesthetic score reads none)
         # (geometry, device) -> the float32 batch each step's pixels are written into, made once for the run: a new
-        # one every step let the C heap of a process that scores quickly (a GPU, or no forward pass) grow by one
-        # batch a step, to 2.5 GB on 10,000 images (BENCHMARKS.md)
+        # one every step let glibc's heap in a process whose forward pass allocates nothing on the host between steps
+        # (a GPU, the benchmark's stub) grow by one batch a step, to 2.5 GB on 10,000 images (BENCHMARKS.md)
         self.buffers: dict[tuple[int, str], Any] = {}
 
     def score(
