@@ -1,7 +1,8 @@
 /*
  * sd-webui-imagereward: the pure part of the gallery overlays (no DOM): reading the generation info and infotexts,
- * numbers, colours and texts. The WebUI loads every file of javascript/ in name order, so this one comes before
- * imagereward.js, which draws the badges with it. Global: window.imageRewardLogic; under Node, module.exports.
+ * numbers, colours and texts, and where a thumbnail's picture is drawn in its cell. The WebUI loads every file of
+ * javascript/ in name order, so this one comes before imagereward.js, which draws the badges with it.
+ * Global: window.imageRewardLogic; under Node, module.exports.
  *
  * The badge's score is always the one written on the last line of the image's infotext (the one parser of
  * infotexts here), under the key of the infotext's scorer: "ImageReward scorer: <label>" names it (absent: ImageReward,
@@ -513,6 +514,103 @@
     }
 
     // ------------------------------------------------------------------------------------------------------------
+    // Where a thumbnail's picture is drawn (CSS object-fit / object-position)
+    // ------------------------------------------------------------------------------------------------------------
+
+    // object-position keywords: the axis they name (null: either) and the percentage they stand for.
+    var POSITION_KEYWORDS = {left: ["x", 0], center: [null, 50], right: ["x", 100], top: ["y", 0], bottom: ["y", 100]};
+    var LENGTH_RE = /^([+-]?(?:\d+(?:\.\d*)?|\.\d+))(%|px)?$/;
+
+    /** One value of object-position: {axis ("x", "y" or null), percent, px} (one of the two set); null if unknown. */
+    function positionValue(text) {
+        if (Object.prototype.hasOwnProperty.call(POSITION_KEYWORDS, text)) {
+            return {axis: POSITION_KEYWORDS[text][0], percent: POSITION_KEYWORDS[text][1], px: null};
+        }
+        var match = LENGTH_RE.exec(text);
+        if (!match || (!match[2] && Number(match[1]) !== 0)) {
+            return null; // a bare number other than 0 is no length
+        }
+        var number = Number(match[1]);
+        return match[2] === "%" ? {axis: null, percent: number, px: null} : {axis: null, percent: null, px: number};
+    }
+
+    /**
+     * An object-position value ("50% 0%", "10px 20px", "right top", "bottom") as {x, y} of positionValue(); null for
+     * what this does not read (calc(), the four-value form, "left right").
+     */
+    function parseObjectPosition(value) {
+        var parts = typeof value === "string" ? value.trim().toLowerCase().split(/\s+/) : [];
+        if (parts.length === 1 && parts[0]) {
+            parts.push("center");
+        }
+        if (parts.length !== 2) {
+            return null;
+        }
+        var x = positionValue(parts[0]);
+        var y = positionValue(parts[1]);
+        if (!x || !y) {
+            return null;
+        }
+        if (x.axis === "y" || y.axis === "x") { // "top left", "bottom 10px": the vertical one came first
+            var first = x;
+            x = y;
+            y = first;
+        }
+        return x.axis === "y" || y.axis === "x" ? null : {x: x, y: y};
+    }
+
+    /** How much object-fit scales the picture (null: fill, which stretches it to the box; undefined: unknown). */
+    function fitScale(fit, scaleX, scaleY) {
+        switch (fit) {
+            case "fill":
+                return null;
+            case "contain":
+                return Math.min(scaleX, scaleY);
+            case "cover":
+                return Math.max(scaleX, scaleY);
+            case "none":
+                return 1;
+            case "scale-down":
+                return Math.min(1, scaleX, scaleY);
+            default:
+                return undefined;
+        }
+    }
+
+    /**
+     * The part of an <img> element's box its picture is drawn on, {left, top, width, height} in px from the box's
+     * corner, from the box's size, the picture's natural size and the computed object-fit and object-position (what
+     * the browser does, clipped to the box). A1111's and reForge's thumbnails cover their cell (gradio's default), so
+     * this is the whole box; SD.Next's modern UI scales them down at "50% 0%", which draws a portrait or small picture
+     * centred at the top with empty bands beside it (Forge Neo's contain, centred, does so for any non-square one).
+     * The whole box for anything unknown, and while the picture is not loaded (natural size 0).
+     */
+    function pictureRect(width, height, naturalWidth, naturalHeight, fit, position) {
+        var boxWidth = toFiniteNumber(width) || 0;
+        var boxHeight = toFiniteNumber(height) || 0;
+        var box = {left: 0, top: 0, width: Math.max(0, boxWidth), height: Math.max(0, boxHeight)};
+        var natural = [toFiniteNumber(naturalWidth), toFiniteNumber(naturalHeight)];
+        var at = parseObjectPosition(position);
+        if (!(natural[0] > 0 && natural[1] > 0) || !at || box.width === 0 || box.height === 0) {
+            return box;
+        }
+        var scale = fitScale(typeof fit === "string" ? fit.trim().toLowerCase() : fit,
+            box.width / natural[0], box.height / natural[1]);
+        if (!scale) {
+            return box; // fill, or an object-fit this does not know
+        }
+        var drawnWidth = natural[0] * scale;
+        var drawnHeight = natural[1] * scale;
+        var left = at.x.px !== null ? at.x.px : (box.width - drawnWidth) * at.x.percent / 100;
+        var top = at.y.px !== null ? at.y.px : (box.height - drawnHeight) * at.y.percent / 100;
+        var right = Math.min(box.width, left + drawnWidth);
+        var bottom = Math.min(box.height, top + drawnHeight);
+        left = Math.min(box.width, Math.max(0, left));
+        top = Math.min(box.height, Math.max(0, top));
+        return {left: left, top: top, width: Math.max(0, right - left), height: Math.max(0, bottom - top)};
+    }
+
+    // ------------------------------------------------------------------------------------------------------------
     // Presentation: numbers, colours, texts
     // ------------------------------------------------------------------------------------------------------------
 
@@ -732,6 +830,8 @@
         badgeTooltip: badgeTooltip,
         plural: plural,
         summaryText: summaryText,
+        parseObjectPosition: parseObjectPosition,
+        pictureRect: pictureRect,
     };
 
     if (typeof window !== "undefined" && window) {

@@ -201,6 +201,80 @@
         badge.appendChild(sr);
     }
 
+    // SD.Next's modern UI draws its thumbnails with object-fit: scale-down at object-position 50% 0%: a portrait or a
+    // small picture sits centred at the top of its cell with empty bands beside it, and a badge at the cell's corner
+    // would hang off it. There the badge gets the picture's corner and width as custom properties, to which style.css
+    // adds each variant's inset (Forge Neo's thumbnails, object-fit contain, get it too for a non-square picture).
+    // Where the picture starts at the cell's corner (A1111, reForge: object-fit cover) nothing is written and the
+    // stylesheet alone places the badge.
+    var PLACEMENT = ["--imagereward-left", "--imagereward-top", "--imagereward-width"];
+    var watchedImages = typeof WeakSet === "function" ? new WeakSet() : null;
+
+    /** The PLACEMENT values for a thumbnail's badge ("40px"), or "" each where the stylesheet alone places it. */
+    function placementOf(host) {
+        var img = host.querySelector("img");
+        var view = host.ownerDocument.defaultView;
+        var at = null;
+        // offsetLeft/Top count from the host's corner only where the host is the img's offsetParent.
+        if (img && img.offsetParent === host && view && view.getComputedStyle) {
+            var style = view.getComputedStyle(img);
+            var rect = L.pictureRect(img.clientWidth, img.clientHeight, img.naturalWidth, img.naturalHeight,
+                style.getPropertyValue("object-fit"), style.getPropertyValue("object-position"));
+            at = [img.offsetLeft + img.clientLeft + rect.left, img.offsetTop + img.clientTop + rect.top, rect.width]
+                .map(Math.round);
+        }
+        var moved = at !== null && (at[0] !== 0 || at[1] !== 0);
+        return PLACEMENT.map(function (name, i) {
+            return moved ? at[i] + "px" : "";
+        });
+    }
+
+    /**
+     * Puts the badges of these thumbnails on their pictures' corners: measures them all, then writes (one layout, not
+     * one per badge); no DOM write where a badge is already in place. Returns the number of badges moved.
+     */
+    function placeBadges(hosts) {
+        var placements = hosts.map(placementOf);
+        var moved = 0;
+        hosts.forEach(function (host, k) {
+            var badge = ownBadge(host);
+            var changed = false;
+            PLACEMENT.forEach(function (name, i) {
+                var value = placements[k][i];
+                if (!badge || badge.style.getPropertyValue(name) === value) {
+                    return;
+                }
+                if (value) {
+                    badge.style.setProperty(name, value);
+                } else {
+                    badge.style.removeProperty(name);
+                }
+                changed = true;
+            });
+            moved += changed ? 1 : 0;
+        });
+        return moved;
+    }
+
+    /** Places the thumbnail's badge again whenever its picture (re)loads: only then is its natural size known. */
+    function watchPicture(host) {
+        var img = host.querySelector("img");
+        if (!img || !watchedImages || watchedImages.has(img)) {
+            return; // one listener per img, for the img's life
+        }
+        watchedImages.add(img);
+        img.addEventListener("load", function () {
+            placeBadges([host]);
+        });
+    }
+
+    /** The thumbnails of a gallery that carry a badge. */
+    function badgedThumbnails(gallery) {
+        return Array.prototype.map.call(gallery.querySelectorAll(".thumbnail-item > ." + CLS_BADGE), function (badge) {
+            return badge.parentNode;
+        });
+    }
+
     /** Adds or refreshes the badge inside host; no DOM write when it is already up to date. Returns true on change. */
     function ensureBadge(host, entry, variant, id, describe) {
         var doc = host.ownerDocument;
@@ -254,6 +328,7 @@
         var name = galleryKeyName(gallery);
         var groups = thumbnailGroups(gallery);
         var wanted = [];
+        var thumbnails = [];
 
         groups.forEach(function (group, g) {
             var label = group.kind === "strip" ? "strip" : group.kind === "grid" ? "grid" : "list" + g;
@@ -264,6 +339,8 @@
                     if (ensureBadge(item, entry, variant, ID_PREFIX + name + "-" + label + "-" + k, true)) {
                         result.changed++;
                     }
+                    watchPicture(item);
+                    thumbnails.push(item);
                     wanted.push(ownBadge(item));
                     result.badges++;
                 } else if (removeBadge(item)) {
@@ -271,6 +348,8 @@
                 }
             });
         });
+
+        result.changed += placeBadges(thumbnails); // the large preview's badge keeps its corner
 
         var previews = gallery.querySelectorAll(".preview");
         var selected = selectedIndex(groups);
@@ -440,6 +519,12 @@
         // WebUI's own observer (childList only) does not report.
         var observer = new MutationObserver(scheduleUpdate);
         observer.observe(gallery, {attributes: true, attributeFilter: ["class", "src"], subtree: true});
+        // A resized gallery resizes its cells, which moves a picture centred in its cell (SD.Next): follow it.
+        if (typeof ResizeObserver !== "undefined") {
+            new ResizeObserver(function () {
+                placeBadges(badgedThumbnails(gallery));
+            }).observe(gallery);
+        }
     }
 
     /**

@@ -3,7 +3,9 @@
 
 const test = require("node:test");
 const assert = require("node:assert/strict");
-const { makePage, renderGallery, selectInGallery, makeInfo, recordMutations, FOUR, SCRIPT_PATH } = require("./helpers");
+const {
+    makePage, renderGallery, selectInGallery, makeInfo, recordMutations, layOutThumbnails, FOUR, SCRIPT_PATH,
+} = require("./helpers");
 
 const ir = require(SCRIPT_PATH);
 const MINUS = "\u2212";
@@ -361,4 +363,97 @@ test("an unpositioned thumbnail (SD.Next's modern UI) becomes the badge's contai
     assert.equal(thumbs[0].style.position, "relative", "a static thumbnail is positioned for its badge");
     assert.equal(thumbs[1].style.position, "", "a thumbnail the page positions keeps its own position");
     assert.ok(badgeOf(thumbs[0]) && badgeOf(thumbs[1]));
+});
+
+// ---------------------------------------------------------------------------------------------------------------
+// The badge on the picture's corner where the picture does not fill its cell (SD.Next's modern UI)
+// ---------------------------------------------------------------------------------------------------------------
+
+const PLACEMENT = ["--imagereward-left", "--imagereward-top", "--imagereward-width"];
+
+/** Where the stylesheet puts a badge, in px: its rule's calc(var(--imagereward-<side>, 0px) + inset) worked out. */
+function placedAt(page, badge, side) {
+    const declared = page.window.getComputedStyle(badge).getPropertyValue(side);
+    const match = /^calc\(var\((--imagereward-(?:left|top)), 0px\) \+ (\d+)px\)$/.exec(declared);
+    assert.ok(match, `${side} is the picture's corner plus an inset: ${declared}`);
+    assert.equal(match[1], `--imagereward-${side}`);
+    const corner = badge.style.getPropertyValue(match[1]);
+    return (corner ? parseFloat(corner) : 0) + Number(match[2]);
+}
+
+test("scale-down thumbnails (SD.Next): the badge sits on the picture's corner, with the variant's inset", async () => {
+    const { page, gallery, parsed } = setup({ count: 4, selected: 1, info: makeInfo({ images: FOUR }) });
+    // a 128x256 picture in a 208x416 cell, scaled down at 50% 0%: drawn at natural size from x = 40
+    layOutThumbnails(page, gallery, { fit: "scale-down", position: "50% 0%", natural: [128, 256] });
+    ir.applyBadges(gallery, parsed);
+    const grid = badgeOf(gallery.querySelector(".grid-wrap .thumbnail-item"));
+    assert.equal(grid.style.getPropertyValue("--imagereward-left"), "40px");
+    assert.equal(grid.style.getPropertyValue("--imagereward-top"), "0px");
+    assert.equal(grid.style.getPropertyValue("--imagereward-width"), "128px", "its max-width follows the picture");
+    assert.equal(placedAt(page, grid, "left"), 44);
+    assert.equal(placedAt(page, grid, "top"), 4);
+    const strip = badgeOf(gallery.querySelector(".thumbnails .thumbnail-item"));
+    assert.equal(placedAt(page, strip, "left"), 41, "the strip's badge keeps its 1px inset");
+    assert.equal(placedAt(page, strip, "top"), 1);
+    // the large preview's badge keeps its corner
+    const preview = badgeOf(gallery.querySelector(".preview"));
+    assert.deepEqual(PLACEMENT.map((name) => preview.style.getPropertyValue(name)), ["", "", ""]);
+
+    // up to date: a second pass writes nothing
+    const recorder = recordMutations(page.window, gallery);
+    assert.equal(ir.applyBadges(gallery, parsed).changed, 0);
+    assert.equal((await recorder.stop()).length, 0);
+});
+
+test("cover thumbnails (A1111, reForge): the stylesheet alone places the badge, no inline position is written", async () => {
+    const { page, gallery, parsed } = setup({ count: 4, selected: 1, info: makeInfo({ images: FOUR }) });
+    layOutThumbnails(page, gallery, { fit: "cover", position: "50% 0%", natural: [128, 256] });
+    ir.applyBadges(gallery, parsed);
+    for (const badge of gallery.querySelectorAll(".imagereward-badge")) {
+        assert.deepEqual(PLACEMENT.map((name) => badge.style.getPropertyValue(name)), ["", "", ""]);
+        assert.equal(badge.style.left, "");
+        assert.equal(badge.style.top, "");
+        assert.equal(badge.getAttribute("style"), `--imagereward-color: ${badge.style.getPropertyValue("--imagereward-color")};`);
+    }
+    const grid = badgeOf(gallery.querySelector(".grid-wrap .thumbnail-item"));
+    assert.equal(placedAt(page, grid, "left"), 4);
+    assert.equal(placedAt(page, grid, "top"), 4);
+});
+
+test("the badge moves when its picture loads, and back to the corner when the picture fills the cell", async () => {
+    const { page, gallery, parsed } = setup({ count: 4, info: makeInfo({ images: FOUR }) });
+    const images = layOutThumbnails(page, gallery, { fit: "scale-down", position: "50% 0%", natural: [0, 0] });
+    const loads = images.map(() => 0);
+    images.forEach((img, i) => {
+        const add = img.addEventListener.bind(img);
+        img.addEventListener = (type, ...rest) => { if (type === "load") loads[i]++; return add(type, ...rest); };
+    });
+    ir.applyBadges(gallery, parsed);
+    const badge = badgeOf(images[0].parentNode);
+    assert.equal(badge.style.getPropertyValue("--imagereward-left"), "", "not loaded: the cell's corner");
+
+    images[0].naturalWidth = 64;
+    images[0].naturalHeight = 64;
+    images[0].dispatchEvent(new page.window.Event("load"));
+    assert.equal(badge.style.getPropertyValue("--imagereward-left"), "72px");
+    assert.equal(badge.style.getPropertyValue("--imagereward-width"), "64px");
+
+    // re-renders and new scores for the same elements: one load listener per picture all the same
+    ir.applyBadges(gallery, ir.parseGenerationInfo(makeInfo({ images: FOUR.slice().reverse() })));
+    ir.applyBadges(gallery, parsed);
+    assert.deepEqual(loads, [1, 1, 1, 1]);
+    assert.equal(badge.style.getPropertyValue("--imagereward-left"), "72px", "refreshed in place");
+
+    // a new picture that fills the cell: back to the stylesheet's corner
+    images[0].naturalWidth = 208;
+    images[0].naturalHeight = 416;
+    images[0].dispatchEvent(new page.window.Event("load"));
+    assert.deepEqual(PLACEMENT.map((name) => badge.style.getPropertyValue(name)), ["", "", ""]);
+
+    // a cell resized while the badges refresh: the next pass follows the picture
+    images[1].naturalWidth = 64;
+    images[1].naturalHeight = 64;
+    images[1].clientWidth = 300;
+    assert.equal(ir.applyBadges(gallery, parsed).changed, 1);
+    assert.equal(badgeOf(images[1].parentNode).style.getPropertyValue("--imagereward-left"), "118px");
 });

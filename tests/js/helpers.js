@@ -212,7 +212,32 @@ function recordMutations(window, root) {
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
+const STYLE_CSS = fs.readFileSync(path.resolve(__dirname, "..", "..", "style.css"), "utf8");
+
+/**
+ * Gives a page's thumbnails the extension's stylesheet, the given object-fit / object-position on their pictures, and
+ * the layout a browser would measure (jsdom has none): each <img> fills its cell (its offsetParent) of size `cell`
+ * and has the natural size `natural`. Returns the imgs; their sizes stay writable.
+ */
+function layOutThumbnails(page, gallery, { fit, position, cell = [208, 416], natural }) {
+    const sheet = page.document.createElement("style");
+    sheet.textContent = `${STYLE_CSS}\n.thumbnail-item img { object-fit: ${fit}; object-position: ${position}; }`;
+    page.document.head.appendChild(sheet);
+    const images = Array.from(gallery.querySelectorAll(".thumbnail-item img"));
+    for (const img of images) {
+        const host = img.parentNode;
+        const value = (v) => ({ value: v, configurable: true, writable: true });
+        Object.defineProperties(img, {
+            offsetParent: { get: () => host, configurable: true },
+            offsetLeft: value(0), offsetTop: value(0), clientLeft: value(0), clientTop: value(0),
+            clientWidth: value(cell[0]), clientHeight: value(cell[1]),
+            naturalWidth: value(natural[0]), naturalHeight: value(natural[1]),
+        });
+    }
+    return images;
+}
+
 module.exports = {
     SCRIPT_PATH, SCRIPT_SOURCE, FOUR, SCORERS, SCORERS_FIXTURE,
-    makePage, renderGallery, selectInGallery, loadScriptInPage, makeInfo, recordMutations, sleep,
+    makePage, renderGallery, selectInGallery, loadScriptInPage, makeInfo, recordMutations, sleep, layOutThumbnails,
 };

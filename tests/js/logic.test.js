@@ -466,3 +466,82 @@ test("summaryText names the scorer when it is not ImageReward, its range one dec
     assert.equal(ir.summaryText(ir.parseGenerationInfo(info).summary),
         "ImageReward \u00b7 PickScore: 16 candidates scored, 4 kept, 12 discarded \u00b7 scores 21.65 \u2026 26.86");
 });
+
+// ---------------------------------------------------------------------------------------------------------------
+// Where a thumbnail's picture is drawn in its <img> box (object-fit / object-position)
+// ---------------------------------------------------------------------------------------------------------------
+
+/** Compares a pictureRect() result with the expected one, to a thousandth of a px. */
+function assertRect(actual, expected, message) {
+    assert.deepEqual(Object.keys(actual).sort(), ["height", "left", "top", "width"], message);
+    for (const key of Object.keys(expected)) {
+        assert.ok(Math.abs(actual[key] - expected[key]) < 1e-3, `${message}: ${key} ${actual[key]} != ${expected[key]}`);
+    }
+}
+
+test("pictureRect, scale-down at 50% 0% (SD.Next's thumbnails): a small picture at natural size, centred at the top", () => {
+    const rect = ir.logic.pictureRect;
+    assertRect(rect(207, 416, 64, 64, "scale-down", "50% 0%"), { left: 71.5, top: 0, width: 64, height: 64 }, "64x64");
+    assertRect(rect(207, 416, 128, 256, "scale-down", "50% 0%"), { left: 39.5, top: 0, width: 128, height: 256 }, "128x256");
+    // a large portrait picture is scaled down to the cell's height, centred between empty bands
+    assertRect(rect(207, 416, 600, 1600, "scale-down", "50% 0%"), { left: 25.5, top: 0, width: 156, height: 416 }, "600x1600");
+    // a large one as wide as the cell relative to its height starts at the corner
+    assertRect(rect(207, 416, 512, 768, "scale-down", "50% 0%"), { left: 0, top: 0, width: 207, height: 310.5 }, "512x768");
+});
+
+test("pictureRect, contain: a landscape picture fills the width, centred at 50% 50% or placed by keywords", () => {
+    const rect = ir.logic.pictureRect;
+    assertRect(rect(200, 400, 512, 256, "contain", "50% 50%"), { left: 0, top: 150, width: 200, height: 100 }, "50% 50%");
+    assertRect(rect(200, 400, 512, 256, "contain", "center"), { left: 0, top: 150, width: 200, height: 100 }, "center");
+    assertRect(rect(200, 400, 512, 256, "contain", "left bottom"), { left: 0, top: 300, width: 200, height: 100 }, "left bottom");
+    assertRect(rect(200, 400, 512, 256, "contain", "bottom left"), { left: 0, top: 300, width: 200, height: 100 }, "bottom left");
+    assertRect(rect(400, 200, 100, 100, "contain", "right top"), { left: 200, top: 0, width: 200, height: 200 }, "right top");
+    // unlike scale-down, contain enlarges a small picture
+    assertRect(rect(200, 400, 64, 32, "contain", "50% 0%"), { left: 0, top: 0, width: 200, height: 100 }, "enlarged");
+});
+
+test("pictureRect, cover and fill: the whole box (cover's overflow is clipped)", () => {
+    const rect = ir.logic.pictureRect;
+    const box = { left: 0, top: 0, width: 207, height: 416 };
+    assertRect(rect(207, 416, 512, 768, "cover", "50% 50%"), box, "cover 512x768");
+    assertRect(rect(207, 416, 64, 64, "cover", "50% 0%"), box, "cover 64x64");
+    assertRect(rect(207, 416, 128, 256, "fill", "50% 0%"), box, "fill");
+});
+
+test("pictureRect, none: the natural size at a px position, clipped to the box", () => {
+    const rect = ir.logic.pictureRect;
+    assertRect(rect(207, 416, 64, 64, "none", "10px 20px"), { left: 10, top: 20, width: 64, height: 64 }, "10px 20px");
+    assertRect(rect(207, 416, 64, 64, "none", "0 0"), { left: 0, top: 0, width: 64, height: 64 }, "0 0");
+    assertRect(rect(100, 100, 300, 500, "none", "50% 50%"), { left: 0, top: 0, width: 100, height: 100 }, "larger than the box");
+    assertRect(rect(100, 100, 64, 64, "none", "90px 0px"), { left: 90, top: 0, width: 10, height: 64 }, "partly outside");
+});
+
+test("pictureRect: unknown values and a picture not loaded yet give the whole box (the cell's corner, as before)", () => {
+    const rect = ir.logic.pictureRect;
+    const box = { left: 0, top: 0, width: 207, height: 416 };
+    for (const [fit, position] of [
+        ["bogus", "50% 0%"], [undefined, "50% 0%"], ["", "50% 0%"],
+        ["scale-down", "calc(50% + 10px) 0%"], ["scale-down", "left right"], ["scale-down", "top bottom"],
+        ["scale-down", "1 2"], ["scale-down", "50% 0% 10px"], ["scale-down", "right 10px bottom 20px"],
+        ["scale-down", "10em 0"], ["scale-down", ""], ["scale-down", null], ["scale-down", 50], ["scale-down", "constructor"],
+    ]) {
+        assertRect(rect(207, 416, 64, 64, fit, position), box, `${fit} / ${position}`);
+    }
+    assertRect(rect(207, 416, 0, 0, "scale-down", "50% 0%"), box, "not loaded");
+    assertRect(rect(207, 416, undefined, 64, "scale-down", "50% 0%"), box, "no natural width");
+    assertRect(rect(0, 0, 64, 64, "scale-down", "50% 0%"), { left: 0, top: 0, width: 0, height: 0 }, "an empty box");
+    assertRect(rect(NaN, "x", 64, 64, "scale-down", "50% 0%"), { left: 0, top: 0, width: 0, height: 0 }, "garbage box");
+});
+
+test("parseObjectPosition reads what getComputedStyle gives and the keyword forms", () => {
+    const parse = ir.logic.parseObjectPosition;
+    assert.deepEqual(parse("50% 0%"), { x: { axis: null, percent: 50, px: null }, y: { axis: null, percent: 0, px: null } });
+    assert.deepEqual(parse("10px 20.5px"),
+        { x: { axis: null, percent: null, px: 10 }, y: { axis: null, percent: null, px: 20.5 } });
+    assert.deepEqual(parse("-5px 100%").x, { axis: null, percent: null, px: -5 });
+    assert.deepEqual(parse("top"), { x: { axis: null, percent: 50, px: null }, y: { axis: "y", percent: 0, px: null } });
+    assert.deepEqual(parse("Right  Bottom"),
+        { x: { axis: "x", percent: 100, px: null }, y: { axis: "y", percent: 100, px: null } });
+    assert.equal(parse("left left"), null);
+    assert.equal(parse("50%").y.percent, 50);
+});

@@ -4,7 +4,9 @@
 
 const test = require("node:test");
 const assert = require("node:assert/strict");
-const { makePage, renderGallery, selectInGallery, loadScriptInPage, makeInfo, recordMutations, sleep, FOUR } = require("./helpers");
+const {
+    makePage, renderGallery, selectInGallery, loadScriptInPage, makeInfo, recordMutations, sleep, layOutThumbnails, FOUR,
+} = require("./helpers");
 
 const STAR = "\u2605";
 
@@ -225,5 +227,38 @@ test("after a paste-back the threshold knob follows the number box once the scor
     number.value = "40"; // outside the range: left to the WebUI
     fire(callbacks);
     assert.equal(range.value, "21.5");
+    assert.deepEqual(errors, []);
+});
+
+test("a resized gallery (SD.Next's scale-down thumbnails): the badges follow their pictures, nothing else is redone", async () => {
+    const page = makePage();
+    const resizes = [];
+    page.window.ResizeObserver = class {
+        constructor(callback) { this.callback = callback; }
+        observe(target) { resizes.push({ target, callback: this.callback }); }
+    };
+    const { callbacks, errors } = loadScriptInPage(page);
+    const gallery = page.gallery();
+    renderGallery(gallery, { count: 4 });
+    const images = layOutThumbnails(page, gallery, { fit: "scale-down", position: "50% 0%", natural: [64, 64] });
+    setInfo(page, "txt2img", makeInfo({ images: FOUR }));
+    fire(callbacks);
+    const badge = gallery.querySelector(".thumbnail-item > .imagereward-badge");
+    assert.equal(badge.style.getPropertyValue("--imagereward-left"), "72px");
+    const observing = resizes.filter((r) => r.target === gallery);
+    assert.equal(observing.length, 1, "one observer per gallery");
+
+    images.forEach((img) => { img.clientWidth = 300; });
+    const recorder = recordMutations(page.window, gallery);
+    fire(callbacks);
+    assert.equal(badge.style.getPropertyValue("--imagereward-left"), "72px", "(the loop bails out: nothing it watches changed)");
+    observing[0].callback([]);
+    assert.equal(badge.style.getPropertyValue("--imagereward-left"), "118px");
+    const records = await recorder.stop();
+    assert.equal(records.length, 4, "one style write per badge moved");
+    assert.ok(records.every((r) => r.type === "attributes" && r.attributeName === "style"));
+    const again = recordMutations(page.window, gallery);
+    observing[0].callback([]);
+    assert.equal((await again.stop()).length, 0, "in place: no write");
     assert.deepEqual(errors, []);
 });
