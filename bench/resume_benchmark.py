@@ -159,12 +159,12 @@ def main() -> None:
             time.sleep(1)
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", str(before_tree)], cwd=ROOT, check=False)
-    print("\n| version | run | images found | scored | already in the store | seconds | load average |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("\n| version | run | images found | scored | already in the store | seconds | peak RSS MB | load average |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in results:
         print(
             f"| {r['version']} | {r['run']} | {r['found']:,} | {r['scored']:,} | {r['skipped']:,} | {r['seconds']} "
-            f"| {r['load_average'][0]}–{r['load_average'][1]} |"
+            f"| {r['peak_rss_mb']:,.0f} | {r['load_average'][0]}–{r['load_average'][1]} |"
         )
     if args.json:
         args.json.write_text(json.dumps({"machine": info, "runs": results}, indent=1) + "\n")

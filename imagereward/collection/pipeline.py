@@ -2,9 +2,10 @@
 
 Decode workers (a torch `DataLoader` over an iterable dataset; each worker lists its own partition of the source,
 skips what the store already holds, decodes and preprocesses, and hands over batches of uint8 pixels) run in
-parallel with the model in the main process. Memory is bounded by the workers' prefetch (2 batches each) and the
-rows waiting to be flushed, whatever the collection's size. Rows are flushed to the store as a new part every
-`flush_rows` rows or `flush_seconds`, and once more when the run ends, is interrupted or fails.
+parallel with the model in the main process. Memory is bounded by the workers' prefetch (2 batches each), one float
+batch per pixel layout (on the model's device, reused every step: `RunScorers.pixels`) and the rows waiting to be
+flushed, whatever the collection's size. Rows are flushed to the store as a new part every `flush_rows` rows or
+`flush_seconds`, and once more when the run ends, is interrupted or fails.
 
 Tar shards are planned first (`plan_shards`): a shard the store's log (`shardlog`) marks finished, with the same
 content fingerprint and scoring identity, is skipped without being listed; only the other shards are listed, and the

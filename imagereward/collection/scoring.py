@@ -56,15 +56,36 @@ class Geometry:
 DEFAULT_GEOMETRIES = (Geometry(),)
 
 
-def model_pixels(array: Any, spec: Any) -> Any:
-    """A stack of `Geometry.make` arrays (B, S, S, 3) as the model's normalised (B, 3, S, S) float32 pixels."""
+def model_pixels(array: Any, spec: Any, device: Any = None, out: Any = None) -> Any:
+    """A stack of `Geometry.make` arrays (B, S, S, 3) as the model's normalised (B, 3, S, S) float32 pixels on `device`
+    (default: where the array is), written into `out` when given (a float32 tensor of that shape there).
+
+    The stack travels to the device as it is (uint8 for the crops: a quarter of the float bytes) and is converted
+    there, in place: no float copy of the batch is made on the host for a model on a GPU."""
     import torch
 
-    from ..preprocess import _normalise
+    source = _tensor(array)
+    if device is not None:
+        source = source.to(device)
+    count, size = source.shape[0], source.shape[1]
+    if out is None:
+        out = torch.empty((count, 3, size, size), dtype=torch.float32, device=source.device)
+    out.copy_(source.permute(0, 3, 1, 2))
+    if source.dtype == torch.uint8:
+        out.div_(255.0)
+    mean = torch.tensor(spec.mean, dtype=out.dtype, device=out.device).view(3, 1, 1)
+    std = torch.tensor(spec.std, dtype=out.dtype, device=out.device).view(3, 1, 1)
+    return out.sub_(mean).div_(std)
 
-    batch = torch.as_tensor(np.ascontiguousarray(array)).permute(0, 3, 1, 2)
-    batch = batch.float().div_(255.0) if batch.dtype == torch.uint8 else batch.float()
-    return _normalise(batch, (spec.mean, spec.std))
+
+def _tensor(array: Any) -> Any:
+    """A tensor view of a stack (a read-only numpy array, as Ray hands its batches over, is copied: torch only views
+    writable ones)."""
+    import torch
+
+    if isinstance(array, np.ndarray) and not array.flags.writeable:
+        array = array.copy()
+    return torch.as_tensor(array)
 
 
 # --------------------------------------------------------------------------------------------------- records
@@ -172,6 +193,10 @@ class RunScorers:
         )
         self.computed = self.layouts.computed
         self.needs_prompt = any(model.needs_prompt for model, _ in self.models)  # (the aesthetic score reads none)
+        # (geometry, device) -> the float32 batch each step's pixels are written into, made once for the run: a new
+        # one every step let glibc's heap in a process whose forward pass allocates nothing on the host between steps
+        # (a GPU, the benchmark's stub) grow by one batch a step, to 2.5 GB on 10,000 images (BENCHMARKS.md)
+        self.buffers: dict[tuple[int, str], Any] = {}
 
     def score(
         self,
@@ -193,9 +218,7 @@ class RunScorers:
                 if not chosen:
                     continue
                 stack, positions = pixels[g]  # type: ignore[misc]
-                where = {p: row for row, p in enumerate(positions)}
-                rows = np.array([where[i] for i in chosen], dtype=np.int64)
-                batch = model_pixels(np.asarray(stack)[rows], model.model.pixel_spec)
+                batch = self.pixels(model, g, _chosen(stack, positions, chosen))
                 texts = [prompts[i] or "" for i in chosen] if model.needs_prompt else None
                 table = model.score_pixels(texts, batch, clean_prompts=clean)
                 for output, column in columns.items():
@@ -209,6 +232,31 @@ class RunScorers:
                     values = {m: [out[i][label(m)]] for m in self.ensemble.members}
                     out[i][column] = self.ensemble.combine(values)[0]
         return out
+
+    def pixels(self, model: Any, geometry: int, stack: Any) -> Any:
+        """`model`'s normalised pixels for a stack of `geometry`'s arrays, in the run's buffer for that geometry on the
+        model's device (grown when a batch is larger; a view of its first rows when smaller)."""
+        import torch
+
+        device = getattr(model, "device", None)
+        count, size = len(stack), stack.shape[1]
+        key = (geometry, str(device))
+        buffer = self.buffers.get(key)
+        if buffer is None or buffer.shape[0] < count or buffer.shape[2] != size:
+            buffer = torch.empty((count, 3, size, size), dtype=torch.float32, device=device)
+            self.buffers[key] = buffer
+        return model_pixels(stack, model.model.pixel_spec, device, out=buffer[:count])
+
+
+def _chosen(stack: Any, positions: list[int], chosen: list[int]) -> Any:
+    """The rows of `stack` (one per batch position in `positions`) that belong to the `chosen` positions: the stack
+    itself when that is all of them (no copy), else a copy of those rows."""
+    if chosen == positions:
+        return stack
+    import torch
+
+    where = {p: row for row, p in enumerate(positions)}
+    return _tensor(stack)[torch.tensor([where[i] for i in chosen], dtype=torch.int64)]
 
 
 def load_run_scorers(
