@@ -270,7 +270,8 @@
 
     /** The thumbnails of a gallery that carry a badge. */
     function badgedThumbnails(gallery) {
-        return Array.prototype.map.call(gallery.querySelectorAll(".thumbnail-item > ." + CLS_BADGE), function (badge) {
+        var badges = gallery.querySelectorAll(".thumbnail-item > ." + CLS_BADGE + ", .preview > ." + CLS_BADGE);
+        return Array.prototype.map.call(badges, function (badge) {
             return badge.parentNode;
         });
     }
@@ -349,8 +350,6 @@
             });
         });
 
-        result.changed += placeBadges(thumbnails); // the large preview's badge keeps its corner
-
         var previews = gallery.querySelectorAll(".preview");
         var selected = selectedIndex(groups);
         for (var p = 0; p < previews.length; p++) {
@@ -360,12 +359,16 @@
                 if (ensureBadge(preview, entry, "preview", ID_PREFIX + name + "-preview", false)) {
                     result.changed++;
                 }
+                watchPicture(preview);
+                thumbnails.push(preview); // its picture is drawn with contain: a portrait one sits between bands
                 wanted.push(ownBadge(preview));
                 result.badges++;
             } else if (removeBadge(preview)) {
                 result.changed++;
             }
         }
+
+        result.changed += placeBadges(thumbnails);
 
         // Stray badges (a thumbnail that left its list, an element we no longer recognise).
         var all = Array.prototype.slice.call(gallery.getElementsByClassName(CLS_BADGE));

@@ -424,6 +424,33 @@ test("scale-down thumbnails (SD.Next): the badge sits on the picture's corner, w
     assert.equal((await recorder.stop()).length, 0);
 });
 
+test("the large preview (contain, A1111 and its forks): a portrait picture's badge sits on the picture", () => {
+    const { page, gallery, parsed } = setup({ count: 4, selected: 1, info: makeInfo({ images: FOUR }) });
+    layOutThumbnails(page, gallery, { fit: "cover", position: "50% 0%", natural: [128, 256] });
+    const preview = gallery.querySelector(".preview");
+    const big = preview.querySelector("img[data-testid=detailed-image]");
+    const sheet = page.document.createElement("style");
+    sheet.textContent = ".preview img { object-fit: contain; object-position: 50% 50%; }";
+    page.document.head.appendChild(sheet);
+    const value = (v) => ({ value: v, configurable: true, writable: true });
+    Object.defineProperties(big, {
+        offsetParent: { get: () => preview, configurable: true },
+        offsetLeft: value(0), offsetTop: value(30), clientLeft: value(0), clientTop: value(0),
+        clientWidth: value(600), clientHeight: value(400), naturalWidth: value(512), naturalHeight: value(768),
+    });
+    Object.defineProperties(preview, { clientWidth: value(600), clientHeight: value(500) });
+    ir.applyBadges(gallery, parsed);
+    const badge = badgeOf(preview);
+    // 512x768 contained in 600x400 at 50% 50%: 266.67 wide, from x = 166.67, below the 30px of buttons
+    assert.equal(badge.style.getPropertyValue("--imagereward-left"), "167px");
+    assert.equal(badge.style.getPropertyValue("--imagereward-top"), "30px");
+    assert.equal(placedAt(page, badge, "left"), 175);
+    assert.equal(placedAt(page, badge, "top"), 38);
+    // the thumbnails (cover) are left to the stylesheet
+    const grid = badgeOf(gallery.querySelector(".grid-wrap .thumbnail-item"));
+    assert.equal(grid.style.getPropertyValue("--imagereward-left"), "");
+});
+
 test("cover thumbnails (A1111, reForge): the stylesheet alone places the badge, no inline position is written", async () => {
     const { page, gallery, parsed } = setup({ count: 4, selected: 1, info: makeInfo({ images: FOUR }) });
     layOutThumbnails(page, gallery, { fit: "cover", position: "50% 0%", natural: [128, 256] });
