@@ -149,11 +149,14 @@ Normalisation = tuple[tuple[float, float, float], tuple[float, float, float]]
 CLIP_NORMALISATION: Normalisation = (CLIP_MEAN, CLIP_STD)
 
 
-def _normalise(pixels: torch.Tensor, normalisation: Normalisation = CLIP_NORMALISATION) -> torch.Tensor:
-    """[0, 1] pixels (..., 3, H, W) -> normalised with the model's mean and std (CLIP's by default)."""
+def _normalise(
+    pixels: torch.Tensor, normalisation: Normalisation = CLIP_NORMALISATION, *, in_place: bool = False
+) -> torch.Tensor:
+    """[0, 1] pixels (..., 3, H, W) -> normalised with the model's mean and std (CLIP's by default); `in_place`
+    overwrites `pixels` (the same arithmetic, no new tensor)."""
     mean = torch.tensor(normalisation[0], dtype=pixels.dtype, device=pixels.device).view(3, 1, 1)
     std = torch.tensor(normalisation[1], dtype=pixels.dtype, device=pixels.device).view(3, 1, 1)
-    return (pixels - mean) / std
+    return pixels.sub_(mean).div_(std) if in_place else (pixels - mean) / std
 
 
 def pil_to_uint8(

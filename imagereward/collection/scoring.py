@@ -64,6 +64,8 @@ def model_pixels(array: Any, spec: Any, device: Any = None, out: Any = None) -> 
     there, in place: no float copy of the batch is made on the host for a model on a GPU."""
     import torch
 
+    from ..preprocess import _normalise
+
     source = _tensor(array)
     if device is not None:
         source = source.to(device)
@@ -73,9 +75,7 @@ def model_pixels(array: Any, spec: Any, device: Any = None, out: Any = None) -> 
     out.copy_(source.permute(0, 3, 1, 2))
     if source.dtype == torch.uint8:
         out.div_(255.0)
-    mean = torch.tensor(spec.mean, dtype=out.dtype, device=out.device).view(3, 1, 1)
-    std = torch.tensor(spec.std, dtype=out.dtype, device=out.device).view(3, 1, 1)
-    return out.sub_(mean).div_(std)
+    return _normalise(out, (spec.mean, spec.std), in_place=True)
 
 
 def _tensor(array: Any) -> Any:
